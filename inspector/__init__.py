@@ -1,0 +1,1 @@
+"""The inspection application and the device agent (later issues). Never imports torch."""
