@@ -1,0 +1,248 @@
+"""``distill``: train teachers, distil students, evaluate models, split datasets.
+
+    distill split DATA --out DIR
+    distill train-teacher --arch efficientnet_lite0 --data DATA --out runs/t0
+    distill distil --student mobilenet_v3_small --teacher runs/t0/best.pt --loss kd --data DATA --out runs/s
+    distill eval MODEL DATA --out metrics.json
+    distill demo
+
+Every training command takes ``--config FILE`` (YAML); flags given on the command line win.
+The resolved configuration is written to ``<out>/config.yaml``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from distill.config import ConfigError, RunConfig, apply_overrides, load_config
+
+EXIT_USAGE = 2
+
+
+class ProgressPrinter:
+    """Subscribes to training events and draws a tqdm bar per epoch (rank 0 only)."""
+
+    def __init__(self, label: str = ""):
+        self.label = label
+        self.bar = None
+        self.quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun every rank sends steps
+
+    def __call__(self, event: dict) -> None:
+        from tqdm import tqdm
+
+        if self.quiet:
+            return
+        kind = event["event"]
+        if kind == "epoch_start":
+            self.bar = tqdm(total=event["steps"], desc=f"{self.label}epoch {event['epoch'] + 1}/{event['epochs']}",
+                            leave=False, file=sys.stderr, dynamic_ncols=True)
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=event["loss"]["loss"])
+        elif kind == "epoch_end":
+            if self.bar is not None:
+                self.bar.close()
+            val = event["val"]
+            print(f"{self.label}epoch {event['epoch'] + 1}: train loss {event['train_loss']:.4f}  "
+                  f"val MCC {val['mcc']:.4f}  acc {val['accuracy']:.4f}"
+                  f"{'  *best*' if event['improved'] else ''}", file=sys.stderr)
+        elif kind == "bad_files":
+            print(event["summary"], file=sys.stderr)
+        elif kind == "resumed":
+            print(f"{self.label}resuming at epoch {event['epoch'] + 1}", file=sys.stderr)
+
+
+def _common_training_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML configuration file (flags override it)")
+    p.add_argument("--data", help="dataset folder: folder per class, SDNET2018 or images/+masks/")
+    p.add_argument("--train-manifest", help="train split manifest (CSV) instead of --data")
+    p.add_argument("--val-manifest")
+    p.add_argument("--test-manifest")
+    p.add_argument("--out", help="run folder (checkpoints, manifests, config, summary)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--patience", type=int, help="epochs without better val MCC before stopping")
+    p.add_argument("--input-size", type=int, help="model input side in pixels")
+    p.add_argument("--label-fraction", type=float, help="use only this fraction of training sources")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--max-steps", type=int, help="cap steps per epoch (quick runs)")
+    p.add_argument("--no-augment", action="store_true", help="disable training augmentation")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if <out>/last.pt exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("split", help="split a dataset by source image and write manifests")
+    p.add_argument("data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layout", default="auto", choices=["auto", "folders", "sdnet", "masks"])
+    p.add_argument("--source-rule", default="block:50")
+    p.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patch-size", type=int, default=96)
+    p.add_argument("--patch-stride", type=int, default=96)
+
+    p = sub.add_parser("train-teacher", help="fine-tune a teacher on hard labels")
+    p.add_argument("--arch", help="architecture (default efficientnet_lite0)")
+    p.add_argument("--init", help="start from this local weights file instead of ImageNet")
+    p.add_argument("--scratch", action="store_true", help="random initialisation")
+    _common_training_flags(p)
+
+    p = sub.add_parser("distil", help="distil a student from a teacher ensemble")
+    p.add_argument("--student", help="student architecture (default mobilenet_v3_small)")
+    p.add_argument("--teacher", action="append", help="teacher checkpoint (repeat for an ensemble)")
+    p.add_argument("--average", choices=["logits", "probs"], help="how the ensemble averages")
+    p.add_argument("--loss", help="ce, kd, kd+fitnet, kd+rkd, kd+fitnet+rkd")
+    p.add_argument("-T", "--temperature", type=float)
+    p.add_argument("--alpha", type=float, help="weight of the KD term against hard-label CE")
+    p.add_argument("--init", help="start the student from this local weights file")
+    p.add_argument("--imagenet", action="store_true", help="start the student from ImageNet (Lite only)")
+    p.add_argument("--cache", help="teacher-output cache file (shared between runs)")
+    _common_training_flags(p)
+
+    p = sub.add_parser("eval", help="evaluate a model on a dataset folder and write every metric as JSON")
+    p.add_argument("model", help="checkpoint (.pt)")
+    p.add_argument("data", help="dataset folder in any supported layout, or a manifest CSV")
+    p.add_argument("--out", help="metrics JSON file (default: print only)")
+    p.add_argument("--layout", default="auto", choices=["auto", "folders", "sdnet", "masks"])
+    p.add_argument("--source-rule", default="block:50")
+    p.add_argument("--patch-size", type=int, default=96)
+    p.add_argument("--patch-stride", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=128)
+
+    p = sub.add_parser("demo", help="a few-minute end-to-end demo on the shared Özgenel data")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/ozgenel_ccic_subset"))
+    p.add_argument("--out", default="runs/demo")
+    return parser
+
+
+def _training_config(args, defaults: dict) -> RunConfig:
+    """The command's defaults, then the --config file, then the flags given."""
+    cfg = apply_overrides(RunConfig(), defaults)
+    if args.config:
+        cfg = load_config(args.config, base=cfg)
+    overrides = {
+        "data.root": args.data, "data.train_manifest": args.train_manifest,
+        "data.val_manifest": args.val_manifest, "data.test_manifest": args.test_manifest,
+        "out": args.out, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+        "train.lr": args.lr, "train.seed": args.seed, "train.patience": args.patience,
+        "data.input_size": args.input_size, "data.label_fraction": args.label_fraction,
+        "train.device": args.device, "train.num_workers": args.workers,
+        "train.max_steps_per_epoch": args.max_steps,
+        "data.augment": False if args.no_augment else None,
+    }
+    return apply_overrides(cfg, overrides)
+
+
+def cmd_train_teacher(args) -> int:
+    from distill.runs import run
+
+    cfg = _training_config(args, {"loss.name": "ce", "model.arch": "efficientnet_lite0",
+                                  "model.pretrained": True, "train.lr": 3e-4, "out": "runs/teacher"})
+    pretrained = args.init if args.init else (False if args.scratch else None)
+    apply_overrides(cfg, {"model.arch": args.arch, "model.pretrained": pretrained, "loss.name": "ce"})
+    summary = run(cfg, callback=ProgressPrinter(), resume=not args.no_resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_distil(args) -> int:
+    from distill.runs import run
+
+    from distill.losses import needs_teacher
+
+    cfg = _training_config(args, {"out": "runs/student"})
+    pretrained = args.init if args.init else (True if args.imagenet else None)
+    apply_overrides(cfg, {
+        "model.arch": args.student, "model.pretrained": pretrained, "loss.name": args.loss,
+        "loss.temperature": args.temperature, "loss.alpha": args.alpha, "teachers": args.teacher,
+        "ensemble_average": args.average, "cache": args.cache,
+    })
+    if needs_teacher(cfg.loss.name):
+        if not cfg.teachers:
+            raise ConfigError(f"loss {cfg.loss.name!r} needs a teacher: give --teacher CHECKPOINT "
+                              "(repeat it for an ensemble) or teachers: in the --config file")
+        for path in cfg.teachers:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"no teacher checkpoint at {path}")
+    summary = run(cfg, callback=ProgressPrinter(), resume=not args.no_resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from distill.data.patches import PatchRule
+    from distill.runs import evaluate_model_path
+
+    result = evaluate_model_path(args.model, args.data, layout=args.layout, batch_size=args.batch_size,
+                                 patch_rule=PatchRule(size=args.patch_size, stride=args.patch_stride),
+                                 source_rule=args.source_rule)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    m = result["metrics"]
+    print(f"{args.model} on {args.data}: n={m['n']} MCC {m['mcc']:.4f} acc {m['accuracy']:.4f} "
+          f"F1 {m['f1']:.4f} AUC {m['roc_auc'] if m['roc_auc'] is None else round(m['roc_auc'], 4)}")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from distill.data.imageio import BadFileReport
+    from distill.data.patches import PatchRule
+    from distill.data.splits import split_by_source, write_manifest
+    from distill.runs import read_samples
+
+    report = BadFileReport()
+    samples = read_samples(args.data, layout=args.layout, report=report, source_rule=args.source_rule,
+                           patch_rule=PatchRule(size=args.patch_size, stride=args.patch_stride))
+    splits = split_by_source(samples, fractions=tuple(args.fractions), seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        write_manifest(out / f"{name}.csv", part)
+        crack = sum(s.label == 1 for s in part)
+        print(f"{name}: {len(part)} samples ({crack} crack), {len({s.source for s in part})} sources")
+    report.to_json(out / "bad_files.json")
+    if len(report):
+        print(report.summary())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from distill.demo import run_demo
+
+    return run_demo(Path(args.data), Path(args.out))
+
+
+COMMANDS = {"split": cmd_split, "train-teacher": cmd_train_teacher, "distil": cmd_distil,
+            "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"distill {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # permissions, a full disk: not a usage error, but no traceback either
+        print(f"distill {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"distill {args.command}: interrupted (training resumes from <out>/last.pt when run again)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
