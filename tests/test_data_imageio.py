@@ -15,8 +15,7 @@ from PIL import Image, ImageOps
 
 from distill.data.imageio import BadFileReport, BadImageError, check_image, load_mask, load_rgb
 
-DATA = Path(os.environ.get("CRACK_DATA_DIR", "/work/shared/data"))
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found in {DATA}")
+DATA = Path(os.environ["CRACK_DATA_DIR"])
 CRACK_JPG = DATA / "ozgenel_ccic_subset" / "crack" / "03369.jpg"
 CFD_MASK = DATA / "crackforest_cfd" / "masks" / "001.png"
 

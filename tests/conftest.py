@@ -1,0 +1,20 @@
+"""Test-session setup: where the real crack data lives.
+
+Tests run on small samples of the real data in ``../shared/data`` (or ``$CRACK_DATA_DIR``).
+Without it the suite refuses to start rather than skip: a green run that tested nothing is
+worse than a red one.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CRACK_DATA_DIR", str(REPO.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    data = Path(os.environ["CRACK_DATA_DIR"])
+    if not (data / "ozgenel_ccic_subset").is_dir():
+        raise pytest.UsageError(f"real crack data not found in {data}: put shared/ beside the repository "
+                                f"or set CRACK_DATA_DIR")
