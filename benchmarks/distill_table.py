@@ -109,7 +109,19 @@ def main() -> int:
     eval_sets = {"ozgenel_test": manifests["test"], **cross_surface_sets(work, args.size)}
     print({k: len(v) for k, v in splits.items()}, file=sys.stderr)
 
+    from distill.config import to_dict
     from distill.runs import run
+
+    def run_or_reuse(cfg: RunConfig) -> dict:
+        """A finished run with the same resolved config is reused: an interrupted benchmark resumes."""
+        out = Path(cfg.out)
+        if (out / "summary.json").exists() and (out / "config.yaml").exists():
+            import yaml
+
+            if yaml.safe_load((out / "config.yaml").read_text()) == to_dict(cfg):
+                print(f"reusing {out}", file=sys.stderr)
+                return json.loads((out / "summary.json").read_text())
+        return run(cfg)
 
     base = RunConfig(
         data=DataConfig(train_manifest=str(manifests["train"]), val_manifest=str(manifests["val"]),
@@ -131,7 +143,7 @@ def main() -> int:
             cfg = replace(base, model=ModelConfig(arch=arch, pretrained=True), loss=LossConfig(name="ce"),
                           train=replace(base.train, epochs=args.teacher_epochs, lr=3e-4, seed=seed),
                           out=str(work / f"teacher_{arch}_s{seed}"))
-            summary = run(cfg)
+            summary = run_or_reuse(cfg)
             ckpt = Path(cfg.out) / "best.pt"
             teacher_ckpts.setdefault(seed, []).append(ckpt)
             record(arch, seed, summary, evaluate_on(ckpt, eval_sets))
@@ -149,7 +161,7 @@ def main() -> int:
                     train=replace(base.train, epochs=epochs, lr=2e-3, seed=seed),
                     teachers=[str(p) for p in teacher_ckpts[seed]],
                     cache=str(work / f"teacher_cache_s{seed}.sqlite"), out=str(work / f"student_{tag}"))
-                summary = run(cfg)
+                summary = run_or_reuse(cfg)
                 label = f"{STUDENT} {loss.upper().replace('FITNET', 'FitNet')}"
                 record(f"{label} ({int(fraction * 100)} % labels)", seed, summary,
                        evaluate_on(Path(cfg.out) / "best.pt", eval_sets))
