@@ -1,0 +1,359 @@
+"""The inference engine: frames of any size in, per-tile crack probabilities and a heat-map out.
+
+numpy + onnxruntime + OpenCV only (the Jetson agent imports this; never torch, never Qt).
+
+How a frame is inspected (:meth:`InferenceEngine.inspect`)
+------------------------------------------------------------
+1. **Tiles** (:func:`tile_grid`): square tiles of ``tile_size`` frame pixels (default: the
+   model's input size S, i.e. native resolution) with ``tile_overlap`` (fraction of a tile,
+   default 0.25). Tiles start every ``round(tile·(1-overlap))`` pixels; the last row/column
+   is shifted to end exactly on the frame border, so every pixel is covered and no tile hangs
+   outside the frame.
+   A frame *smaller* than a tile (in either dimension) is **padded, not resized**: the frame
+   is reflect-padded (``BORDER_REFLECT_101``) at the bottom/right up to one tile, so the model
+   sees cracks at the same scale as in its training patches (enlarging a small frame would
+   magnify a hair-line crack into something it never saw). The tile's box is clipped to the
+   frame and the padded part of its CAM is discarded.
+2. **Preprocess**: if ``tile_size != S`` every tile is resized to S×S (``INTER_AREA`` when
+   shrinking, ``INTER_LINEAR`` when enlarging). Normalisation is in the graph, so the batch
+   stays uint8 NHWC.
+3. **Infer**: all tiles of the frame as **one batch**, one ``session.run``.
+4. **Stitch**: each tile's ``cam`` of the crack class (raw, not normalised, so tiles are
+   comparable) is upsampled (bilinear) to the tile's extent in frame pixels, multiplied by
+   the tile's crack probability (a tile the model calls "no crack" stays cold even if its CAM
+   has structure), added into the frame and divided by the number of tiles covering each
+   pixel (plain average in overlaps). The sum is then normalised **once per frame**, by its
+   peak, and scaled so that the peak equals ``crack_prob_max`` (the most confident tile's crack
+   probability). So the heat-map is float32 H×W in [0, 1]; in a frame with cracks it peaks at
+   the crack with the confidence of the model, and a frame where no tile believes in a crack
+   stays cold as a whole (a per-frame max-normalisation alone would paint the hottest speck of
+   an empty wall bright red).
+
+Threads
+-------
+onnxruntime gets ``intra_op_num_threads = threads`` (default: the cores this process may run
+on), ``inter_op_num_threads = 1`` (the graphs are a chain, nothing to run in parallel) and
+**no spinning** (``session.intra_op.allow_spinning = 0``): by default ORT's idle workers
+busy-wait after each run, which steals the cores the camera/decoding/UI threads need between
+frames; not spinning costs well under a millisecond per run. OpenCV's own thread pool is set
+to ``cv2_threads`` (default 1, process-wide, ``None`` leaves it alone): the engine's OpenCV
+work (crops, tiny resizes) is cheap and runs *between* inferences, and a second pool of
+worker threads only fights ORT's for the same cores. numpy here does no multithreaded BLAS.
+
+:meth:`InferenceEngine.inspect` keeps no state between calls and ``InferenceSession.run`` is
+thread-safe, so one engine may serve several threads.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .package import INPUT_NAME, ModelPackage, PackageError, load_package, verify_reference_outputs
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+PREFERRED_PROVIDERS: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU)
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1/y1 exclusive, frame pixels
+
+
+def select_providers(preferred: Sequence[str] | None = None) -> list[str]:
+    """Execution providers to ask onnxruntime for, best first, CPU always last.
+
+    ``preferred`` (default TensorRT, CUDA, CPU) is filtered by
+    ``onnxruntime.get_available_providers()``; the CPU provider is appended as the fallback
+    if missing. A name onnxruntime does not know at all (a typo) raises ValueError; a known
+    provider that this build/device lacks is dropped (logged), which is the fallback.
+    """
+    import onnxruntime as ort
+
+    order = list(PREFERRED_PROVIDERS if preferred is None else preferred)
+    known = set(ort.get_all_providers())
+    available = set(ort.get_available_providers())
+    out: list[str] = []
+    for name in order:
+        if not isinstance(name, str):
+            raise ValueError(f"provider names must be strings like 'CUDAExecutionProvider', got {name!r}")
+        if name not in known:
+            raise ValueError(f"unknown execution provider {name!r}; onnxruntime knows {sorted(known)}")
+        if name == CPU or name in out:
+            continue
+        if name in available:
+            out.append(name)
+        else:
+            log.info("execution provider %s not available here, skipped", name)
+    out.append(CPU)
+    return out
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: float) -> list[Box]:
+    """Boxes ``(x0, y0, x1, y1)`` of square tiles covering a ``height``×``width`` frame.
+
+    Row-major (top row first). Starts every ``max(1, round(tile·(1-overlap)))`` pixels; the
+    last row/column ends exactly on the border. Along a dimension shorter than ``tile`` there
+    is one tile starting at 0 whose box is clipped to the frame (the engine pads that tile).
+    """
+    for name, v in (("height", height), ("width", width), ("tile", tile)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(overlap, bool) or not (isinstance(overlap, (int, float, np.floating)) and 0.0 <= overlap < 1.0):
+        raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap!r}")
+    stride = max(1, int(round(tile * (1.0 - overlap))))
+
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        n = math.ceil((length - tile) / stride) + 1
+        return sorted({min(i * stride, length - tile) for i in range(n)})
+
+    return [(x0, y0, min(x0 + tile, width), min(y0 + tile, height))
+            for y0 in starts(height) for x0 in starts(width)]
+
+
+@dataclass
+class TileResult:
+    """One tile: its ``box`` in frame pixels, class ``probs`` (C,), the crack probability and
+    the raw (unnormalised) crack-class CAM at feature resolution (h×w)."""
+
+    box: Box
+    probs: np.ndarray
+    crack_prob: float
+    cam: np.ndarray
+
+
+@dataclass
+class FrameResult:
+    """``tiles``; ``heatmap`` float32 H×W in [0, 1] (peak = ``crack_prob_max``, see module
+    doc); ``crack_prob_max`` over tiles; ``timings`` in ms: tile, preprocess, infer, stitch,
+    total."""
+
+    tiles: list[TileResult]
+    heatmap: np.ndarray
+    crack_prob_max: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _check_image(frame: np.ndarray, what: str) -> np.ndarray:
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"{what} must be a numpy array (H×W×3 uint8 RGB), got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8 (H×W×3 RGB, 0..255), got dtype {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"{what} must be H×W×3 RGB (3 channels, channels last), got shape {frame.shape}")
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise ValueError(f"{what} must not be empty, got shape {frame.shape}")
+    return frame
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    if img.shape[1] == width and img.shape[0] == height:
+        return img
+    shrink = width < img.shape[1] or height < img.shape[0]
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+class InferenceEngine:
+    """Run a model package on frames: tiles → one batch → probabilities + stitched heat-map.
+
+    ``package``: a :class:`ModelPackage` or a path to a ``.crackpkg`` (loaded and validated;
+    with ``verify_reference`` the shipped reference patches are re-run on *this* engine's
+    session, i.e. on the provider actually used, and must match within the manifest's atol).
+    ``providers``: preference list for :func:`select_providers` (default TensorRT, CUDA, CPU).
+    If the session cannot be created with an accelerator the engine falls back to CPU and
+    says why in ``provider_fallback``. ``.providers`` is what the session really uses.
+    ``tile_size``: frame pixels per tile (default: the model input size S).
+    ``threads``: ORT intra-op threads (default: usable cores); ``cv2_threads`` and ``spinning``
+    (ORT busy-waiting, off by default): see the module doc.
+    ``crack_label``: the label whose probability and CAM make the heat-map.
+    """
+
+    def __init__(self, package: ModelPackage | str | os.PathLike, *, providers: Sequence[str] | None = None,
+                 tile_overlap: float = 0.25, tile_size: int | None = None, threads: int | None = None,
+                 crack_label: str = "crack", verify_reference: bool = True, cv2_threads: int | None = 1,
+                 spinning: bool = False):
+        import onnxruntime as ort
+
+        if not isinstance(package, ModelPackage):
+            package = load_package(Path(package), verify_reference=False)
+        self.package = package
+        self.manifest = package.manifest
+        self.labels: tuple[str, ...] = tuple(self.manifest.labels)
+        self.input_size: int = self.manifest.input.size
+        if crack_label not in self.labels:
+            raise ValueError(f"crack_label {crack_label!r} is not a label of the model {list(self.labels)}")
+        self.crack_label = crack_label
+        self.crack_index = self.labels.index(crack_label)
+
+        if isinstance(tile_overlap, bool) or not (isinstance(tile_overlap, (int, float, np.floating))
+                                                  and 0.0 <= tile_overlap < 1.0):
+            raise ValueError(f"tile_overlap must be a fraction in [0, 1), got {tile_overlap!r}")
+        self.tile_overlap = float(tile_overlap)
+        if tile_size is None:
+            tile_size = self.input_size
+        if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
+            raise ValueError(f"tile_size must be a positive integer (frame pixels per tile), got {tile_size!r}")
+        self.tile_size = int(tile_size)
+        if threads is None:
+            threads = _usable_cores()
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        self.threads = threads
+        if cv2_threads is not None:
+            cv2.setNumThreads(int(cv2_threads))
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        requested = select_providers(providers)
+        self.provider_fallback: str | None = None
+        try:
+            session = ort.InferenceSession(package.onnx_bytes, sess_options=opts, providers=requested)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            if requested == [CPU]:
+                raise
+            self.provider_fallback = f"{requested[0]} failed ({type(exc).__name__}: {exc}); using CPU"
+            log.warning("inference engine: %s", self.provider_fallback)
+            session = ort.InferenceSession(package.onnx_bytes, sess_options=opts, providers=[CPU])
+        self.session = session
+        self.providers: list[str] = list(session.get_providers())
+        if requested[0] != CPU and self.providers[0] != requested[0] and self.provider_fallback is None:
+            self.provider_fallback = f"asked for {requested}, session uses {self.providers}"
+            log.warning("inference engine: %s", self.provider_fallback)
+        if verify_reference:
+            probs, cam = self._run(np.ascontiguousarray(package.reference["image"]))
+            verify_reference_outputs(self.manifest, package.reference, probs, cam)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"InferenceEngine({m.name}-{m.version}, S={self.input_size}, tile={self.tile_size}, "
+                f"overlap={self.tile_overlap}, providers={self.providers})")
+
+    # ------------------------------------------------------------------ running
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, cam = self.session.run(["probs", "cam"], {INPUT_NAME: batch})
+        n, c = batch.shape[0], len(self.labels)
+        if probs.shape != (n, c) or cam.ndim != 4 or cam.shape[:2] != (n, c):
+            raise PackageError(f"labels: the model returned probs {probs.shape} and cam {cam.shape} for {n} "
+                               f"images but the manifest has {c} labels {list(self.labels)}")
+        return probs, cam
+
+    def _stitch(self, height: int, width: int, boxes: Sequence[Box], extents: Sequence[tuple[int, int]],
+                probs: np.ndarray, cams: np.ndarray) -> tuple[np.ndarray, list[TileResult], float]:
+        """Heat-map from per-tile CAMs; ``extents[i]`` = (w, h) in frame pixels the tile's input spans."""
+        ci = self.crack_index
+        acc = np.zeros((height, width), np.float32)
+        cnt = np.zeros((height, width), np.float32)
+        tiles: list[TileResult] = []
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            p = float(probs[i, ci])
+            cam = np.ascontiguousarray(cams[i, ci], dtype=np.float32)
+            tiles.append(TileResult(box=(int(x0), int(y0), int(x1), int(y1)), probs=probs[i].copy(),
+                                    crack_prob=p, cam=cam))
+            cnt[y0:y1, x0:x1] += 1.0
+            if p <= 0.0 or not np.any(cam > 0):
+                continue
+            ew, eh = extents[i]
+            up = cv2.resize(cam, (ew, eh), interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
+            acc[y0:y1, x0:x1] += p * np.maximum(up, 0.0)
+        heat = acc / np.maximum(cnt, 1.0)
+        p_max = float(probs[:, ci].max()) if len(boxes) else 0.0
+        peak = float(heat.max()) if heat.size else 0.0
+        if peak > 0.0 and math.isfinite(peak):
+            heat *= np.float32(p_max / peak)
+        else:
+            heat[:] = 0.0
+        np.clip(heat, 0.0, 1.0, out=heat)
+        return heat.astype(np.float32, copy=False), tiles, p_max
+
+    def inspect(self, frame_rgb: np.ndarray) -> FrameResult:
+        """Tile ``frame_rgb`` (uint8 H×W×3 RGB, any size), run all tiles as one batch, stitch."""
+        t_start = time.perf_counter()
+        frame = _check_image(frame_rgb, "frame")
+        height, width = frame.shape[:2]
+        tile, s = self.tile_size, self.input_size
+        boxes = tile_grid(height, width, tile, self.tile_overlap)
+        if height < tile or width < tile:
+            frame = cv2.copyMakeBorder(np.ascontiguousarray(frame), 0, max(0, tile - height), 0,
+                                       max(0, tile - width), cv2.BORDER_REFLECT_101)
+        crops = np.empty((len(boxes), tile, tile, 3), np.uint8)
+        for i, (x0, y0, _, _) in enumerate(boxes):
+            crops[i] = frame[y0:y0 + tile, x0:x0 + tile]
+        t_tile = time.perf_counter()
+
+        if tile != s:
+            batch = np.empty((len(boxes), s, s, 3), np.uint8)
+            for i in range(len(boxes)):
+                batch[i] = _resize(crops[i], s, s)
+        else:
+            batch = crops
+        t_pre = time.perf_counter()
+
+        probs, cams = self._run(batch)
+        t_inf = time.perf_counter()
+
+        heat, tiles, p_max = self._stitch(height, width, boxes, [(tile, tile)] * len(boxes), probs, cams)
+        t_end = time.perf_counter()
+        timings = {"tile": (t_tile - t_start) * 1e3, "preprocess": (t_pre - t_tile) * 1e3,
+                   "infer": (t_inf - t_pre) * 1e3, "stitch": (t_end - t_inf) * 1e3, "total": (t_end - t_start) * 1e3}
+        return FrameResult(tiles=tiles, heatmap=heat, crack_prob_max=p_max, timings=timings)
+
+    def inspect_patch(self, patch_rgb: np.ndarray) -> FrameResult:
+        """One patch of any size, resized to S×S as a whole (no tiling): one tile whose box is
+        the whole patch, heat-map at the patch's size."""
+        t_start = time.perf_counter()
+        patch = _check_image(patch_rgb, "patch")
+        height, width = patch.shape[:2]
+        t_tile = time.perf_counter()
+        batch = _resize(np.ascontiguousarray(patch), self.input_size, self.input_size)[None]
+        batch = np.ascontiguousarray(batch)
+        t_pre = time.perf_counter()
+        probs, cams = self._run(batch)
+        t_inf = time.perf_counter()
+        heat, tiles, p_max = self._stitch(height, width, [(0, 0, width, height)], [(width, height)], probs, cams)
+        t_end = time.perf_counter()
+        timings = {"tile": (t_tile - t_start) * 1e3, "preprocess": (t_pre - t_tile) * 1e3,
+                   "infer": (t_inf - t_pre) * 1e3, "stitch": (t_end - t_inf) * 1e3, "total": (t_end - t_start) * 1e3}
+        return FrameResult(tiles=tiles, heatmap=heat, crack_prob_max=p_max, timings=timings)
+
+
+def overlay(frame_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4,
+            colormap: int = cv2.COLORMAP_TURBO) -> np.ndarray:
+    """Colour the heat-map over the frame: uint8 H×W×3 RGB.
+
+    The colour (TURBO by default) is blended with per-pixel opacity ``alpha · heat``, so cold
+    regions show the untouched frame and only where the model sees a crack does colour appear
+    (a uniform blend would tint a whole crack-free frame blue).
+    """
+    frame = _check_image(frame_rgb, "frame")
+    heat = np.asarray(heatmap)
+    if heat.shape != frame.shape[:2]:
+        raise ValueError(f"heatmap must be H×W = {frame.shape[:2]} like the frame, got shape {heat.shape}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    h = np.clip(np.nan_to_num(heat.astype(np.float32), nan=0.0), 0.0, 1.0)
+    colour = cv2.applyColorMap(np.round(h * 255.0).astype(np.uint8), colormap)
+    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB).astype(np.float32)
+    a = (float(alpha) * h)[..., None]
+    out = frame.astype(np.float32) * (1.0 - a) + colour * a
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
