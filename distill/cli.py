@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_training_flags(p)
 
     p = sub.add_parser("eval", help="evaluate a model on a dataset folder and write every metric as JSON")
-    p.add_argument("model", help="checkpoint (.pt)")
+    p.add_argument("model", help="checkpoint (.pt) or model package (.crackpkg, FP32 or INT8)")
     p.add_argument("data", help="dataset folder in any supported layout, or a manifest CSV")
     p.add_argument("--out", help="metrics JSON file (default: print only)")
     p.add_argument("--layout", default="auto", choices=["auto", "folders", "sdnet", "masks"])
@@ -118,6 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=96)
     p.add_argument("--patch-stride", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=128)
+
+    p = sub.add_parser("export", help="export a checkpoint to FP32 and INT8 model packages (.crackpkg)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="folder for the packages and the report")
+    p.add_argument("--name", required=True, help="package name, e.g. crack-student")
+    p.add_argument("--version", required=True, help="e.g. 1.0.0 (the INT8 child gets 1.0.0-int8)")
+    p.add_argument("--parent", help="version this model was fine-tuned from")
+    p.add_argument("--calibration", required=True, help="training data (folder or manifest) to calibrate INT8 on")
+    p.add_argument("--eval", action="append", default=[], metavar="NAME=PATH",
+                   help="evaluation set recorded in the manifest (repeat); the first is held out for the INT8 report")
+    p.add_argument("--training-data", action="append", default=[], metavar="NAME=LICENCE",
+                   help="dataset the model was trained on, with its licence (repeat)")
+    p.add_argument("--no-int8", action="store_true", help="write only the FP32 package")
+    p.add_argument("--calibration-count", type=int, default=256)
+    p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--patch-size", type=int, default=96)
 
     p = sub.add_parser("demo", help="a few-minute end-to-end demo on the shared Özgenel data")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/ozgenel_ccic_subset"))
@@ -218,6 +234,43 @@ def cmd_split(args) -> int:
     return 0
 
 
+def _named(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{flag} takes NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_export(args) -> int:
+    from distill.data.patches import PatchRule
+    from distill.edge import build_packages
+    from distill.runs import read_samples
+
+    rule = PatchRule(size=args.patch_size, stride=args.patch_size)
+    eval_sets = {k: read_samples(v, patch_rule=rule) for k, v in _named(args.eval, "--eval").items()}
+    if not eval_sets:
+        raise ValueError("give at least one --eval NAME=PATH: a package records its metrics")
+    training = [{"name": k, "licence": v} for k, v in _named(args.training_data, "--training-data").items()]
+    if not training:
+        raise ValueError("give --training-data NAME=LICENCE for every dataset the model was trained on")
+    report = build_packages(args.checkpoint, args.out, name=args.name, version=args.version,
+                            parent_version=args.parent, calibration=read_samples(args.calibration, patch_rule=rule),
+                            eval_sets=eval_sets, training_data=training, int8=not args.no_int8,
+                            calibration_count=args.calibration_count, method=args.method)
+    for variant, path in report["packages"].items():
+        mccs = "  ".join(f"{k} MCC {v['mcc']:.4f}" for k, v in report["metrics"][variant].items())
+        print(f"{variant}: {path}  {mccs}")
+    if "quantization" in report:
+        q = report["quantization"]
+        print(f"INT8 vs FP32: {q['size_ratio']:.2f}x smaller, top-1 agreement {q['top1_agreement']:.4f}, "
+              f"heat-map correlation {q['cam_corr_mean']:.3f}, speed-up {q['speedup_batch1']:.2f}x (batch 1), "
+              f"{q['speedup_tile']:.2f}x (tile batch)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from distill.demo import run_demo
 
@@ -225,7 +278,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"split": cmd_split, "train-teacher": cmd_train_teacher, "distil": cmd_distil,
-            "eval": cmd_eval, "demo": cmd_demo}
+            "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,14 +141,28 @@ def run(cfg: RunConfig, callback: Callable[[dict], None] | None = None, resume: 
     return summary
 
 
+PACKAGE_SUFFIX = ".crackpkg"
+
+
 def evaluate_model_path(model_path, data_path, *, layout: str = "auto", patch_rule: PatchRule | None = None,
                         batch_size: int = 128, source_rule: str = "block:50") -> dict:
-    """Every metric of a model (checkpoint) on a dataset folder or manifest; JSON-ready."""
-    from distill.checkpoint import load_classifier
-    from distill.data.torch_dataset import PatchDataset
-    from distill.train import evaluate
+    """Every metric of a model on a dataset folder or manifest; JSON-ready.
 
-    model = load_classifier(model_path)  # first: a wrong model path fails before a long read
+    ``model_path`` is a checkpoint (run by PyTorch) or a ``.crackpkg`` model package (FP32 or
+    INT8, run by onnxruntime on the same uint8 patches): the same samples, the same numbers.
+    """
+    is_package = Path(model_path).suffix == PACKAGE_SUFFIX
+    if is_package:
+        from inspector.package import load_package
+
+        package = load_package(model_path)  # first: a bad model fails before a long read
+        manifest = package.manifest
+        arch, size, kind = manifest.architecture, manifest.input.size, manifest.quantization.type
+    else:
+        from distill.checkpoint import load_classifier
+
+        model = load_classifier(model_path)
+        arch, size, kind = model.meta.arch, model.meta.input_size, "checkpoint"
     if not Path(data_path).exists():
         raise FileNotFoundError(f"no dataset folder or manifest at {data_path}")
     report = BadFileReport()
@@ -156,7 +170,15 @@ def evaluate_model_path(model_path, data_path, *, layout: str = "auto", patch_ru
                            source_rule=source_rule)
     if not samples:
         raise ValueError(f"no usable images in {data_path}")
-    metrics = evaluate(model, PatchDataset(samples, model.meta.input_size), batch_size=batch_size).to_dict()
-    return {"model": str(model_path), "data": str(data_path), "arch": model.meta.arch,
-            "input_size": model.meta.input_size, "metrics": metrics,
+    if is_package:
+        from distill.edge import evaluate_package
+
+        metrics = evaluate_package(package, samples)
+    else:
+        from distill.data.torch_dataset import PatchDataset
+        from distill.train import evaluate
+
+        metrics = evaluate(model, PatchDataset(samples, size), batch_size=batch_size).to_dict()
+    return {"model": str(model_path), "data": str(data_path), "arch": arch, "kind": kind,
+            "input_size": size, "metrics": metrics,
             "bad_files": [vars(e) if not isinstance(e, dict) else e for e in report.entries]}

@@ -105,6 +105,11 @@ class PatchDataset(torch.utils.data.Dataset):
                 self._cache[i] = img
         return img
 
+    def uint8(self, i: int) -> np.ndarray:
+        """Sample ``i`` as the model sees it (current epoch's augmentation), uint8 S×S×3 RGB:
+        what an ONNX model with folded normalisation is fed."""
+        return apply(self._base_image(int(i) % len(self)), self.params(int(i) % len(self)), self.input_size)
+
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")

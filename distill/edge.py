@@ -1,0 +1,145 @@
+"""From a trained checkpoint to model packages the laptop and the Jetson run.
+
+``build_packages`` exports the student to the ONNX contract (heat-map inside the graph),
+quantizes it to INT8 on real training images, evaluates both through onnxruntime on every
+evaluation set, compares INT8 with its float parent, and writes two ``.crackpkg`` files
+(FP32 parent, INT8 child) with complete manifests and reference outputs.
+
+``evaluate_package`` scores a package exactly as ``distill eval`` scores a checkpoint: same
+samples, same resizing (``PatchDataset``), but fed as uint8 to onnxruntime.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from distill.data.samples import Sample
+
+REFERENCE_IMAGES = 8
+CHECK_IMAGES = 16
+
+
+def uint8_patches(samples: list[Sample], size: int) -> np.ndarray:
+    """N×S×S×3 uint8, resized exactly as evaluation resizes them for PyTorch."""
+    from distill.data.torch_dataset import PatchDataset
+
+    ds = PatchDataset(samples, size)
+    if not len(ds):
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([ds.uint8(i) for i in range(len(ds))])
+
+
+def onnx_session(model_bytes_or_path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    src = str(model_bytes_or_path) if isinstance(model_bytes_or_path, Path) else model_bytes_or_path
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, images: np.ndarray, outputs=("probs",), batch: int = 64) -> dict[str, np.ndarray]:
+    parts: dict[str, list] = {name: [] for name in outputs}
+    for start in range(0, len(images), batch):
+        for name, value in zip(outputs, session.run(list(outputs), {"image": images[start:start + batch]})):
+            parts[name].append(value)
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def evaluate_onnx(session, samples: list[Sample], size: int, label_names) -> dict:
+    from distill.metrics import evaluate_predictions
+
+    images = uint8_patches(samples, size)
+    probs = run_onnx(session, images)["probs"]
+    labels = np.array([s.label for s in samples])
+    return evaluate_predictions(labels, probs, surfaces=[s.surface for s in samples],
+                                label_names=tuple(label_names)).to_dict()
+
+
+def evaluate_package(package, samples: list[Sample]) -> dict:
+    """``package``: a loaded ``ModelPackage`` or the path of a ``.crackpkg``."""
+    from inspector.package import load_package
+
+    pkg = load_package(package) if isinstance(package, (str, Path)) else package
+    m = pkg.manifest
+    return evaluate_onnx(onnx_session(pkg.onnx_bytes), samples, m.input.size, m.labels)
+
+
+def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration: list[Sample],
+                   eval_sets: dict[str, list[Sample]], training_data: list[dict],
+                   parent_version: str | None = None, int8: bool = True, calibration_count: int = 256,
+                   method: str = "minmax", seed: int = 0) -> dict:
+    """Write ``NAME-VERSION.crackpkg`` (FP32) and ``NAME-VERSION-int8``... see module docstring.
+
+    Returns a report dict (paths, metrics per set and format, quantization comparison), also
+    written as ``NAME-VERSION.report.json``.
+    """
+    from distill.checkpoint import load_classifier
+    from distill.export import export_onnx
+    from inspector.package import utc_now_iso, write_package
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_classifier(checkpoint)
+    size, labels = model.meta.input_size, list(model.meta.label_names)
+    rng = np.random.default_rng(seed)
+    picked = [calibration[i] for i in sorted(rng.choice(len(calibration), min(calibration_count, len(calibration)),
+                                                        replace=False))]
+    calib = uint8_patches(picked, size)
+    reference_images = calib[:REFERENCE_IMAGES]
+
+    work = out_dir / f".{name}-{version}.build"
+    work.mkdir(exist_ok=True)
+    fp32_path = work / "fp32.onnx"
+    export = export_onnx(model, fp32_path, check_images=calib[:CHECK_IMAGES])
+    variants = {"fp32": (fp32_path, {"type": "fp32", "per_channel": False, "calibration": None,
+                                     "float_nodes": []})}
+    report: dict = {"export": export.to_dict(), "packages": {}, "metrics": {}}
+    if int8:
+        from distill.quantize import compare_models, quantize_int8
+
+        int8_path = work / "int8.onnx"
+        info = quantize_int8(fp32_path, int8_path, calib, method=method, calibration_note=(
+            f"{len(calib)} real training patches ({', '.join(sorted({d['name'] for d in training_data}))}), "
+            f"{method} ranges"))
+        variants["int8"] = (int8_path, info.manifest_entry())
+        held_out = next(iter(eval_sets.values()))
+        comparison = compare_models(fp32_path, int8_path, uint8_patches(held_out, size),
+                                    [s.label for s in held_out])
+        report["quantization"] = comparison.to_dict()
+
+    for variant, (onnx_path, quant) in variants.items():
+        session = onnx_session(onnx_path)
+        metrics = {set_name: evaluate_onnx(session, samples, size, labels) for set_name, samples in eval_sets.items()}
+        report["metrics"][variant] = metrics
+        ref = run_onnx(session, reference_images, outputs=("probs", "cam"))
+        pkg_version = version if variant == "fp32" else f"{version}-int8"
+        manifest = {
+            "format": "crack-model-package/1", "name": name, "version": pkg_version,
+            "parent_version": parent_version if variant == "fp32" else version,
+            "architecture": model.meta.arch,
+            "input": {"size": size, "layout": "NHWC", "dtype": "uint8", "color": "RGB"},
+            "preprocessing": {"mean": list(model.meta.mean), "std": list(model.meta.std), "folded": True},
+            "labels": labels, "outputs": ["logits", "probs", "cam"],
+            "metrics": {k: _scalar_metrics(v) for k, v in metrics.items()},
+            "training_data": training_data, "model_sha256": "0" * 64, "created": utc_now_iso(),
+            "quantization": quant,
+            "reference": {"file": "reference.npz", "atol": 1e-4 if variant == "fp32" else 1e-3},
+            "signature": None,
+        }
+        path = write_package(out_dir / f"{name}-{pkg_version}.crackpkg", manifest, onnx_path.read_bytes(),
+                             {"image": reference_images, **ref})
+        report["packages"][variant] = str(path)
+    (out_dir / f"{name}-{version}.report.json").write_text(json.dumps(report, indent=2, default=str))
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+    return report
+
+
+def _scalar_metrics(metrics: dict) -> dict:
+    """The manifest keeps the headline numbers; the full metrics go to the report file."""
+    return {k: metrics[k] for k in ("mcc", "accuracy", "precision", "recall", "f1", "roc_auc", "n") if k in metrics}
