@@ -247,3 +247,22 @@ def test_data_layer_imports_without_torch():
     )
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
+
+
+def test_boxes_layout_labels_by_presence_of_boxes_and_groups_tiles_of_one_photo(tmp_path):
+    quay = DATA / "omu_port_quay"
+    images = sorted((quay / "images").glob("h1_MAX_0008_15m_*.jpg"))[:3]
+    root = tmp_path / "quay"
+    for img in images:
+        link(img, root / "images" / img.name)
+    (root / "labels_yolo").mkdir(parents=True)
+    shutil.copy(quay / "labels_yolo" / f"{images[0].stem}.txt", root / "labels_yolo" / f"{images[0].stem}.txt")
+    (root / "labels_yolo" / f"{images[1].stem}.txt").write_text("")  # annotated, no crack
+    # images[2] has no label file at all: skipped and reported, never guessed
+    report = BadFileReport()
+    assert detect_layout(root) == "boxes"
+    samples = read_dataset(root, report=report, surface="quay wall")
+    assert [(Path(s.path).name, s.label) for s in samples] == [(images[0].name, 1), (images[1].name, 0)]
+    assert {s.source for s in samples} == {"h1_MAX_0008_15m"}
+    assert {s.surface for s in samples} == {"quay wall"}
+    assert [(Path(e.path).name, e.action) for e in report.entries] == [(images[2].name, "skipped")]

@@ -1,6 +1,6 @@
 """Reading crack datasets from the folder layouts people actually use.
 
-Three layouts are understood (``detect_layout`` picks one):
+Four layouts are understood (``detect_layout`` picks one):
 
 ``folders``
     One sub-folder per class, e.g. ``crack/`` + ``no_crack/`` or Özgenel's
@@ -20,6 +20,12 @@ Three layouts are understood (``detect_layout`` picks one):
     ``images/`` + ``masks/`` with the same stems (the mask may have another
     extension). Patches are cut with :func:`distill.data.patches.cut_patches`.
 
+``boxes``
+    ``images/`` + ``labels_yolo/`` (or ``labels/``): detection-annotated
+    patches, one YOLO text file per image (e.g. the port quay set). An image
+    with at least one box is *crack*, one with an empty label file is *no
+    crack*; an image without a label file is skipped and reported.
+
 Sources (what splits keep together; see ``splits.py``):
 
 - folders: the true source photo of a patch is unknown. Patches of one photo
@@ -34,6 +40,8 @@ Sources (what splits keep together; see ``splits.py``):
 - sdnet: surface letter + the part of ``<sourceimage>-<patchnum>`` before
   the dash (e.g. ``D7001``).
 - masks: the frame's file stem.
+- boxes: the stem without trailing tile coordinates ``_<row>_<col>`` (patches
+  cut from one drone photo stay together), else the stem.
 - In every layout, files with identical bytes are merged into one source, so
   a duplicated photo can never sit on both sides of a split.
 
@@ -64,6 +72,8 @@ _NO_CRACK_ALIASES = {
     "no_crack", "no_cracks", "nocrack", "non_crack", "noncrack", "not_crack",
     "uncracked", "negative", "neg", "0",
 }
+_BOX_LABEL_DIRS = ("labels_yolo", "labels")
+_TILE_SUFFIX = re.compile(r"^(?P<source>.+)_\d+_\d+$")
 _MASK_PREFERENCE = (".png", ".bmp", ".tif", ".tiff", ".webp", ".jpg", ".jpeg")
 
 
@@ -72,7 +82,7 @@ class DatasetError(ValueError):
 
 
 def detect_layout(root: str | os.PathLike, *, labels: tuple[str, ...] = LABELS) -> str:
-    """"folders", "sdnet" or "masks" for the dataset folder ``root``.
+    """"folders", "sdnet", "masks" or "boxes" for the dataset folder ``root``.
 
     Raises :class:`DatasetError` naming the sub-folders if none fits.
     """
@@ -83,6 +93,8 @@ def detect_layout(root: str | os.PathLike, *, labels: tuple[str, ...] = LABELS) 
     names = {d.name.lower() for d in subdirs}
     if {"images", "masks"} <= names:
         return "masks"
+    if "images" in names and names & set(_BOX_LABEL_DIRS):
+        return "boxes"
     if _is_sdnet(root, subdirs):
         return "sdnet"
     unknown = [d.name for d in subdirs if _class_of(d.name, labels) is None]
@@ -91,7 +103,8 @@ def detect_layout(root: str | os.PathLike, *, labels: tuple[str, ...] = LABELS) 
     raise DatasetError(
         f"cannot tell the layout of {root}: found sub-folders {sorted(d.name for d in subdirs)}. "
         "Expected one of: a folder per class (e.g. crack/ and no_crack/, Positive/ and "
-        "Negative/), SDNET2018 (D/, P/, W/ with C*/ and U*/ inside), or images/ + masks/."
+        "Negative/), SDNET2018 (D/, P/, W/ with C*/ and U*/ inside), images/ + masks/, or "
+        "images/ + labels_yolo/."
         + (f" Not a class name: {sorted(unknown)}." if unknown else "")
     )
 
@@ -124,8 +137,10 @@ def read_dataset(
         samples = _read_sdnet(root, labels, report, hasher)
     elif layout == "masks":
         samples = _read_masks(root, labels, patch_rule, surface, report, hasher)
+    elif layout == "boxes":
+        samples = _read_boxes(root, labels, surface, report, hasher)
     else:
-        raise DatasetError(f"unknown layout {layout!r}; use auto, folders, sdnet or masks")
+        raise DatasetError(f"unknown layout {layout!r}; use auto, folders, sdnet, masks or boxes")
     if own_report and len(report):
         log.warning("%s: %s", root, report.summary())
     if not samples:
@@ -222,6 +237,25 @@ def _read_masks(root, labels, rule, surface, report, hasher) -> list[Sample]:
                 Sample(str(path), crack if is_crack else no_crack, path.stem, surface, box,
                        hasher(path, box))
             )
+    return samples
+
+
+def _read_boxes(root, labels, surface, report, hasher) -> list[Sample]:
+    crack, no_crack = _binary_labels(labels, "boxes")
+    dirs = {d.name.lower(): d for d in _subdirs(root)}
+    label_dir = next(dirs[n] for n in _BOX_LABEL_DIRS if n in dirs)
+    samples = []
+    for path in _images(dirs["images"]):
+        txt = label_dir / f"{path.stem}.txt"
+        if not txt.is_file():
+            report.add(path, f"no label file {txt.name} in {label_dir.name}/", "skipped")
+            continue
+        if not check_image(path, report):
+            continue
+        has_box = any(line.split() for line in txt.read_text().splitlines())
+        tile = _TILE_SUFFIX.match(path.stem)
+        source = tile.group("source") if tile else path.stem
+        samples.append(Sample(str(path), crack if has_box else no_crack, source, surface, None, hasher(path, None)))
     return samples
 
 
