@@ -13,28 +13,9 @@ from torch import nn
 from distill.checkpoint import save_checkpoint
 from distill.ensemble import TeacherEnsemble
 from distill.models import ModelError, build_model
+from support import calibrated
 
 torch.set_num_threads(1)  # tiny models; extra OpenMP threads only slow a busy machine down
-
-
-def calibrated(model, size: int, batch: int = 8):
-    """``model`` in eval mode with batch-norm statistics measured on one random batch.
-
-    A fresh network's default statistics (mean 0, variance 1) shrink the activations of
-    MobileNet/EfficientNet to ~1e-9 at the head, so every input would give the same logits and
-    output comparisons would prove nothing; measured statistics keep them input-dependent.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: one batch sets the statistics exactly
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(batch, 3, size, size))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    return model.eval()
 
 
 def member(arch: str, size: int, labels=("no_crack", "crack"), seed: int = 0):

@@ -27,6 +27,7 @@ from distill.models import (
     ModelError,
     build_model,
 )
+from support import calibrated
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
 # One thread: tiny convolutions gain nothing from more, and on a busy machine OpenMP's
@@ -50,26 +51,6 @@ def imagenet_lite(name: str) -> Classifier:
         _imagenet_models[name] = build_model(name, label_names=IMAGENET_LABELS, input_size=64,
                                              pretrained=True).eval()
     return _imagenet_models[name]
-
-
-def calibrated(model, size: int, batch: int = 8):
-    """``model`` in eval mode with batch-norm statistics measured on one random batch.
-
-    A fresh network's default statistics (mean 0, variance 1) shrink the activations of
-    MobileNet/EfficientNet to ~1e-9 at the head, so every input would give the same logits and
-    output comparisons would prove nothing; measured statistics keep them input-dependent.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: one batch sets the statistics exactly
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(batch, 3, size, size))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    return model.eval()
 
 
 def first_linear(module: nn.Module) -> nn.Linear:
