@@ -87,14 +87,16 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--size", type=int, default=96, help="input side in pixels (all models)")
     ap.add_argument("--teacher-epochs", type=int, default=1)
-    ap.add_argument("--student-epochs", type=int, default=5)
-    ap.add_argument("--low-data-epochs", type=int, default=15)
+    ap.add_argument("--teacher-seeds", type=int, default=1,
+                    help="seeds for the teachers (later student seeds reuse seed 0's teachers)")
+    ap.add_argument("--student-epochs", type=int, default=3)
+    ap.add_argument("--low-data-epochs", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, capped steps: a smoke run")
     ap.add_argument("--json", default=None, help="output JSON (default: <work>/distill_table.json)")
     ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/distill_table.md")
     args = ap.parse_args()
     if args.quick:
-        args.seeds, args.teacher_epochs, args.student_epochs, args.low_data_epochs = 1, 1, 1, 2
+        args.seeds, args.teacher_seeds, args.teacher_epochs, args.student_epochs, args.low_data_epochs = 1, 1, 1, 1, 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     max_steps = 6 if args.quick else None
@@ -139,7 +141,9 @@ def main() -> int:
     t_start = time.perf_counter()
     teacher_ckpts: dict[int, list[Path]] = {}
     for seed in range(args.seeds):
-        for arch in TEACHERS:
+        if seed >= args.teacher_seeds:  # reuse seed 0's teachers: the student rows still vary by seed
+            teacher_ckpts[seed] = teacher_ckpts[0]
+        for arch in TEACHERS if seed < args.teacher_seeds else ():
             cfg = replace(base, model=ModelConfig(arch=arch, pretrained=True), loss=LossConfig(name="ce"),
                           train=replace(base.train, epochs=args.teacher_epochs, lr=3e-4, seed=seed),
                           out=str(work / f"teacher_{arch}_s{seed}"))
@@ -147,10 +151,11 @@ def main() -> int:
             ckpt = Path(cfg.out) / "best.pt"
             teacher_ckpts.setdefault(seed, []).append(ckpt)
             record(arch, seed, summary, evaluate_on(ckpt, eval_sets))
-        mccs = evaluate_ensemble(teacher_ckpts[seed], eval_sets, args.size)
-        params = sum(rows[a]["runs"][-1]["params"] for a in TEACHERS)
-        size = sum(rows[a]["runs"][-1]["size_mb"] for a in TEACHERS)
-        record("ensemble (Lite0+1+2)", seed, {"params": params, "size_mb": size}, mccs)
+        if seed < args.teacher_seeds:
+            mccs = evaluate_ensemble(teacher_ckpts[seed], eval_sets, args.size)
+            params = sum(rows[a]["runs"][-1]["params"] for a in TEACHERS)
+            size = sum(rows[a]["runs"][-1]["size_mb"] for a in TEACHERS)
+            record("ensemble (Lite0+1+2)", seed, {"params": params, "size_mb": size}, mccs)
 
         for fraction, epochs in ((1.0, args.student_epochs), (0.1, args.low_data_epochs)):
             for loss in LOSSES:
@@ -181,13 +186,14 @@ def main() -> int:
 
 
 def summarise(rows: dict, sets: list[str], args, seconds: float, n_train: int) -> str:
-    head = ("| model | " + " | ".join(f"MCC {s}" for s in sets)
+    head = ("| model | n | " + " | ".join(f"MCC {s}" for s in sets)
             + " | params (M) | size (MB) | train time (s) |")
     lines = [
-        f"Image size {args.size} px, {args.seeds} seed(s), teachers {args.teacher_epochs} epochs, "
+        f"Image size {args.size} px, {args.seeds} seed(s) for students, {args.teacher_seeds} for teachers "
+        f"(n = runs per row), teachers {args.teacher_epochs} epoch(s), "
         f"students {args.student_epochs} epochs (10 % labels: {args.low_data_epochs}); "
         f"{n_train} training patches; total {seconds / 60:.1f} min on {platform.machine()} CPU.",
-        "", head, "|" + "---|" * (len(sets) + 4)]
+        "", head, "|" + "---|" * (len(sets) + 5)]
     for name, r in rows.items():
         cells = []
         for s in sets:
@@ -195,7 +201,7 @@ def summarise(rows: dict, sets: list[str], args, seconds: float, n_train: int) -
             cells.append(f"{m:.3f} ± {sd:.3f}")
         first = r["runs"][0]
         t, _ = mean_sd([run["train_seconds"] for run in r["runs"]])
-        lines.append(f"| {name} | " + " | ".join(cells)
+        lines.append(f"| {name} | {len(r['runs'])} | " + " | ".join(cells)
                      + f" | {first['params'] / 1e6:.2f} | {first['size_mb']:.1f} | {t:.0f} |")
     return "\n".join(lines)
 
