@@ -74,7 +74,7 @@ def main() -> int:
     ap.add_argument("--student", default="efficientnet_lite0")
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--teacher-epochs", type=int, default=1)
-    ap.add_argument("--student-epochs", type=int, default=3)
+    ap.add_argument("--student-epochs", type=int, default=4)
     ap.add_argument("--version", default="1.0.0")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
@@ -101,7 +101,7 @@ def main() -> int:
 
     pretrained = args.student.startswith("efficientnet_lite")
     student = replace(base, model=ModelConfig(args.student, pretrained=pretrained), loss=LossConfig(name="kd"),
-                      train=replace(base.train, epochs=args.student_epochs, lr=1e-3 if pretrained else 2e-3),
+                      train=replace(base.train, epochs=args.student_epochs, lr=5e-4 if pretrained else 2e-3),
                       teachers=[str(p) for p in teacher_ckpts], out=str(work / "student"))
     summary = run(student, callback=ProgressPrinter("student "))
 
