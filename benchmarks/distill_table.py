@@ -90,7 +90,7 @@ def main() -> int:
     ap.add_argument("--teacher-seeds", type=int, default=1,
                     help="seeds for the teachers (later student seeds reuse seed 0's teachers)")
     ap.add_argument("--student-epochs", type=int, default=3)
-    ap.add_argument("--low-data-epochs", type=int, default=10)
+    ap.add_argument("--low-data-epochs", type=int, default=30, help="10 %% labels: same step budget as full data")
     ap.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, capped steps: a smoke run")
     ap.add_argument("--json", default=None, help="output JSON (default: <work>/distill_table.json)")
     ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/distill_table.md")
@@ -163,7 +163,10 @@ def main() -> int:
                 cfg = replace(
                     base, model=ModelConfig(arch=STUDENT), loss=LossConfig(name=loss),
                     data=replace(base.data, label_fraction=fraction, split_seed=seed),
-                    train=replace(base.train, epochs=epochs, lr=2e-3, seed=seed),
+                    # Low-data runs get as many steps as full ones (more epochs of fewer batches) and no
+                    # early stopping: patience counted in 5-step epochs would stop them before they start.
+                    train=replace(base.train, epochs=epochs, lr=2e-3, seed=seed,
+                                  patience=base.train.patience if fraction == 1.0 else epochs),
                     teachers=[str(p) for p in teacher_ckpts[seed]],
                     cache=str(work / f"teacher_cache_s{seed}.sqlite"), out=str(work / f"student_{tag}"))
                 summary = run_or_reuse(cfg)
