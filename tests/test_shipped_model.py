@@ -77,13 +77,15 @@ def test_shipped_teacher_ensemble_loads_from_float16_and_sees_cracks():
     import torch
 
     from distill.data.layouts import read_dataset
+    from distill.data.splits import split_by_source
     from distill.edge import uint8_patches
     from distill.ensemble import TeacherEnsemble
 
     ensemble = TeacherEnsemble.from_checkpoints(sorted((MODELS / "teachers").glob("efficientnet_lite*.pt")))
     assert len(ensemble.members) == 3
     assert all(p.dtype == torch.float32 for p in ensemble.parameters())
-    samples = read_dataset(DATA / "ozgenel_ccic_subset")[::200]
+    # the held-out split of scripts/build_default_models.py (same rule, same seed)
+    samples = split_by_source(read_dataset(DATA / "ozgenel_ccic_subset"), seed=0)["test"][::20]
     x = torch.from_numpy(uint8_patches(samples, 96)).permute(0, 3, 1, 2).float() / 255
     predicted = ensemble(x).argmax(1).numpy()
     labels = np.array([s.label for s in samples])
