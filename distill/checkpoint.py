@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -22,23 +23,27 @@ from distill.models import Classifier, ModelError, ModelMeta, build_model
 FORMAT = "crack-distill-checkpoint/1"
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """Save to a temporary file in the same folder, fsync, then rename: never a half file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(f)`` on a temporary file in the same folder, fsync, then rename: readers
+    never see a half-written checkpoint or model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name opened exclusively, not tempfile.mkstemp: mkstemp makes the file 0600,
     # which the rename would hand on to the checkpoint; open() honours the umask.
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    f = open(tmp, "xb")
     try:
-        with f:
-            torch.save(obj, f)
+        with open(tmp, "xb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def unwrap(model: torch.nn.Module) -> Classifier:

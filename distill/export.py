@@ -37,7 +37,6 @@ import copy
 import io
 import json
 import os
-import secrets
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.checkpoint import atomic_write
 from distill.models import Classifier
 
 INPUT_NAME = "image"
@@ -279,17 +279,7 @@ def export_onnx(
     data = proto.SerializeToString()
     if check:
         _check(graph, data, check_images, report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(data))
     return report
 
 
