@@ -49,10 +49,11 @@ def run_onnx(session, images: np.ndarray, outputs=("probs",), batch: int = 64) -
     return {name: np.concatenate(v) for name, v in parts.items()}
 
 
-def evaluate_onnx(session, samples: list[Sample], size: int, label_names) -> dict:
+def evaluate_onnx(session, samples: list[Sample], size: int, label_names, images: np.ndarray | None = None) -> dict:
+    """Every metric of an ONNX session on ``samples`` (``images``: their uint8 patches, if already made)."""
     from distill.metrics import evaluate_predictions
 
-    images = uint8_patches(samples, size)
+    images = uint8_patches(samples, size) if images is None else images
     probs = run_onnx(session, images)["probs"]
     labels = np.array([s.label for s in samples])
     return evaluate_predictions(labels, probs, surfaces=[s.surface for s in samples],
@@ -72,7 +73,7 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
                    eval_sets: dict[str, list[Sample]], training_data: list[dict],
                    parent_version: str | None = None, int8: bool = True, calibration_count: int = 256,
                    method: str = "minmax", seed: int = 0) -> dict:
-    """Write ``NAME-VERSION.crackpkg`` (FP32) and ``NAME-VERSION-int8``... see module docstring.
+    """Write ``NAME-VERSION.crackpkg`` (FP32) and ``NAME-VERSION-int8.crackpkg`` (see the module docstring).
 
     Returns a report dict (paths, metrics per set and format, quantization comparison), also
     written as ``NAME-VERSION.report.json``.
@@ -98,6 +99,7 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
     variants = {"fp32": (fp32_path, {"type": "fp32", "per_channel": False, "calibration": None,
                                      "float_nodes": []})}
     report: dict = {"export": export.to_dict(), "packages": {}, "metrics": {}}
+    eval_images = {k: uint8_patches(v, size) for k, v in eval_sets.items()}  # decoded once for every variant
     if int8:
         from distill.quantize import compare_models, quantize_int8
 
@@ -106,14 +108,15 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
             f"{len(calib)} real training patches ({', '.join(sorted({d['name'] for d in training_data}))}), "
             f"{method} ranges"))
         variants["int8"] = (int8_path, info.manifest_entry())
-        held_out = next(iter(eval_sets.values()))
-        comparison = compare_models(fp32_path, int8_path, uint8_patches(held_out, size),
-                                    [s.label for s in held_out])
+        held_out = next(iter(eval_sets))
+        comparison = compare_models(fp32_path, int8_path, eval_images[held_out],
+                                    [s.label for s in eval_sets[held_out]])
         report["quantization"] = comparison.to_dict()
 
     for variant, (onnx_path, quant) in variants.items():
         session = onnx_session(onnx_path)
-        metrics = {set_name: evaluate_onnx(session, samples, size, labels) for set_name, samples in eval_sets.items()}
+        metrics = {set_name: evaluate_onnx(session, samples, size, labels, eval_images[set_name])
+                   for set_name, samples in eval_sets.items()}
         report["metrics"][variant] = metrics
         ref = run_onnx(session, reference_images, outputs=("probs", "cam"))
         pkg_version = version if variant == "fp32" else f"{version}-int8"
