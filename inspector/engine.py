@@ -296,17 +296,14 @@ class InferenceEngine:
         if height < tile or width < tile:
             frame = cv2.copyMakeBorder(np.ascontiguousarray(frame), 0, max(0, tile - height), 0,
                                        max(0, tile - width), cv2.BORDER_REFLECT_101)
-        crops = np.empty((len(boxes), tile, tile, 3), np.uint8)
-        for i, (x0, y0, _, _) in enumerate(boxes):
-            crops[i] = frame[y0:y0 + tile, x0:x0 + tile]
         t_tile = time.perf_counter()
 
-        if tile != s:
-            batch = np.empty((len(boxes), s, s, 3), np.uint8)
-            for i in range(len(boxes)):
-                batch[i] = _resize(crops[i], s, s)
-        else:
-            batch = crops
+        # Each tile goes straight from the frame into the batch: resized when the tile is not
+        # the model's input size, copied otherwise; no intermediate crop array.
+        batch = np.empty((len(boxes), s, s, 3), np.uint8)
+        for i, (x0, y0, _, _) in enumerate(boxes):
+            window = frame[y0:y0 + tile, x0:x0 + tile]
+            batch[i] = _resize(np.ascontiguousarray(window), s, s) if tile != s else window
         t_pre = time.perf_counter()
 
         probs, cams = self._run(batch)
@@ -314,9 +311,8 @@ class InferenceEngine:
 
         heat, tiles, p_max = self._stitch(height, width, boxes, [(tile, tile)] * len(boxes), probs, cams)
         t_end = time.perf_counter()
-        timings = {"tile": (t_tile - t_start) * 1e3, "preprocess": (t_pre - t_tile) * 1e3,
-                   "infer": (t_inf - t_pre) * 1e3, "stitch": (t_end - t_inf) * 1e3, "total": (t_end - t_start) * 1e3}
-        return FrameResult(tiles=tiles, heatmap=heat, crack_prob_max=p_max, timings=timings)
+        return FrameResult(tiles=tiles, heatmap=heat, crack_prob_max=p_max,
+                           timings=_stage_ms(t_start, t_tile, t_pre, t_inf, t_end))
 
     def inspect_patch(self, patch_rgb: np.ndarray) -> FrameResult:
         """One patch of any size, resized to S×S as a whole (no tiling): one tile whose box is
@@ -332,9 +328,13 @@ class InferenceEngine:
         t_inf = time.perf_counter()
         heat, tiles, p_max = self._stitch(height, width, [(0, 0, width, height)], [(width, height)], probs, cams)
         t_end = time.perf_counter()
-        timings = {"tile": (t_tile - t_start) * 1e3, "preprocess": (t_pre - t_tile) * 1e3,
-                   "infer": (t_inf - t_pre) * 1e3, "stitch": (t_end - t_inf) * 1e3, "total": (t_end - t_start) * 1e3}
-        return FrameResult(tiles=tiles, heatmap=heat, crack_prob_max=p_max, timings=timings)
+        return FrameResult(tiles=tiles, heatmap=heat, crack_prob_max=p_max,
+                           timings=_stage_ms(t_start, t_tile, t_pre, t_inf, t_end))
+
+
+def _stage_ms(t_start: float, t_tile: float, t_pre: float, t_inf: float, t_end: float) -> dict[str, float]:
+    return {"tile": (t_tile - t_start) * 1e3, "preprocess": (t_pre - t_tile) * 1e3,
+            "infer": (t_inf - t_pre) * 1e3, "stitch": (t_end - t_inf) * 1e3, "total": (t_end - t_start) * 1e3}
 
 
 def overlay(frame_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4,
