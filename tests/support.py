@@ -1,4 +1,5 @@
 """Helpers shared by several test files (imported as ``from support import ...``)."""
+import pytest
 import torch
 from torch import nn
 
@@ -21,3 +22,13 @@ def calibrated(model, size: int, batch: int = 8):
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine more threads only contend (10x slower).
+    Autouse in every test module that imports it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,6 +24,7 @@ from distill.data.splits import read_manifest, write_manifest
 from distill.data.torch_dataset import PatchDataset
 from distill.metrics import evaluate_predictions
 from distill.train import predict
+from support import one_thread  # noqa: F401  (autouse fixture)
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
 REPO = Path(__file__).resolve().parents[1]
@@ -31,13 +32,6 @@ ARCH = "mobilenet_v3_small"
 QUICK = ["--input-size", "32", "--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine more threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

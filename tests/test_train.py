@@ -23,6 +23,7 @@ from distill.losses import build_loss
 from distill.models import build_model
 from distill.runs import run
 from distill.train import TrainConfig, evaluate, fit, teacher_targets
+from support import one_thread  # noqa: F401  (autouse fixture)
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
 SIZE = 32
@@ -42,13 +43,6 @@ def make_tiny_folders(root: Path, per_class: int = 24) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine more threads only contend (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
