@@ -72,11 +72,12 @@ def evaluate_package(package, samples: list[Sample]) -> dict:
 def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration: list[Sample],
                    eval_sets: dict[str, list[Sample]], training_data: list[dict],
                    parent_version: str | None = None, int8: bool = True, calibration_count: int = 256,
-                   method: str = "minmax", seed: int = 0) -> dict:
+                   method: str = "minmax", seed: int = 0, tiling: dict | None = None) -> dict:
     """Write ``NAME-VERSION.crackpkg`` (FP32) and ``NAME-VERSION-int8.crackpkg`` (see the module docstring).
 
     Returns a report dict (paths, metrics per set and format, quantization comparison), also
-    written as ``NAME-VERSION.report.json``.
+    written as ``NAME-VERSION.report.json``. ``tiling`` ({"size", "overlap"}): how the app
+    should tile frames for this model, written into both manifests.
     """
     from distill.checkpoint import load_classifier
     from distill.export import export_onnx
@@ -133,6 +134,8 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
             "reference": {"file": "reference.npz", "atol": 1e-4 if variant == "fp32" else 1e-3},
             "signature": None,
         }
+        if tiling is not None:
+            manifest["tiling"] = dict(tiling)
         path = write_package(out_dir / f"{name}-{pkg_version}.crackpkg", manifest, onnx_path.read_bytes(),
                              {"image": reference_images, **ref})
         report["packages"][variant] = str(path)

@@ -4,9 +4,10 @@ numpy + onnxruntime + OpenCV only (the Jetson agent imports this; never torch, n
 
 How a frame is inspected (:meth:`InferenceEngine.inspect`)
 ------------------------------------------------------------
-1. **Tiles** (:func:`tile_grid`): square tiles of ``tile_size`` frame pixels (default: the
-   model's input size S, i.e. native resolution) with ``tile_overlap`` (fraction of a tile,
-   default 0.25). Tiles start every ``round(tile·(1-overlap))`` pixels; the last row/column
+1. **Tiles** (:func:`tile_grid`): square tiles of ``tile_size`` frame pixels with
+   ``tile_overlap`` (fraction of a tile); both default to the package manifest's ``tiling``
+   (the shipped student: 160 px, no overlap: 12 tiles for 640×480), else the model's input
+   size S (native resolution) and 0.25. Tiles start every ``round(tile·(1-overlap))`` pixels; the last row/column
    is shifted to end exactly on the frame border, so every pixel is covered and no tile hangs
    outside the frame.
    A frame *smaller* than a tile (in either dimension) is **padded, not resized**: the frame
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 PREFERRED_PROVIDERS: tuple[str, ...] = ("TensorrtExecutionProvider", "CUDAExecutionProvider", CPU)
 
+DEFAULT_TILE_OVERLAP = 0.25  # when neither the caller nor the package's manifest says
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1/y1 exclusive, frame pixels
 
 
@@ -177,14 +179,15 @@ class InferenceEngine:
     ``providers``: preference list for :func:`select_providers` (default TensorRT, CUDA, CPU).
     If the session cannot be created with an accelerator the engine falls back to CPU and
     says why in ``provider_fallback``. ``.providers`` is what the session really uses.
-    ``tile_size``: frame pixels per tile (default: the model input size S).
+    ``tile_size`` / ``tile_overlap``: frame pixels per tile and overlap; default: the package's
+    ``tiling`` (manifest), else S and 0.25.
     ``threads``: ORT intra-op threads (default: usable cores); ``cv2_threads`` and ``spinning``
     (ORT busy-waiting, off by default): see the module doc.
     ``crack_label``: the label whose probability and CAM make the heat-map.
     """
 
     def __init__(self, package: ModelPackage | str | os.PathLike, *, providers: Sequence[str] | None = None,
-                 tile_overlap: float = 0.25, tile_size: int | None = None, threads: int | None = None,
+                 tile_overlap: float | None = None, tile_size: int | None = None, threads: int | None = None,
                  crack_label: str = "crack", verify_reference: bool = True, cv2_threads: int | None = 1,
                  spinning: bool = False):
         import onnxruntime as ort
@@ -200,12 +203,15 @@ class InferenceEngine:
         self.crack_label = crack_label
         self.crack_index = self.labels.index(crack_label)
 
+        tiling = self.manifest.tiling
+        if tile_overlap is None:
+            tile_overlap = tiling.overlap if tiling is not None else DEFAULT_TILE_OVERLAP
         if isinstance(tile_overlap, bool) or not (isinstance(tile_overlap, (int, float, np.floating))
                                                   and 0.0 <= tile_overlap < 1.0):
             raise ValueError(f"tile_overlap must be a fraction in [0, 1), got {tile_overlap!r}")
         self.tile_overlap = float(tile_overlap)
         if tile_size is None:
-            tile_size = self.input_size
+            tile_size = tiling.size if tiling is not None else self.input_size
         if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 1:
             raise ValueError(f"tile_size must be a positive integer (frame pixels per tile), got {tile_size!r}")
         self.tile_size = int(tile_size)

@@ -266,6 +266,28 @@ class Quantization:
 
 
 @dataclass(frozen=True)
+class Tiling:
+    """How the app should tile camera frames for this model (frame pixels per tile, overlap
+    as a fraction of a tile). Optional in the manifest: it travels with the model because the
+    scale the model was trained at decides it, and the speed budget of a frame depends on it."""
+
+    size: int
+    overlap: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str = "tiling") -> "Tiling":
+        d = _require_mapping(d, path)
+        _check_keys(d, path, ("size", "overlap"))
+        overlap = _float(d["overlap"], f"{path}.overlap")
+        if not 0.0 <= overlap < 1.0:
+            raise _fail(f"{path}.overlap", f"must be a fraction in [0, 1), got {overlap!r}")
+        return cls(size=_int(d["size"], f"{path}.size"), overlap=overlap)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "overlap": self.overlap}
+
+
+@dataclass(frozen=True)
 class ReferenceSpec:
     """``reference``: the member holding the reference run and the tolerance on ``probs``."""
 
@@ -368,7 +390,7 @@ def _created(value: Any, path: str = "created") -> str:
 _MANIFEST_REQUIRED = ("format", "name", "version", "parent_version", "architecture", "input", "preprocessing",
                       "labels", "outputs", "metrics", "training_data", "model_sha256", "created", "quantization",
                       "reference", "signature")
-_MANIFEST_OPTIONAL = ("extra",)
+_MANIFEST_OPTIONAL = ("extra", "tiling")
 
 
 @dataclass(frozen=True)
@@ -394,6 +416,7 @@ class Manifest:
     quantization: Quantization
     reference: ReferenceSpec = field(default_factory=ReferenceSpec)
     signature: Signature | None = None
+    tiling: Tiling | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
 
@@ -421,6 +444,8 @@ class Manifest:
         signature = d["signature"]
         signature = None if signature is None else Signature.from_dict(signature)
         extra = _json_value(_require_mapping(d.get("extra", {}), "extra"), "extra")
+        tiling = d.get("tiling")
+        tiling = None if tiling is None else Tiling.from_dict(tiling)
         return cls(
             format=fmt,
             name=name,
@@ -438,6 +463,7 @@ class Manifest:
             quantization=Quantization.from_dict(d["quantization"]),
             reference=ReferenceSpec.from_dict(d["reference"]),
             signature=signature,
+            tiling=tiling,
             extra=extra,
         )
 
@@ -461,6 +487,8 @@ class Manifest:
             "reference": self.reference.to_dict(),
             "signature": None if self.signature is None else self.signature.to_dict(),
         }
+        if self.tiling is not None:
+            d["tiling"] = self.tiling.to_dict()
         if self.extra:
             d["extra"] = copy.deepcopy(self.extra)
         return d

@@ -71,11 +71,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(REPO / "runs" / "default_models"))
     ap.add_argument("--out", default=str(REPO / "models"))
-    ap.add_argument("--student", default="efficientnet_lite0")
+    ap.add_argument("--student", default="resnet18")
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--teacher-epochs", type=int, default=1)
     ap.add_argument("--student-epochs", type=int, default=4)
-    ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--version", default="1.1.0")
+    ap.add_argument("--reuse-teachers", action="store_true",
+                    help="use teachers already trained in --work (same data and settings) instead of retraining")
+    ap.add_argument("--reuse-student", action="store_true",
+                    help="use the student already trained in --work; only export, quantize, evaluate, package")
+    ap.add_argument("--tile-size", type=int, default=160, help="frame pixels per tile the app uses (manifest)")
+    ap.add_argument("--tile-overlap", type=float, default=0.0, help="tile overlap the app uses (manifest)")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -95,22 +101,29 @@ def main() -> int:
     for arch in TEACHERS:
         cfg = replace(base, model=ModelConfig(arch, pretrained=True), loss=LossConfig(name="ce"),
                       train=replace(base.train, epochs=args.teacher_epochs, lr=3e-4), out=str(work / f"teacher_{arch}"))
-        run(cfg, callback=ProgressPrinter(f"{arch} "))
+        if not (args.reuse_teachers and (Path(cfg.out) / "best.pt").is_file()):
+            run(cfg, callback=ProgressPrinter(f"{arch} "))
         teacher_ckpts.append(Path(cfg.out) / "best.pt")
         save_half(teacher_ckpts[-1], out / "teachers" / f"{arch}.pt")
 
     pretrained = args.student.startswith("efficientnet_lite")
     student = replace(base, model=ModelConfig(args.student, pretrained=pretrained), loss=LossConfig(name="kd"),
                       train=replace(base.train, epochs=args.student_epochs, lr=5e-4 if pretrained else 2e-3),
-                      teachers=[str(p) for p in teacher_ckpts], out=str(work / "student"))
-    summary = run(student, callback=ProgressPrinter("student "))
+                      teachers=[str(p) for p in teacher_ckpts], out=str(work / f"student_{args.student}"),
+                      cache=str(work / "teacher_cache.sqlite"))
+    if args.reuse_student and (Path(student.out) / "best.pt").is_file():
+        summary = json.loads((Path(student.out) / "summary.json").read_text())
+    else:
+        summary = run(student, callback=ProgressPrinter("student "))
 
     report = build_packages(Path(student.out) / "best.pt", out, name="crack-student", version=args.version,
-                            calibration=splits["train"], eval_sets=eval_sets, training_data=TRAINING_DATA)
+                            calibration=splits["train"], eval_sets=eval_sets, training_data=TRAINING_DATA,
+                            tiling={"size": args.tile_size, "overlap": args.tile_overlap})
     report["student_summary"] = summary
     report["recipe"] = {"student": args.student, "init": "imagenet" if pretrained else "scratch",
                         "teachers": list(TEACHERS), "input_size": args.size, "loss": "Hinton KD, T=4, alpha=0.9",
                         "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
+                        "tiling": {"size": args.tile_size, "overlap": args.tile_overlap},
                         "splits": {k: len(v) for k, v in splits.items()}}
     (out / f"crack-student-{args.version}.report.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({k: report[k] for k in ("packages", "metrics")}, indent=2, default=str))

@@ -12,7 +12,7 @@ if [ ! -f "$stamp" ]; then
     echo "setup: installing dependencies into .venv (first run takes a few minutes)" >&2
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r requirements.txt
-    .venv/bin/python -m pip install -q -e ".[distill,test]"
+    .venv/bin/python -m pip install -q -e ".[app,distill,test]"
     rm -f .venv/.deps-*
     touch "$stamp"
 fi

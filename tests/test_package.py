@@ -281,6 +281,27 @@ def test_extra_and_signature_round_trip(tmp_path, fixture_model, reference):
     assert pkg.manifest.parent_version == "0.0.9"
 
 
+def test_tiling_travels_with_the_model_and_sets_the_engine_default(tmp_path, fixture_model, reference):
+    from inspector.engine import InferenceEngine
+
+    path = write_package(tmp_path / "t.crackpkg", fixture_manifest(tiling={"size": 96, "overlap": 0.0}),
+                         fixture_model, reference)
+    pkg = load_package(path)
+    assert pkg.manifest.tiling.to_dict() == {"size": 96, "overlap": 0.0}
+    engine = InferenceEngine(pkg, threads=1)
+    assert (engine.tile_size, engine.tile_overlap) == (96, 0.0)
+    assert len(engine.inspect(np.zeros((192, 288, 3), np.uint8)).tiles) == 6  # 3 × 2 tiles of 96 px
+    explicit = InferenceEngine(pkg, threads=1, tile_size=64, tile_overlap=0.5)  # the caller still decides
+    assert (explicit.tile_size, explicit.tile_overlap) == (64, 0.5)
+    untiled = load_package(write_package(tmp_path / "u.crackpkg", fixture_manifest(), fixture_model, reference))
+    assert untiled.manifest.tiling is None
+    assert (InferenceEngine(untiled, threads=1).tile_size, InferenceEngine(untiled, threads=1).tile_overlap) == (S, 0.25)
+    for bad, fragment in [({"size": 96, "overlap": 1.0}, "tiling.overlap"), ({"size": 0, "overlap": 0.0}, "tiling.size"),
+                          ({"size": 96}, "tiling"), ({"size": 96, "overlap": 0.0, "stride": 8}, "stride")]:
+        with pytest.raises(PackageError, match=fragment):
+            Manifest.from_dict(fixture_manifest(tiling=bad))
+
+
 def test_signed_payload_is_canonical_and_excludes_signature(fixture_model):
     d = fixture_manifest()
     signed = fixture_manifest(signature={"alg": "ed25519", "key_id": "k1", "value": "B" * 86 + "=="})

@@ -1,0 +1,47 @@
+"""Where the shipped files are: the default model package and the sample video.
+
+From a source checkout they sit in ``models/`` and ``resources/`` at the repository root; in a
+PyInstaller bundle they are unpacked under ``sys._MEIPASS`` with the same relative paths.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+SAMPLE_VIDEO_NAME = "sample_inspection.avi"
+_DEFAULT_MODEL = re.compile(r"^crack-student-(\d+)\.(\d+)\.(\d+)-int8\.crackpkg$")
+
+
+def app_root() -> Path:
+    """The folder holding ``models/`` and ``resources/``."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    return Path(bundle) if bundle else Path(__file__).resolve().parents[1]
+
+
+def models_dir() -> Path:
+    return app_root() / "models"
+
+
+def resources_dir() -> Path:
+    return app_root() / "resources"
+
+
+def default_model() -> Path:
+    """The newest shipped INT8 student package (``models/crack-student-X.Y.Z-int8.crackpkg``)."""
+    found = []
+    for p in models_dir().glob("crack-student-*-int8.crackpkg"):
+        m = _DEFAULT_MODEL.match(p.name)
+        if m:
+            found.append((tuple(int(g) for g in m.groups()), p))
+    if not found:
+        raise FileNotFoundError(f"no shipped model package crack-student-X.Y.Z-int8.crackpkg in {models_dir()}")
+    return max(found)[1]
+
+
+def sample_video() -> Path:
+    """The shipped sample inspection video (made from redistributable images; see resources/CREDITS.md)."""
+    path = resources_dir() / SAMPLE_VIDEO_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"the sample video {path} is missing (rebuild: python scripts/make_sample_video.py)")
+    return path
