@@ -7,6 +7,8 @@ worse than a red one.
 import os
 from pathlib import Path
 
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

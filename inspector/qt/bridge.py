@@ -1,0 +1,138 @@
+"""LiveInspector callbacks (worker threads) → Qt signals (delivered on the GUI thread).
+
+Results are **coalesced**: the bridge keeps only the newest result and has at most one
+``resultReady`` in the GUI's event queue, so a busy GUI never works through stale frames
+(newest frame wins, all the way to the screen). Work that does not need the GUI thread is done
+here, on the calling worker thread: blending the heat-map overlay and making flag thumbnails.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QImage
+
+from ..engine import overlay
+from ..live import LiveResult
+
+log = logging.getLogger(__name__)
+
+THUMB_HEIGHT = 72
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How a frame is composed before painting: the heat-map overlay on/off and its opacity."""
+
+    overlay: bool = True
+    opacity: float = 0.45
+
+
+def compose(live: LiveResult, settings: RenderSettings) -> np.ndarray:
+    """The RGB image to paint: the frame, with the heat-map blended in if enabled."""
+    if settings.overlay and settings.opacity > 0.0:
+        return overlay(live.frame.rgb, live.result.heatmap, alpha=settings.opacity)
+    return live.frame.rgb
+
+
+def rgb_to_qimage(rgb: np.ndarray) -> QImage:
+    """A QImage *viewing* ``rgb`` (no copy): the caller keeps ``rgb`` alive while it is used."""
+    rgb = np.ascontiguousarray(rgb)
+    h, w = rgb.shape[:2]
+    return QImage(rgb.data, w, h, rgb.strides[0], QImage.Format_RGB888)
+
+
+def thumbnail(rgb: np.ndarray, height: int = THUMB_HEIGHT) -> QImage:
+    """A small, self-owned QImage of ``rgb`` (safe to hand across threads)."""
+    h, w = rgb.shape[:2]
+    width = max(1, round(w * height / h))
+    small = np.ascontiguousarray(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA))
+    return rgb_to_qimage(small).copy()
+
+
+@dataclass(frozen=True)
+class Composed:
+    """A result ready to paint: ``rgb`` composed with ``settings``."""
+
+    live: LiveResult
+    rgb: np.ndarray
+    settings: RenderSettings
+
+
+class LiveBridge(QObject):
+    """Pass ``on_result`` … ``on_error`` of this object to :class:`~inspector.live.LiveInspector`.
+
+    ``resultReady`` → call :meth:`take` for the newest :class:`Composed`;
+    ``statusChanged(SourceStatus)``; ``flagStored(FlagRecord, QImage | None)`` with a thumbnail;
+    ``errorRaised(LiveError)``; ``historyLoaded(list[(FlagRecord, QImage | None)], count)``.
+    """
+
+    resultReady = Signal()
+    statusChanged = Signal(object)
+    flagStored = Signal(object, object)
+    errorRaised = Signal(object)
+    historyLoaded = Signal(object, int)
+
+    def __init__(self, store, settings: RenderSettings = RenderSettings(), parent: QObject | None = None):
+        super().__init__(parent)
+        self.store = store
+        self.settings = settings   # replaced (never mutated) by the GUI; read by the worker
+        self._lock = threading.Lock()
+        self._pending: Composed | None = None
+        self._queued = False
+        self.dropped = 0           # composed results replaced before the GUI took them
+
+    # ---------------------------------------------------------------- worker-thread side
+
+    def on_result(self, live: LiveResult) -> None:
+        settings = self.settings
+        item = Composed(live, compose(live, settings), settings)
+        with self._lock:
+            if self._pending is not None:
+                self.dropped += 1
+            self._pending = item
+            if self._queued:
+                return
+            self._queued = True
+        self.resultReady.emit()
+
+    def on_status(self, status) -> None:
+        self.statusChanged.emit(status)
+
+    def on_flag_stored(self, record) -> None:
+        self.flagStored.emit(record, self._thumbnail(record))
+
+    def on_error(self, error) -> None:
+        self.errorRaised.emit(error)
+
+    def load_history(self, limit: int) -> None:
+        """Read the newest ``limit`` flags and the count on a helper thread → ``historyLoaded``."""
+        def run():
+            try:
+                records = self.store.list(limit=limit)
+                count = self.store.count()
+            except Exception as exc:  # noqa: BLE001 - an unreadable store is reported, not fatal
+                log.warning("flag history: %s", exc)
+                self.errorRaised.emit(exc)
+                return
+            self.historyLoaded.emit([(r, self._thumbnail(r)) for r in records], count)
+        threading.Thread(target=run, name="flag-history", daemon=True).start()
+
+    def _thumbnail(self, record) -> QImage | None:
+        try:
+            return thumbnail(self.store.load_frame(record))
+        except Exception as exc:  # noqa: BLE001 - a missing image must not hide the flag
+            log.warning("flag %s: no thumbnail (%s)", getattr(record, "id", "?"), exc)
+            return None
+
+    # ---------------------------------------------------------------- GUI-thread side
+
+    def take(self) -> Composed | None:
+        """The newest composed result (None if already taken)."""
+        with self._lock:
+            item, self._pending, self._queued = self._pending, None, False
+        return item

@@ -1,0 +1,171 @@
+"""The ``inspector`` command: the live inspection window (and ``--selftest``).
+
+    inspector [--source CAMERA|FILE|URL|PIPELINE] [--model PKG.crackpkg] [--store DIR]
+              [--threads N] [--selftest]
+
+Without ``--source`` the first camera found is used, else the shipped sample video (the window
+then says so and offers the source chooser).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+NO_CAMERA = "No camera found — playing the sample video."
+
+
+def default_threads() -> int:
+    """Leave a core for capture, decoding and painting; more than 4 rarely helps a small model."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores - 1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inspector", description="Live concrete-crack inspection.")
+    p.add_argument("--source", help="camera index, video file, rtsp/http URL or GStreamer pipeline "
+                                    "(default: the first camera, else the sample video)")
+    p.add_argument("--model", type=Path, help="model package (.crackpkg; default: the shipped INT8 student)")
+    p.add_argument("--store", type=Path, help="flag store folder (default: per-user data folder)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: cores - 1, max 4)")
+    p.add_argument("--selftest", action="store_true",
+                   help="open the window offscreen, run a few seconds of the source, flag into a temporary "
+                        "store, print a report; exit status 0 only if all of it worked")
+    p.add_argument("--selftest-seconds", type=float, default=4.0, help=argparse.SUPPRESS)
+    return p
+
+
+class StartupError(RuntimeError):
+    """The app cannot start (bad model, bad source): the message says why."""
+
+
+def resolve_source(spec: str | None):
+    """``(SourceSpec, notice or None)``: the given source, else the first camera, else the sample."""
+    from ..paths import sample_video
+    from ..sources import SourceError, list_cameras, parse_source
+
+    if spec is not None:
+        try:
+            return parse_source(spec), None
+        except (SourceError, OSError) as exc:
+            raise StartupError(f"--source {spec!r}: {exc}") from None
+    try:
+        cameras = list_cameras()
+    except Exception as exc:  # noqa: BLE001 - no camera support is "no camera"
+        logging.getLogger(__name__).info("looking for cameras failed: %s", exc)
+        cameras = []
+    if cameras:
+        return parse_source(cameras[0][0]), None
+    try:
+        return parse_source(str(sample_video())), NO_CAMERA
+    except (FileNotFoundError, SourceError) as exc:
+        raise StartupError(f"no camera found and no sample video: {exc}") from None
+
+
+def load_engine(model: Path | None, threads: int | None):
+    from ..engine import InferenceEngine
+    from ..package import PackageError
+    from ..paths import default_model
+
+    try:
+        return InferenceEngine(model or default_model(), threads=threads or default_threads())
+    except (PackageError, FileNotFoundError, OSError, ValueError) as exc:
+        raise StartupError(f"cannot load the model: {exc}") from None
+
+
+def make_window(engine, store, source, notice, flagger=None):
+    from ..flagging import Flagger
+    from .window import MainWindow
+
+    return MainWindow(engine, store, flagger or Flagger(), source, notice=notice)
+
+
+# Qt messages that say nothing to an operator: the offscreen platform (self-test) cannot
+# resize native windows and says so for every window shown.
+_QT_NOISE = ("This plugin does not support propagateSizeHints()",)
+
+
+def _route_qt_messages() -> None:
+    """Qt's own warnings into Python logging (one place, one format), minus known noise."""
+    from PySide6.QtCore import QtMsgType, qInstallMessageHandler
+
+    qt_log = logging.getLogger("qt")
+    levels = {QtMsgType.QtDebugMsg: logging.DEBUG, QtMsgType.QtInfoMsg: logging.INFO,
+              QtMsgType.QtWarningMsg: logging.WARNING, QtMsgType.QtCriticalMsg: logging.ERROR,
+              QtMsgType.QtFatalMsg: logging.CRITICAL}
+
+    def handler(kind, context, message):
+        if message not in _QT_NOISE:
+            qt_log.log(levels.get(kind, logging.WARNING), "%s", message)
+
+    qInstallMessageHandler(handler)
+
+
+def _quit_on_signals(app) -> None:
+    """Ctrl+C / SIGTERM close the window normally (flags drained) instead of killing the process.
+    Python runs signal handlers only between bytecodes, so a timer wakes the interpreter."""
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    def quit_app(signum, frame):
+        logging.getLogger(__name__).info("signal %d: closing", signum)
+        app.closeAllWindows()
+        app.quit()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, quit_app)
+    app._signal_timer = QTimer(interval=250, timeout=lambda: None)
+    app._signal_timer.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # the self-test's report is its output; the app logs what it does
+    logging.basicConfig(level=logging.WARNING if args.selftest else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.selftest:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from . import theme
+
+    _route_qt_messages()
+    app = QApplication.instance() or QApplication(["inspector"])
+    app.setApplicationName("Crack Inspector")
+    theme.apply(app)
+    if args.selftest:
+        from .selftest import run_selftest
+
+        return run_selftest(app, args)
+    try:
+        engine = load_engine(args.model, args.threads)
+        source, notice = resolve_source(args.source)
+        from ..store import FlagStore
+
+        store = FlagStore(args.store)
+    except Exception as exc:  # noqa: BLE001 - startup: say why in a dialog and on stderr, exit 2
+        msg = str(exc) if isinstance(exc, StartupError) else f"{type(exc).__name__}: {exc}"
+        print(f"inspector: {msg}", file=sys.stderr)
+        if app.platformName() not in ("offscreen", "minimal"):
+            QMessageBox.critical(None, "Crack Inspector cannot start", msg)
+        return 2
+    try:
+        window = make_window(engine, store, source, notice)
+        window.show()
+        window.start()
+        _quit_on_signals(app)
+        rc = app.exec()
+        window.shutdown()
+    finally:
+        store.close()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""``inspector --selftest``: the whole app, end to end, for a few seconds, with a report.
+
+Opens the real window (offscreen unless a display is asked for), plays the source through the
+model, flags the frame on screen by hand once (automatic flags may add more) into a temporary
+store, stops (which drains the flag writes) and checks what it got: frames painted, results,
+every flag decided is in the store with a readable frame. Prints the report; exit status 0
+only if all of that worked.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QEventLoop, QTimer
+
+MIN_FRAMES = 3
+TICK_MS = 50
+
+
+def _wait(app, window, seconds: float, deadline_s: float) -> tuple[bool, float]:
+    """Run the event loop until ``seconds`` have passed with frames shown and a manual flag
+    stored, or ``deadline_s``; the manual flag is asked for once the first frame is on screen."""
+    loop = QEventLoop()
+    t0 = time.perf_counter()
+    state = {"asked": False}
+
+    def tick():
+        elapsed = time.perf_counter() - t0
+        if not state["asked"] and window.frames_shown >= 1:
+            state["asked"] = window.flag_now()
+        manual_stored = any(r.reason == "manual" for r in window.flags)
+        done = elapsed >= seconds and window.frames_shown >= MIN_FRAMES and manual_stored
+        if done or elapsed >= deadline_s:
+            loop.quit()
+
+    timer = QTimer(interval=TICK_MS, timeout=tick)
+    timer.start()
+    loop.exec()
+    timer.stop()
+    return state["asked"], time.perf_counter() - t0
+
+
+def run_selftest(app, args) -> int:
+    from ..store import FlagStore
+    from .main import StartupError, load_engine, make_window, resolve_source
+
+    out = sys.stdout
+    print("inspector self-test", file=out)
+    try:
+        engine = load_engine(args.model, args.threads)
+        source, notice = resolve_source(args.source)
+    except StartupError as exc:
+        print(f"FAILED: {exc}", file=out)
+        return 2
+    m = engine.manifest
+    print(f"  model     {m.name} {m.version} (model sha256 {m.model_sha256[:12]}…)", file=out)
+    print(f"  provider  {', '.join(engine.providers)}"
+          + (f"  [fallback: {engine.provider_fallback}]" if engine.provider_fallback else ""), file=out)
+    print(f"  source    {source.label} ({source.kind})" + (f"  — {notice}" if notice else ""), file=out)
+
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="inspector-selftest-") as tmp:
+        store = FlagStore(Path(tmp) / "flags")
+        try:
+            window = make_window(engine, store, source, notice)
+            window.show()
+            window.start()
+            asked, elapsed = _wait(app, window, args.selftest_seconds, deadline_s=max(30.0, 5 * args.selftest_seconds))
+            fps, latency = window.hud.meter.fps(), window.hud.meter.latency_ms()
+            window.shutdown()                 # drains the flag writes
+            app.processEvents()               # deliver the last flagStored signals
+            stats = window.inspector.stats
+            records = store.list()
+            unreadable = [r.id for r in records if store.load_frame(r).shape != (r.height, r.width, 3)]
+            shown_frames, errors = window.frames_shown, list(window.errors)
+            window.close()
+        finally:
+            store.close()
+
+    reasons: dict[str, int] = {}
+    for r in records:
+        reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    print(f"  ran       {elapsed:.1f} s", file=out)
+    print(f"  frames    {shown_frames} shown, {stats.results} results, {stats.skipped} skipped "
+          f"(newest frame wins); displayed {fps:.1f} fps ({shown_frames / max(elapsed, 1e-6):.1f} average)",
+          file=out)
+    print(f"  latency   capture→screen {'—' if latency is None else f'{latency:.0f} ms'} (median); "
+          f"inference {stats.infer_ms_mean:.0f} ms/frame", file=out)
+    print(f"  flags     {len(records)} stored in a temporary store "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(reasons.items())) or 'none'}); "
+          f"{stats.flags_queued} decided, {stats.flags_stored} written", file=out)
+    if errors:
+        print(f"  errors    {len(errors)}: {errors[0]}", file=out)
+
+    if shown_frames < MIN_FRAMES:
+        problems.append(f"only {shown_frames} frames reached the screen (want ≥ {MIN_FRAMES})")
+    if stats.results < MIN_FRAMES:
+        problems.append(f"only {stats.results} inference results (want ≥ {MIN_FRAMES})")
+    if not asked:
+        problems.append("the manual flag could not be requested (no result on screen)")
+    if not any(r.reason == "manual" for r in records):
+        problems.append("the manual flag is not in the store")
+    if stats.flags_stored != stats.flags_queued or len(records) != stats.flags_stored:
+        problems.append(f"flags decided {stats.flags_queued}, written {stats.flags_stored}, "
+                        f"in the store {len(records)}: some were lost")
+    if unreadable:
+        problems.append(f"flags {unreadable} have unreadable frames")
+    if errors:
+        problems.append(f"{len(errors)} error(s) during the run, first: {errors[0]}")
+    if problems:
+        for p in problems:
+            print(f"FAILED: {p}", file=out)
+        return 1
+    print("OK", file=out)
+    return 0

@@ -1,0 +1,253 @@
+"""The main window: live view + HUD on the left, source / display / flag panels on the right.
+
+It owns one :class:`~inspector.live.LiveInspector` (the work) and one
+:class:`~inspector.qt.bridge.LiveBridge` (its callbacks as signals) and only wires widgets to
+them. Closing the window stops the inspector, which writes every queued flag first.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import QHBoxLayout, QMainWindow, QScrollArea, QVBoxLayout, QWidget
+
+from ..live import LiveInspector
+from . import theme
+from .banner import Banner, SourceBanner
+from .bridge import LiveBridge, RenderSettings
+from .controls import DisplayControls, FlagFields
+from .flags_panel import FlagsPanel
+from .hud import Hud
+from .source_panel import SourceChooser
+from .view import LiveView
+
+log = logging.getLogger(__name__)
+
+SIDEBAR_WIDTH = 370
+HISTORY = 50          # flags loaded from the store at start
+ERROR_SHOWN_MS = 8000
+
+
+def default_grabber(spec):
+    from ..sources import FrameGrabber
+
+    return FrameGrabber(spec, loop=True, realtime=True)
+
+
+class MainWindow(QMainWindow):
+    """``MainWindow(engine, store, flagger, source)``; then ``show()`` and ``start()``.
+
+    ``grabber``: use this grabber for the first source instead of ``make_grabber(source)``
+    (tests inject failing ones). ``notice``: a message for the notice banner at start (e.g.
+    "No camera found — playing the sample video"), with a "Choose source…" action.
+    Signals for tests and the self-test: ``resultShown(LiveResult)``, ``flagShown(FlagRecord)``.
+    """
+
+    resultShown = Signal(object)
+    flagShown = Signal(object)
+
+    def __init__(self, engine, store, flagger, source, *, grabber=None,
+                 make_grabber: Callable = default_grabber, notice: str | None = None, threshold: float = 0.5,
+                 overlay: bool = True, opacity: float = 0.45, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.engine, self.store, self.flagger = engine, store, flagger
+        self.make_grabber = make_grabber
+        self.source = source
+        self.errors: list = []
+        self.flags: list = []             # records stored during this window's life
+        self.frames_shown = 0
+        self._stopped = False
+        policy = getattr(flagger, "policy", None)
+        uncertain_low = float(policy.uncertain_band[0]) if policy is not None else 0.40
+        m = engine.manifest
+        self.setWindowTitle(f"Crack Inspector — {m.name} {m.version}")
+
+        self.bridge = LiveBridge(store, RenderSettings(overlay, opacity), self)
+        self.inspector = LiveInspector(engine, grabber if grabber is not None else make_grabber(source), store,
+                                       flagger, on_result=self.bridge.on_result, on_status=self.bridge.on_status,
+                                       on_flag_stored=self.bridge.on_flag_stored, on_error=self.bridge.on_error,
+                                       threshold=threshold)
+
+        self.view = LiveView(uncertain_low=uncertain_low)
+        self.view.settings = RenderSettings(overlay, opacity)
+        self.view.threshold = threshold
+        self.hud = Hud()
+        self.hud.set_model(m.name, m.version, m.model_sha256)
+        self.hud.set_provider(list(engine.providers), getattr(engine, "provider_fallback", None))
+        self.hud.capture_fps = lambda: float(getattr(self.inspector.grabber, "fps", 0.0))
+        self.notice = Banner(closable=True)
+        self.status_banner = SourceBanner()
+        self.error_banner = Banner(closable=True)
+        self._error_timer = QTimer(self, singleShot=True, interval=ERROR_SHOWN_MS,
+                                   timeout=self.error_banner.dismiss)
+        self._error_repeat = 0
+
+        self.chooser = SourceChooser()
+        self.display = DisplayControls(overlay=overlay, opacity=opacity, threshold=threshold,
+                                       uncertain_low=uncertain_low)
+        self.fields = FlagFields()
+        self.flags_panel = FlagsPanel()
+        self._layout()
+        self._connect()
+        self._set_source_label(source.label)
+        if notice:
+            self.notice.show_message(notice, "info", action="Choose source…")
+
+    # ---------------------------------------------------------------- layout
+
+    def _layout(self) -> None:
+        left = QWidget()
+        lv = QVBoxLayout(left)
+        lv.setContentsMargins(10, 10, 5, 10)
+        lv.setSpacing(8)
+        for w in (self.notice, self.status_banner, self.error_banner):
+            lv.addWidget(w)
+        lv.addWidget(self.view, 1)
+        lv.addWidget(self.hud)
+
+        side = QWidget()
+        sv = QVBoxLayout(side)
+        sv.setContentsMargins(5, 10, 10, 10)
+        sv.setSpacing(8)
+        sv.addWidget(self.chooser)
+        sv.addWidget(self.display)
+        sv.addWidget(self.fields)
+        sv.addWidget(self.flags_panel, 1)
+        scroll = QScrollArea(widgetResizable=True, frameShape=QScrollArea.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(side)
+        scroll.setFixedWidth(SIDEBAR_WIDTH)
+        self.flags_panel.setMinimumHeight(260)
+
+        central = QWidget()
+        h = QHBoxLayout(central)
+        h.setContentsMargins(0, 0, 0, 0)
+        h.setSpacing(0)
+        h.addWidget(left, 1)
+        h.addWidget(scroll)
+        self.setCentralWidget(central)
+        self.resize(1500, 920)
+        self.view.setFocus()
+
+    def _connect(self) -> None:
+        b = self.bridge
+        b.resultReady.connect(self._on_result_ready)
+        b.statusChanged.connect(self._on_status)
+        b.flagStored.connect(self._on_flag_stored)
+        b.errorRaised.connect(self._on_error)
+        b.historyLoaded.connect(self.flags_panel.set_history)
+        self.view.framePainted.connect(self.hud.on_frame_painted)
+        self.view.framePainted.connect(self._on_painted)
+        self.display.overlayToggled.connect(self.set_overlay)
+        self.display.opacityChanged.connect(self.set_opacity)
+        self.display.thresholdChanged.connect(self.set_threshold)
+        self.fields.flagRequested.connect(self.flag_now)
+        self.fields.fieldsChanged.connect(self._on_fields)
+        self.chooser.sourceChosen.connect(self.set_source)
+        self.notice.actionTriggered.connect(self.focus_source_chooser)
+        self.status_banner.actionTriggered.connect(self.focus_source_chooser)
+        QShortcut(QKeySequence(Qt.Key_Space), self, activated=self.flag_now)
+        QShortcut(QKeySequence(Qt.Key_H), self, activated=self.display.overlay.toggle)
+
+    # ---------------------------------------------------------------- control
+
+    def start(self) -> None:
+        """Start the live pipeline, load the recent flags, look for cameras (all off the GUI thread)."""
+        self.inspector.start()
+        self.bridge.load_history(HISTORY)
+        self.chooser.find_cameras()
+
+    def shutdown(self) -> None:
+        """Stop the pipeline; every queued flag is written before this returns. Idempotent."""
+        if not self._stopped:
+            self._stopped = True
+            self.inspector.stop()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.shutdown()
+        super().closeEvent(event)
+
+    def set_source(self, spec) -> None:
+        """Switch the live pipeline to ``spec`` (a SourceSpec)."""
+        self.source = spec
+        self.inspector.set_grabber(self.make_grabber(spec))
+        self.notice.dismiss()
+        self.status_banner.dismiss()
+        self.view.clear(f"Connecting to {spec.label}…")
+        self._set_source_label(spec.label)
+
+    def flag_now(self) -> bool:
+        """Manual flag of the newest result (Space). False if there is nothing to flag yet."""
+        live = self.inspector.flag_current()
+        if live is None:
+            self.view.toast("Nothing to flag yet — waiting for a frame", theme.UNCERTAIN)
+            return False
+        self.view.toast("⚑ Flagging this frame…")
+        return True
+
+    def set_overlay(self, on: bool) -> None:
+        self.bridge.settings = RenderSettings(bool(on), self.bridge.settings.opacity)
+        self.view.set_overlay(on)
+
+    def set_opacity(self, opacity: float) -> None:
+        self.bridge.settings = RenderSettings(self.bridge.settings.overlay, float(opacity))
+        self.view.set_opacity(opacity)
+
+    def set_threshold(self, threshold: float) -> None:
+        self.inspector.threshold = threshold
+        self.view.set_threshold(threshold)
+
+    def focus_source_chooser(self) -> None:
+        self.notice.dismiss()
+        self.chooser.url.setFocus()
+        self.chooser.setStyleSheet(f"QFrame#panel {{ border-color: {theme.ACCENT}; }}")
+        QTimer.singleShot(1500, lambda: self.chooser.setStyleSheet(""))
+
+    # ---------------------------------------------------------------- signals from the pipeline
+
+    def _on_result_ready(self) -> None:
+        item = self.bridge.take()
+        if item is not None:
+            self.view.show_result(item)
+            self.resultShown.emit(item.live)
+
+    def _on_painted(self, live, t_painted: float) -> None:
+        self.frames_shown += 1
+
+    def _on_status(self, status) -> None:
+        self.status_banner.set_status(status)
+        self.view.set_stale(status.state in ("reconnecting", "ended"))
+        self.chooser.set_current(f"{self.source.label}  ·  {status.state}")
+        if self.view.live is None and status.state in ("reconnecting", "connecting"):
+            label = self.source.label
+            self.view.placeholder = (f"Connecting to {label}…" if status.state == "connecting"
+                                     else f"No picture from {label} — see the message above")
+            self.view.update()
+
+    def _on_flag_stored(self, record, thumb) -> None:
+        self.flags.append(record)
+        self.flags_panel.add(record, thumb)
+        colour = theme.REASON_COLOURS.get(record.reason, theme.ACCENT)
+        if record.reason == "manual":
+            self.view.toast(f"⚑ Flag #{record.id} saved", colour)
+        else:
+            self.view.toast(f"Auto-flag #{record.id}: {record.reason}  p {record.crack_prob_max:.2f}", colour)
+        self.flagShown.emit(record)
+
+    def _on_error(self, error) -> None:
+        self.errors.append(error)
+        same = self.error_banner.isVisible() and self.error_banner.text.text().startswith(str(error)[:60])
+        self._error_repeat = self._error_repeat + 1 if same else 1
+        text = str(error) if self._error_repeat == 1 else f"{error}  (×{self._error_repeat})"
+        self.error_banner.show_message(text, "error")
+        self._error_timer.start()
+
+    def _on_fields(self, location: str, note: str) -> None:
+        self.inspector.location = location or None
+        self.inspector.note = note or None
+
+    def _set_source_label(self, label: str) -> None:
+        self.hud.set_source(label)
+        self.chooser.set_current(label)
