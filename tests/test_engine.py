@@ -285,6 +285,13 @@ def test_overlay(engine, uav_frame):
     cold = result.heatmap == 0
     np.testing.assert_array_equal(out[cold], uav_frame[cold])  # cold pixels untouched
     assert np.abs(out.astype(int) - uav_frame).sum() > 0
+    # the blend is frame·(1 − α·h) + colour(h)·α·h per pixel (computed here the slow, obvious way)
+    h = result.heatmap.astype(np.float64)
+    colour = cv2.cvtColor(cv2.applyColorMap(np.round(h * 255).astype(np.uint8), cv2.COLORMAP_TURBO),
+                          cv2.COLOR_BGR2RGB)
+    a = (0.7 * h)[..., None]
+    expected = np.round(uav_frame * (1 - a) + colour * a)
+    assert np.abs(overlay(uav_frame, result.heatmap, alpha=0.7).astype(int) - expected).max() <= 1
     with pytest.raises(ValueError, match="heatmap must be H×W"):
         overlay(uav_frame, result.heatmap[:10])
 

@@ -466,3 +466,20 @@ def test_export_reads_back_as_a_distill_dataset(store, tmp_path):
     (store.root / reviewed_crack.frame_file).unlink()  # a damaged flag is skipped, not fatal
     report = store.export_dataset(tmp_path / "export2", threshold=0.9)
     assert (report.flags, report.crack, report.no_crack, report.skipped) == (2, 1, 7, (reviewed_crack.uid,))
+
+
+def test_inspector_export_flags_command(tmp_path):
+    """``inspector --store DIR --export-flags OUT``: no window, no model; refuses a non-empty OUT."""
+    from inspector.qt.main import main
+
+    root = tmp_path / "flags"
+    with FlagStore(root) as s:
+        add(s, real_frame("crack", 0), probs=(0.95, 0.2, 0.5, 0.49))
+    out = tmp_path / "dataset"
+    assert main(["--store", str(root), "--export-flags", str(out)]) == 0
+    assert len(list((out / "crack").glob("*.png"))) == 2 and len(list((out / "no_crack").glob("*.png"))) == 2
+    assert main(["--store", str(root), "--export-flags", str(out)]) == 2  # not into a non-empty folder
+    code = (f"import sys; from inspector.qt.main import main; "
+            f"rc = main(['--store', {str(root)!r}, '--export-flags', {str(tmp_path / 'again')!r}]); "
+            f"assert 'PySide6' not in sys.modules; sys.exit(rc)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -2,6 +2,7 @@
 
     inspector [--source CAMERA|FILE|URL|PIPELINE] [--model PKG.crackpkg] [--store DIR]
               [--threads N] [--selftest]
+    inspector [--store DIR] --export-flags OUT_DIR [--export-threshold P]
 
 Without ``--source`` the first camera found is used, else the shipped sample video (the window
 then says so and offers the source chooser).
@@ -18,12 +19,15 @@ NO_CAMERA = "No camera found — playing the sample video."
 
 
 def default_threads() -> int:
-    """Leave a core for capture, decoding and painting; more than 4 rarely helps a small model."""
+    """Every usable core, at most 4 (more rarely helps a small model). Measured on 2 cores
+    (benchmarks/app_bench.py): 2 threads gave 29.9 displayed FPS and p95 capture→paint 48 ms,
+    1 thread (leaving a core to capture and painting) 26.8 FPS and 73 ms: onnxruntime does not
+    spin here (see engine.py), so the capture and GUI threads get the cores between runs anyway."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(4, cores - 1))
+    return max(1, min(4, cores))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,12 +36,35 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(default: the first camera, else the sample video)")
     p.add_argument("--model", type=Path, help="model package (.crackpkg; default: the shipped INT8 student)")
     p.add_argument("--store", type=Path, help="flag store folder (default: per-user data folder)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: cores - 1, max 4)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the usable cores, max 4)")
     p.add_argument("--selftest", action="store_true",
                    help="open the window offscreen, run a few seconds of the source, flag into a temporary "
                         "store, print a report; exit status 0 only if all of it worked")
     p.add_argument("--selftest-seconds", type=float, default=4.0, help=argparse.SUPPRESS)
+    p.add_argument("--export-flags", type=Path, metavar="OUT_DIR",
+                   help="export the store's flags as a dataset folder the distillation engine reads "
+                        "(crack/, no_crack/ patches + metadata.csv/json) and exit; no window")
+    p.add_argument("--export-threshold", type=float, default=0.5, metavar="P",
+                   help="with --export-flags: a tile of an unreviewed flag is 'crack' at p >= P (default 0.5)")
     return p
+
+
+def export_flags(args) -> int:
+    """``--export-flags``: no Qt, no model; the report on stdout, a reason on stderr."""
+    from ..store import FlagStore, StoreError
+
+    try:
+        with FlagStore(args.store) as store:
+            report = store.export_dataset(args.export_flags, threshold=args.export_threshold)
+    except (StoreError, ValueError, OSError) as exc:
+        print(f"inspector: cannot export flags: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {report.flags} flags as {report.patches} patches to {report.out_dir}: "
+          f"{report.crack} crack, {report.no_crack} no_crack ({report.reviewed} labelled by review, "
+          f"the rest by the model at p >= {args.export_threshold})")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} flags whose frame could not be read: {', '.join(report.skipped)}")
+    return 0
 
 
 class StartupError(RuntimeError):
@@ -126,6 +153,8 @@ def _quit_on_signals(app) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.export_flags is not None:
+        return export_flags(args)
     # the self-test's report is its output; the app logs what it does
     logging.basicConfig(level=logging.WARNING if args.selftest else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
