@@ -76,7 +76,9 @@ def run(seconds: float, threads: int | None) -> dict:
         def sample_rss() -> None:
             rss.append((time.perf_counter() - t0, proc.memory_info().rss / 2**20))
 
+        flag_times: list[float] = []
         window.view.framePainted.connect(on_painted)
+        window.flagShown.connect(lambda rec: flag_times.append(round(time.perf_counter() - t0, 3)))
         timer = QTimer(interval=int(RSS_EVERY_S * 1000), timeout=sample_rss)
         timer.start()
         sample_rss()
@@ -106,6 +108,8 @@ def run(seconds: float, threads: int | None) -> dict:
         "rss_mb": {"start": rss[0][1], "max": max(r for _, r in rss), "end": rss[-1][1],
                    "series": [(round(t, 1), round(r, 1)) for t, r in rss]},
         "flags_stored": flags,
+        "flag_times_s": flag_times,
+        "frames": [(round(t, 4), round(a * 1e3, 2), round(b * 1e3, 2)) for t, a, b in painted],
     }
 
 
