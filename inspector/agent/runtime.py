@@ -1,0 +1,506 @@
+"""The agent's live loop: newest camera frame → the model in service → one encoded stream frame,
+handed to every client's newest-only slot; model changes without stopping the stream.
+
+Threads
+-------
+* the :class:`~inspector.sources.FrameGrabber`'s capture thread (newest frame only);
+* one **inference thread**: takes the newest frame it has not seen, runs the engine in
+  service, checks the result, encodes it **once** (JPEG of the frame, heat-map via
+  :func:`~inspector.protocol.heat_to_wire`, :func:`~inspector.protocol.encode_frame`) and
+  publishes the bytes. Each :class:`Subscription` (one per stream client) only ever gets the
+  newest published frame it has not had yet: a slow client skips frames, it never builds a
+  backlog, and a fast one costs no extra encoding;
+* model changes (:meth:`AgentRuntime.activate`, :meth:`AgentRuntime.rollback`, the start-up
+  load) run on the *caller's* thread, one at a time (``_admin`` lock): the new engine is
+  loaded there, reference outputs verified (``verify_reference=True``), and only the engine
+  reference is swapped, between two frames. The stream goes on; at most the frame in flight
+  still comes from the old model.
+
+Probation and auto-rollback
+---------------------------
+A newly swapped-in engine is on probation for its first :data:`PROBATION_FRAMES` real frames:
+an exception, a non-finite or out-of-range probability or heat value, or a wrong shape fails
+it. Failed frames are never published. The changing thread waits for the verdict (up to
+:data:`PROBATION_TIMEOUT_S`; not at all if the camera is reconnecting, then the model stays
+unchecked on frames and an event says so); on failure it swaps the previous engine back at
+once, calls ``repository.mark_failed`` (which reactivates the previous version) and records an
+``auto-rollback`` event with the reason. Exactly the same happens at start-up, going back
+through the stored versions until one works.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from .. import protocol
+from ..protocol import ApiError, ModelInfo, ModelList, StreamHeader
+
+log = logging.getLogger(__name__)
+
+PROBATION_FRAMES = 5          # first results of a new engine that must pass the checks
+PROBATION_TIMEOUT_S = 10.0    # longest a model change waits for those frames
+POLL_S = 0.1                  # inference thread: wake-up period to notice stop()
+JPEG_QUALITY = 80
+EVENTS_KEPT = 100
+FPS_WINDOW_S = 2.0
+JOIN_S = 10.0                 # stop(): wait for the frame in flight
+ERROR_LOG_EVERY_S = 10.0      # repeated inference errors are logged at most this often
+PROB_TOLERANCE = 1e-3         # INT8 outputs may overshoot [0, 1] by rounding
+
+Event = dict[str, Any]
+
+
+def _now_iso() -> str:
+    # the repository's format (its events and ours are merged and sorted by this string)
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    engine: Any              # InferenceEngine (duck-typed for tests)
+    info: ModelInfo
+
+
+class _Probation:
+    """The verdict on a new engine's first ``needed`` results (recorded by the inference thread)."""
+
+    def __init__(self, loaded: _Loaded, needed: int):
+        self.loaded, self.needed = loaded, needed
+        self.passed = 0
+        self.failure: str | None = None
+        self.cancelled = False
+        self._cond = threading.Condition()
+
+    def record(self, failure: str | None) -> None:
+        with self._cond:
+            if self.failure is not None or self.passed >= self.needed:
+                return
+            if failure is None:
+                self.passed += 1
+            else:
+                self.failure = failure
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """The agent is stopping: end :meth:`wait` now, undecided (the model is not blamed)."""
+        with self._cond:
+            self.cancelled = True
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> tuple[bool, str | None]:
+        """(decided, failure): decided is False when the frames did not come in time."""
+        def done() -> bool:
+            return self.cancelled or self.failure is not None or self.passed >= self.needed
+
+        with self._cond:
+            self._cond.wait_for(done, timeout)
+            return self.failure is not None or self.passed >= self.needed, self.failure
+
+
+def check_result(result: Any, height: int, width: int, n_labels: int, *, full: bool) -> str | None:
+    """Why ``result`` (a FrameResult) is not a sane answer for an H×W frame, or None.
+
+    ``full`` also checks every heat-map value (probation); otherwise only the cheap parts, so
+    that nothing non-finite ever reaches the JSON header.
+    """
+    tiles = getattr(result, "tiles", None)
+    if not tiles:
+        return "no tiles in the result"
+    for i, t in enumerate(tiles):
+        p = np.asarray(t.probs, dtype=np.float64)
+        if p.shape != (n_labels,):
+            return f"tile {i}: probs of shape {p.shape}, expected ({n_labels},)"
+        if not np.all(np.isfinite(p)) or p.min() < -PROB_TOLERANCE or p.max() > 1 + PROB_TOLERANCE:
+            return f"tile {i}: probabilities {p.tolist()} are not finite values in [0, 1]"
+        if not (math.isfinite(t.crack_prob) and -PROB_TOLERANCE <= t.crack_prob <= 1 + PROB_TOLERANCE):
+            return f"tile {i}: crack probability {t.crack_prob!r} not in [0, 1]"
+    pmax = result.crack_prob_max
+    if not (isinstance(pmax, float) and math.isfinite(pmax) and -PROB_TOLERANCE <= pmax <= 1 + PROB_TOLERANCE):
+        return f"crack_prob_max {pmax!r} not in [0, 1]"
+    heat = result.heatmap
+    if not isinstance(heat, np.ndarray) or heat.shape != (height, width):
+        return f"heat-map of shape {getattr(heat, 'shape', None)}, expected {(height, width)}"
+    if full:
+        if not np.all(np.isfinite(heat)):
+            return "heat-map has non-finite values"
+        lo, hi = float(heat.min()), float(heat.max())
+        if lo < -PROB_TOLERANCE or hi > 1 + PROB_TOLERANCE:
+            return f"heat-map values in [{lo:.3g}, {hi:.3g}], expected [0, 1]"
+    return None
+
+
+class Subscription:
+    """One stream client's view: :meth:`next` returns the newest frame it has not had yet."""
+
+    def __init__(self, runtime: "AgentRuntime"):
+        self._rt = runtime
+        self.seq = 0              # seq of the last frame handed out
+        self.closed = False
+
+    def next(self, after_seq: int | None = None, timeout: float | None = None) -> bytes | None:
+        """The newest encoded frame with seq > ``after_seq`` (default: the last one this
+        subscription returned), waiting up to ``timeout`` s; None on time-out or when closed."""
+        after = self.seq if after_seq is None else after_seq
+        cond = self._rt._cond
+
+        def ready() -> bool:
+            latest = self._rt._latest
+            return self.closed or (latest is not None and latest[0] > after)
+
+        with cond:
+            cond.wait_for(ready, timeout)
+            if self.closed:
+                return None
+            latest = self._rt._latest
+            if latest is None or latest[0] <= after:
+                return None
+            self.seq = latest[0]
+            return latest[1]
+
+    def close(self) -> None:
+        with self._rt._cond:
+            if not self.closed:
+                self.closed = True
+                self._rt._subs.discard(self)
+                self._rt._cond.notify_all()
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AgentRuntime:
+    """Inference, model swaps and the stream slots of the agent (see the module doc).
+
+    ``repository``: a :class:`~inspector.agent.repository.ModelRepository`; ``grabber``: a
+    :class:`~inspector.sources.FrameGrabber` (started and stopped here). ``threads``: ORT
+    intra-op threads per engine (None: the engine's default). ``on_event(event)``: called with
+    every event dict ``{"time", "kind", "message"}`` on the thread that made it; exceptions are
+    logged. ``engine_factory(path)``: how a package becomes an engine (tests). Thread-safe.
+    """
+
+    def __init__(self, repository: Any, grabber: Any, *, threads: int | None = None,
+                 on_event: Callable[[Event], None] | None = None,
+                 engine_factory: Callable[[Path], Any] | None = None,
+                 probation_frames: int = PROBATION_FRAMES, probation_timeout: float = PROBATION_TIMEOUT_S,
+                 jpeg_quality: int = JPEG_QUALITY):
+        self.repository = repository
+        self.grabber = grabber
+        self.threads = threads
+        self._on_event = on_event
+        self._factory = engine_factory or self._default_factory
+        self.probation_frames = int(probation_frames)
+        self.probation_timeout = float(probation_timeout)
+        self.jpeg_quality = int(jpeg_quality)
+        self._lock = threading.Lock()            # _current, _probation, _cache, _events, _times
+        self._admin = threading.Lock()           # one model change at a time
+        self._cond = threading.Condition()       # _latest, _subs (shared with Subscription)
+        self._current: _Loaded | None = None
+        self._probation: _Probation | None = None
+        self._cache: dict[tuple[str, str], _Loaded] = {}   # current and previous engine, for rollbacks
+        self._latest: tuple[int, bytes] | None = None
+        self._subs: set[Subscription] = set()
+        self._events: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self._times: deque[float] = deque()
+        self._seq = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._startup: threading.Thread | None = None
+        self._last_error_log = 0.0
+        self.errors = 0
+
+    def _default_factory(self, path: Path) -> Any:
+        from ..engine import InferenceEngine
+
+        return InferenceEngine(path, threads=self.threads, verify_reference=True)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self, *, wait_model: bool = False) -> None:
+        """Start the camera and the inference thread; put the active model in service in the
+        background (``wait_model``: before returning)."""
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self.grabber.start()
+        self._thread = threading.Thread(target=self._run, name="agent-inference", daemon=True)
+        self._thread.start()
+        self._startup = threading.Thread(target=self._serve_at_start, name="agent-model-start", daemon=True)
+        self._startup.start()
+        if wait_model:
+            self._startup.join()
+
+    def stop(self) -> None:
+        """Stop inference and the camera; every subscription returns None from now on."""
+        self._stopping.set()
+        with self._lock:
+            probation = self._probation
+        if probation is not None:
+            probation.cancel()
+        with self._cond:
+            for sub in list(self._subs):
+                sub.closed = True
+            self._subs.clear()
+            self._cond.notify_all()
+        for t in (self._thread, self._startup):
+            if t is not None and t is not threading.current_thread():
+                t.join(JOIN_S)
+        self._thread = self._startup = None
+        self.grabber.stop()
+
+    # ------------------------------------------------------------------ stream slots
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self)
+        with self._cond:
+            if self._stopping.is_set():
+                sub.closed = True
+            else:
+                self._subs.add(sub)
+        return sub
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def model(self) -> ModelInfo | None:
+        with self._lock:
+            return self._current.info if self._current else None
+
+    def events(self) -> list[Event]:
+        with self._lock:
+            return list(self._events)
+
+    def status(self) -> dict[str, Any]:
+        """``camera``, ``model`` (dict or None), ``provider``, ``fps``, ``clients`` for protocol.Status."""
+        with self._lock:
+            current = self._current
+            now = time.perf_counter()
+            times = [t for t in self._times if now - t <= FPS_WINDOW_S]
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
+        cam = self.grabber.status
+        with self._cond:
+            clients = len(self._subs)
+        providers = list(getattr(current.engine, "providers", []) or []) if current else []
+        return {"camera": {"source": self.grabber.spec.label, "state": cam.state, "message": cam.message,
+                           "fps": round(float(self.grabber.fps), 2)},
+                "model": current.info.to_dict() if current else None,
+                "provider": providers[0] if providers else "",
+                "fps": round(fps, 2), "clients": clients}
+
+    def _event(self, kind: str, message: str, *, record: bool = True) -> None:
+        """Log, tell ``on_event`` and (``record``) keep for the status. Auto-rollbacks are not
+        kept: the repository records them itself (``mark_failed``), with the same reason."""
+        event = {"time": _now_iso(), "kind": kind, "message": message}
+        if record:
+            with self._lock:
+                self._events.append(event)
+        (log.warning if kind in ("auto-rollback", "error") else log.info)("%s: %s", kind, message)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:  # noqa: BLE001 - a listener's bug must not break a model change
+                log.exception("on_event callback failed")
+
+    # ------------------------------------------------------------------ model changes
+
+    def activate(self, model_id: str) -> ModelList:
+        """Activate stored version ``model_id``: load, swap, probation (see the module doc).
+
+        RepositoryError from the repository propagates; a model that fails to load or fails its
+        first frames raises ApiError 422 ``model_failed`` after the previous one is back."""
+        with self._admin:
+            listing = self.repository.activate(model_id)
+            failures = self._serve_active(f"activated {model_id}")
+            if failures and failures[0][0] == model_id:
+                raise ApiError(422, "model_failed", f"{model_id} failed and was rolled back: {failures[0][1]}; "
+                               f"active now: {self.repository.list().active}")
+            return listing if not failures else self.repository.list()
+
+    def rollback(self) -> ModelList:
+        """Go back to the previously active version (repository.rollback), then swap engines."""
+        with self._admin:
+            before = self.model
+            listing = self.repository.rollback()
+            target = listing.active
+            failures = self._serve_active(f"rolled back from {before.id if before else None}")
+            if failures and failures[0][0] == target:
+                raise ApiError(422, "model_failed", f"rollback target {target} failed: {failures[0][1]}; "
+                               f"active now: {self.repository.list().active}")
+            return listing if not failures else self.repository.list()
+
+    def _serve_at_start(self) -> None:
+        try:
+            with self._admin:
+                if not self._stopping.is_set():
+                    self._serve_active("agent started")
+        except Exception as exc:  # noqa: BLE001 - the agent keeps running and says why
+            log.exception("putting the active model in service failed")
+            self._event("error", f"no model in service: {type(exc).__name__}: {exc}")
+
+    def _serve_active(self, why: str) -> list[tuple[str, str]]:
+        """Under ``_admin``: put the repository's active version in service; if it fails, mark it
+        failed (the repository reactivates the previous one) and try that, until one works or
+        none is left. Returns the [(model_id, reason)] that failed, in order."""
+        failures: list[tuple[str, str]] = []
+        while True:
+            info = self.repository.active()
+            if info is None or any(info.id == f for f, _ in failures):
+                # nothing active, or the repository kept a failed model active (no previous one)
+                with self._lock:
+                    serving = self._current
+                    if serving is not None and info is None:
+                        self._current = serving = None
+                if serving is None:
+                    self._event("error", "no model in service: upload or activate one")
+                elif failures:
+                    self._event("error", f"{failures[-1][0]} failed and the repository has nothing to go back "
+                                         f"to; still serving {serving.info.id}")
+                return failures
+            with self._lock:
+                unchanged = self._current is not None and self._current.info == info
+            reason = self._trial(info)
+            if reason is None:
+                if not unchanged:
+                    self._event("in-service", f"{info.id} in service ({why})")
+                return failures
+            failures.append((info.id, reason))
+            self.repository.mark_failed(info.id, reason)
+            after = self.repository.active()
+            self._event("auto-rollback", f"{info.id} failed: {reason}; going back to "
+                                         f"{after.id if after is not None and after.id != info.id else 'nothing'}",
+                        record=False)
+
+    def _engine_for(self, info: ModelInfo) -> _Loaded:
+        key = (info.id, info.sha256)
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        path = self.repository.active_path()
+        if path is None:
+            raise FileNotFoundError(f"the repository has no file for {info.id}")
+        return _Loaded(self._factory(Path(path)), info)
+
+    def _trial(self, info: ModelInfo) -> str | None:
+        """Load ``info`` (the repository's active version), swap it in, wait for its probation.
+        None if it passed; else why not, and the engine that served before is back."""
+        with self._lock:
+            before = self._current
+        if before is not None and before.info.id == info.id and before.info.sha256 == info.sha256:
+            return None
+        t0 = time.perf_counter()
+        try:
+            loaded = self._engine_for(info)
+        except Exception as exc:  # noqa: BLE001 - PackageError, ORT errors, OSError: all mean "not this one"
+            return f"does not load ({type(exc).__name__}: {exc})"
+        load_s = time.perf_counter() - t0
+        probation = _Probation(loaded, self.probation_frames)
+        with self._lock:
+            self._current, self._probation = loaded, probation
+        # stop() sets _stopping before it looks for a probation to cancel: seen here or there
+        live = self.grabber.status.state in ("live", "connecting") and not self._stopping.is_set()
+        decided, failure = probation.wait(self.probation_timeout if live and self.probation_frames > 0 else 0.0)
+        with self._lock:
+            self._probation = None
+            if failure is not None:
+                self._current = before
+                return f"failed on a live frame: {failure}"
+            self._cache = {k: v for k, v in self._cache.items() if before is not None and v is before}
+            self._cache[(info.id, info.sha256)] = loaded
+        if not decided and self.probation_frames > 0 and not self._stopping.is_set():
+            self._event("unchecked", f"{info.id}: only {probation.passed} of {probation.needed} frames checked "
+                                     f"(camera {self.grabber.status.state}); kept on its reference check")
+        log.info("%s in service (loaded in %.2f s, provider %s)", info.id, load_s,
+                 (getattr(loaded.engine, "providers", None) or ["?"])[0])
+        return None
+
+    # ------------------------------------------------------------------ the inference thread
+
+    def _run(self) -> None:
+        last = 0
+        while not self._stopping.is_set():
+            t_ask = time.perf_counter()
+            try:
+                frame = self.grabber.latest(after_seq=last, timeout=POLL_S)
+            except Exception:  # noqa: BLE001 - a broken grabber must not kill the thread
+                log.exception("reading a frame failed")
+                frame = None
+            if frame is None:
+                # an ended or stopped grabber answers at once: wait here instead of spinning
+                self._stopping.wait(max(0.0, POLL_S - (time.perf_counter() - t_ask)))
+                continue
+            last = frame.seq
+            with self._lock:
+                loaded, probation = self._current, self._probation
+            if loaded is None or self._stopping.is_set():
+                continue
+            try:
+                self._inspect(frame, loaded, probation if probation is not None and probation.loaded is loaded
+                              else None)
+            except Exception:  # noqa: BLE001 - one bad frame: report, go on with the next
+                log.exception("publishing a frame failed")
+
+    def _inspect(self, frame: Any, loaded: _Loaded, probation: _Probation | None) -> None:
+        t_start = time.perf_counter()
+        height, width = frame.rgb.shape[:2]
+        try:
+            result = loaded.engine.inspect(frame.rgb)
+            failure = check_result(result, height, width, len(loaded.info.labels), full=probation is not None)
+        except Exception as exc:  # noqa: BLE001 - judged like any other failure
+            result, failure = None, f"{type(exc).__name__}: {exc}"
+        if probation is not None:
+            probation.record(failure)
+        if failure is not None:
+            self.errors += 1
+            now = time.monotonic()
+            if probation is None and now - self._last_error_log >= ERROR_LOG_EVERY_S:
+                self._last_error_log = now
+                log.error("%s: frame %d not published: %s (%d so far)", loaded.info.id, frame.seq, failure,
+                          self.errors)
+            return
+        self._publish(self._encode(frame, result, loaded.info.id, t_start))
+
+    def _encode(self, frame: Any, result: Any, model_id: str, t_start: float) -> tuple[int, bytes]:
+        t_enc = time.perf_counter()
+        bgr = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        heat = protocol.heat_to_wire(result.heatmap)
+        now_perf, now_wall = time.perf_counter(), time.time()
+        timings = {"capture_to_start": (t_start - frame.t_capture) * 1e3}
+        timings.update({k: float(v) for k, v in result.timings.items()})
+        timings["encode"] = (now_perf - t_enc) * 1e3
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        height, width = frame.rgb.shape[:2]
+        header = StreamHeader(
+            seq=seq, frame_seq=int(frame.seq), t_capture=now_wall - (now_perf - frame.t_capture), t_sent=now_wall,
+            width=int(width), height=int(height), heat_scale=protocol.HEAT_SCALE,
+            tiles=[{"box": [int(v) for v in t.box], "crack_prob": float(t.crack_prob)} for t in result.tiles],
+            crack_prob_max=float(result.crack_prob_max), model_id=model_id,
+            timings_ms={k: round(v, 3) for k, v in timings.items()})
+        return seq, protocol.encode_frame(header, jpeg.tobytes(), heat)
+
+    def _publish(self, item: tuple[int, bytes]) -> None:
+        t = time.perf_counter()
+        with self._lock:
+            self._times.append(t)
+            while self._times and t - self._times[0] > FPS_WINDOW_S:
+                self._times.popleft()
+        with self._cond:
+            self._latest = item
+            self._cond.notify_all()

@@ -1,0 +1,502 @@
+"""The agent's HTTP(S) API: exactly the endpoints of :data:`inspector.protocol.ENDPOINTS`.
+
+``http.server.ThreadingHTTPServer`` (one daemon thread per connection, HTTP/1.1 keep-alive),
+TLS 1.2+ with the identity's certificate unless ``tls=False`` (``--insecure-http``, loopback
+tests). The TLS handshake happens on the connection's thread, never in the accept loop, so a
+client that connects and says nothing cannot stall the server.
+
+Order of checks for every request
+---------------------------------
+1. ``(method, path)`` in :data:`~inspector.protocol.OPEN_ENDPOINTS` (pairing, the OpenAPI
+   document): no credentials needed.
+2. Otherwise ``Authorization: Bearer <token>`` must name a paired client, **before anything
+   else is looked at**: a missing or wrong token gets 401 for every path and method, known or
+   not, so an unauthenticated caller learns nothing about what exists.
+3. Unknown path: 404; known path, wrong method: 405 (with ``Allow``).
+4. Bodies: ``Content-Length`` required where a body is expected (411; chunked bodies are not
+   accepted), JSON at most :data:`~inspector.protocol.MAX_JSON_BYTES` (413) and parsed by the
+   protocol's message classes (ProtocolError → 400); a package upload over
+   :data:`~inspector.protocol.MAX_PACKAGE_BYTES` is refused (413) before a byte is read.
+   ``Expect: 100-continue`` is honoured *after* these checks, so a client that waits for it
+   never sends a body that will be refused.
+
+Every error is an :class:`~inspector.protocol.ApiError` JSON body and closes the connection;
+an unexpected exception is logged with its traceback and answered 500 ``internal`` without
+one. Sockets time out (:data:`~inspector.protocol.REQUEST_TIMEOUT` while reading a request,
+:data:`~inspector.protocol.STREAM_READ_TIMEOUT` while writing the stream), so a stalled client
+frees its thread; a stream with no frame for STREAM_READ_TIMEOUT (camera gone) is ended by the
+agent, as the client would; at most :data:`MAX_CONNECTIONS` connections are served at once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from .. import protocol
+from ..protocol import API, ApiError, Message, ProtocolError
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 64          # a Jetson has better uses for its memory than a thread per attacker
+STREAM_POLL_S = 0.5           # stream loop: how often it notices stop() while no frame comes
+STOP_JOIN_S = 3.0
+DRAIN_S = protocol.REQUEST_TIMEOUT   # longest an error answer waits for the rest of a refused body
+EVENTS_IN_STATUS = 50
+# The client went away or stalled (not OSError as a whole: a full disk while storing an upload
+# must be answered and logged, not mistaken for a hang-up).
+_NETWORK_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError)
+
+
+class _ClientGone(Exception):
+    """The client closed the connection or stalled; nothing more can be sent."""
+
+
+def _json_bytes(obj: Message | dict) -> bytes:
+    if isinstance(obj, Message):
+        return obj.to_json()
+    return json.dumps(obj, allow_nan=False).encode("utf-8")
+
+
+class _CountingReader:
+    """``rfile`` as the repository reads it, counting the bytes it took."""
+
+    def __init__(self, raw: Any):
+        self._raw, self.count = raw, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.count += len(data)
+        return data
+
+    def seekable(self) -> bool:
+        return False
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "crack-agent/1"
+    sys_version = ""
+    timeout = protocol.REQUEST_TIMEOUT   # socket timeout while reading requests
+    server: "_HTTPServer"
+
+    _expect_100 = False
+    _responded = False
+    _unread = 0                          # body bytes of this request not read yet
+
+    # ------------------------------------------------------------------ plumbing
+
+    def setup(self) -> None:
+        self.request.settimeout(self.timeout)
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+        super().setup()
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def parse_request(self) -> bool:
+        self._responded, self._unread, self._expect_100 = False, 0, False
+        return super().parse_request()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def handle_expect_100(self) -> bool:
+        # Deferred: 100 Continue is sent only once auth and size checks have passed.
+        self._expect_100 = True
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors raised by the stdlib's request parser (400, 414, 431, 501, ...), as ApiError JSON."""
+        text = message or self.responses.get(code, ("error",))[0]
+        self._send_api_error(ApiError(code, f"http_{code}", text))
+
+    def _send_api_error(self, err: ApiError, headers: dict[str, str] | None = None) -> None:
+        if self._responded:
+            self.close_connection = True
+            return
+        body = err.to_json()
+        self.close_connection = True
+        self.send_response(err.status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self._responded = True
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._drain_body()
+
+    def _drain_body(self) -> None:
+        """After an error answer, read and discard the rest of a body the client is still sending.
+
+        Closing a socket with unread data makes the kernel send a reset, and a client still
+        busy sending (http.client sends the whole body before it reads) would see "connection
+        reset" instead of our answer. So the body is swallowed: at most MAX_PACKAGE_BYTES and
+        DRAIN_S seconds; a client waiting for 100 Continue never sends it and is not waited for.
+        """
+        n, self._unread = self._unread, 0
+        if n <= 0 or n > protocol.MAX_PACKAGE_BYTES or self._expect_100:
+            return
+        deadline = time.monotonic() + DRAIN_S
+        try:
+            while n > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read1(min(n, 1 << 16))
+                if not chunk:
+                    break
+                n -= len(chunk)
+        except OSError:
+            pass
+
+    def _send_json(self, obj: Message | dict, status: int = 200) -> None:
+        body = _json_bytes(obj)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self._responded = True
+        self.wfile.write(body)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    def _dispatch(self) -> None:
+        self._responded = False
+        self._unread = self._declared_length()
+        agent = self.server.agent
+        try:
+            path = urlsplit(self.path).path
+            key = (self.command, path)
+            if key not in protocol.OPEN_ENDPOINTS:
+                self._authenticate()
+                if key not in protocol.ENDPOINTS:
+                    allowed = sorted(m for (m, p) in protocol.ENDPOINTS if p == path)
+                    if allowed:
+                        raise ApiError(405, "method_not_allowed", f"{self.command} is not allowed on {path}; "
+                                       f"use {', '.join(allowed)}")
+                    raise ApiError(404, "not_found", f"no endpoint {path} (see {API}/openapi.json)")
+            getattr(self, _ROUTES[key])()
+        except ApiError as err:
+            self._answer_error(err)
+        except agent.repository_error as err:
+            self._answer_error(err.to_api())
+        except (_ClientGone, *_NETWORK_ERRORS) as exc:
+            log.debug("%s: connection ended (%s)", self.address_string(), exc)
+            self.close_connection = True
+        except Exception:  # noqa: BLE001 - never a traceback to the client; the log has it
+            log.exception("%s %s failed", self.command, self.path)
+            self._answer_error(ApiError(500, "internal", "internal error in the agent (its log says more)"))
+        finally:
+            self._expect_100 = False
+
+    def _answer_error(self, err: ApiError) -> None:
+        headers = {"WWW-Authenticate": 'Bearer realm="crack-agent"'} if err.status == 401 else None
+        if err.status == 405:
+            allowed = sorted(m for (m, p) in protocol.ENDPOINTS if p == urlsplit(self.path).path)
+            headers = {"Allow": ", ".join(allowed)}
+        try:
+            self._send_api_error(err, headers)
+        except _NETWORK_ERRORS:
+            self.close_connection = True
+
+    def _authenticate(self) -> Any:
+        value = self.headers.get(protocol.AUTH_HEADER, "")
+        scheme, _, token = value.strip().partition(" ")
+        client = None
+        if scheme.lower() == "bearer" and token.strip():
+            client = self.server.agent.identity.authenticate(token.strip())
+        if client is None:
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token: pair with the agent first"
+                           if not value else "wrong bearer token: pair with the agent again")
+        return client
+
+    # ------------------------------------------------------------------ bodies
+
+    def _declared_length(self) -> int:
+        raw = self.headers.get("Content-Length")
+        try:
+            return max(0, int(raw)) if raw is not None else 0
+        except ValueError:
+            return 0
+
+    def _content_length(self) -> int:
+        if self.headers.get("Transfer-Encoding"):
+            raise ApiError(411, "length_required", "chunked bodies are not accepted; send Content-Length")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise ApiError(411, "length_required", "Content-Length is required")
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ApiError(400, "bad_request", f"Content-Length {raw!r} is not a number") from None
+        if n < 0:
+            raise ApiError(400, "bad_request", f"Content-Length {n} is negative")
+        return n
+
+    def _continue(self) -> None:
+        if self._expect_100:
+            self._expect_100 = False
+            self.send_response_only(100)
+            self.end_headers()
+
+    def _read_body(self, n: int) -> bytes:
+        self._continue()
+        self._unread = 0
+        data = self.rfile.read(n) if n else b""
+        if len(data) < n:
+            raise _ClientGone(f"body ended after {len(data)} of {n} bytes")
+        return data
+
+    def _read_json(self, cls: type[Message]) -> Any:
+        n = self._content_length()
+        if n > protocol.MAX_JSON_BYTES:
+            raise ApiError(413, "too_large", f"JSON body of {n} bytes; at most {protocol.MAX_JSON_BYTES}")
+        try:
+            return cls.from_json(self._read_body(n))
+        except ProtocolError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+
+    def _no_body(self) -> None:
+        """Endpoints without a request body: a (small) body is read and ignored."""
+        if self.headers.get("Transfer-Encoding"):
+            raise ApiError(411, "length_required", "chunked bodies are not accepted")
+        n = self._declared_length()
+        if n > protocol.MAX_JSON_BYTES:
+            raise ApiError(413, "too_large", f"this endpoint takes no body; got {n} bytes")
+        if n:
+            self._read_body(n)
+
+    # ------------------------------------------------------------------ endpoints
+
+    def pair(self) -> None:
+        req = self._read_json(protocol.PairRequest)
+        agent = self.server.agent
+        token = agent.identity.pair(req.code, req.client_name, req.public_key, peer=self.client_address[0])
+        self._send_json(protocol.PairResponse(token=token, agent_id=agent.identity.agent_id,
+                                              agent_name=agent.identity.name,
+                                              cert_sha256=agent.identity.cert_sha256 if agent.tls else None))
+
+    def status(self) -> None:
+        self._no_body()
+        self._send_json(self.server.agent.status())
+
+    def list_models(self) -> None:
+        self._no_body()
+        self._send_json(self.server.agent.repository.list())
+
+    def upload_model(self) -> None:
+        n = self._content_length()
+        if n > protocol.MAX_PACKAGE_BYTES:
+            raise ApiError(413, "too_large", f"package of {n} bytes; at most {protocol.MAX_PACKAGE_BYTES}")
+        if n == 0:
+            raise ApiError(400, "bad_request", "empty body: send the .crackpkg file")
+        self._continue()
+        body = _CountingReader(self.rfile)
+        try:
+            info = self.server.agent.repository.receive(body, n)
+        finally:
+            self._unread = n - body.count  # what an error answer must still swallow
+        self._send_json(info)
+
+    def activate(self) -> None:
+        req = self._read_json(protocol.ActivateRequest)
+        self._send_json(self.server.agent.runtime.activate(req.id))
+
+    def rollback(self) -> None:
+        self._no_body()
+        self._send_json(self.server.agent.runtime.rollback())
+
+    def openapi(self) -> None:
+        self._no_body()
+        self._send_json(protocol.openapi())
+
+    def stream(self) -> None:
+        self._no_body()
+        agent = self.server.agent
+        sub = agent.runtime.subscribe()
+        agent._track_stream(sub, True)
+        try:
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", protocol.STREAM_CONTENT_TYPE)
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self._responded = True
+            # A client that stops reading blocks sendall; after this long it counts as gone.
+            self.connection.settimeout(protocol.STREAM_READ_TIMEOUT)
+            last = time.monotonic()
+            while not agent.stopping:
+                blob = sub.next(timeout=STREAM_POLL_S)
+                if blob is None:
+                    # No frame for as long as a client waits before it calls the link lost
+                    # (camera gone): end the response, or a client that left meanwhile would
+                    # hold this thread until frames come back.
+                    if sub.closed or time.monotonic() - last > protocol.STREAM_READ_TIMEOUT:
+                        break
+                    continue
+                self.wfile.write(blob)
+                last = time.monotonic()
+        except OSError as exc:  # includes ConnectionError, TimeoutError, ssl.SSLError
+            log.debug("%s: stream client gone (%s)", self.address_string(), type(exc).__name__)
+        finally:
+            sub.close()
+            agent._track_stream(sub, False)
+
+
+_ROUTES = {
+    ("POST", f"{API}/pair"): "pair",
+    ("GET", f"{API}/status"): "status",
+    ("GET", f"{API}/stream"): "stream",
+    ("GET", f"{API}/models"): "list_models",
+    ("POST", f"{API}/models"): "upload_model",
+    ("POST", f"{API}/models/activate"): "activate",
+    ("POST", f"{API}/models/rollback"): "rollback",
+    ("GET", f"{API}/openapi.json"): "openapi",
+}
+# Routing comes from the protocol's table: an endpoint added there without a handler here (or
+# the reverse) fails at import, not at the first request.
+if set(_ROUTES) != set(protocol.ENDPOINTS):
+    raise ImportError(f"agent routes {sorted(set(_ROUTES) ^ set(protocol.ENDPOINTS))} do not match protocol.ENDPOINTS")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], agent: "AgentServer", ssl_context: ssl.SSLContext | None):
+        self.agent = agent
+        self.ssl_context = ssl_context
+        self.conns: dict[Any, threading.Thread] = {}
+        self.conns_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call socket.getfqdn(host): a reverse DNS lookup that can
+        # take seconds on a Jetson without DNS. The name is not used here.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        if self.ssl_context is not None:
+            # handshake later, on the connection's own thread (see _Handler.setup)
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.conns_lock:
+            full = len(self.conns) >= MAX_CONNECTIONS
+            if not full:
+                t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                     name=f"agent-conn {client_address[0]}:{client_address[1]}", daemon=True)
+                self.conns[request] = t
+        if full:
+            log.warning("refusing a connection from %s: %d connections open", client_address[0], MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        t.start()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.conns_lock:
+            self.conns.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _NETWORK_ERRORS):
+            log.debug("connection from %s ended: %s", client_address[0], exc)
+        else:
+            log.error("connection from %s failed", client_address[0], exc_info=True)
+
+
+class AgentServer:
+    """The API server (see the module doc). ``port=0`` picks a free port; :attr:`port` says which."""
+
+    def __init__(self, identity: Any, repository: Any, runtime: Any, *, host: str = "127.0.0.1",
+                 port: int = protocol.DEFAULT_PORT, tls: bool = True):
+        from .repository import RepositoryError
+
+        self.identity, self.repository, self.runtime = identity, repository, runtime
+        self.repository_error = RepositoryError
+        self.tls = bool(tls)
+        self.host = host
+        self.stopping = False
+        self._streams: set[Any] = set()
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._httpd = _HTTPServer((host, int(port)), self, identity.ssl_context() if self.tls else None)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="agent-http", daemon=True)
+        self._thread.start()
+        log.info("serving %s on %s:%d", "HTTPS" if self.tls else "plain HTTP (insecure)", self.host, self.port)
+
+    def stop(self) -> None:
+        """Stop accepting, end stream connections at once, close every connection."""
+        self.stopping = True
+        with self._lock:
+            streams = list(self._streams)
+        for sub in streams:
+            sub.close()
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(STOP_JOIN_S)
+        self._httpd.server_close()
+        with self._httpd.conns_lock:
+            conns = list(self._httpd.conns.items())
+        for sock, _ in conns:
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: wakes a blocked read/write
+            except OSError:
+                pass
+        deadline = time.monotonic() + STOP_JOIN_S
+        for _, thread in conns:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _track_stream(self, sub: Any, add: bool) -> None:
+        with self._lock:
+            (self._streams.add if add else self._streams.discard)(sub)
+
+    def status(self) -> protocol.Status:
+        st = self.runtime.status()
+        return protocol.Status(agent_id=self.identity.agent_id, agent_name=self.identity.name,
+                               camera=st["camera"], model=st["model"], provider=st["provider"],
+                               fps=st["fps"], clients=st["clients"], events=self._events(),
+                               uptime_s=round(time.monotonic() - self._started, 3))
+
+    def _events(self) -> list[dict]:
+        # repository first: within one second (the resolution of both), its "activated" comes
+        # before the runtime's "in-service" once the stable sort is done
+        events = [{"time": str(e.get("time", "")), "kind": str(e.get("kind", "repository")),
+                   "message": str(e.get("message", ""))}
+                  for e in list(getattr(self.repository, "events", []) or []) if isinstance(e, dict)]
+        events += self.runtime.events()
+        events.sort(key=lambda e: e["time"])
+        return events[-EVENTS_IN_STATUS:]

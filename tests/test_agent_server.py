@@ -1,0 +1,546 @@
+"""The device agent end to end: the real ``python -m inspector.agent`` on loopback, spoken to with
+plain ``http.client`` (the app's client library is tested elsewhere).
+
+One agent over plain HTTP (``--insecure-http``) and one over TLS, each started once per test
+class and stopped with SIGTERM at its end (which must exit 0, also with a stream open). Both
+run the shipped model on the sample video with one inference thread.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import math
+import os
+import re
+import select
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from inspector import protocol
+from inspector.protocol import API
+
+REPO = Path(__file__).resolve().parents[1]
+READY_RE = re.compile(r"^AGENT READY port=(\d+) tls=([01]) cert_sha256=([0-9a-f]{64}) pairing_code=(\d{6}) data=(.+)$")
+START_TIMEOUT_S = 60.0
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+class Agent:
+    """A running agent subprocess and what its READY line said."""
+
+    def __init__(self, data: Path, *extra: str, tls: bool):
+        self.data = data
+        self.log_path = data.parent / f"{data.name}.log"
+        self._log = open(self.log_path, "wb")
+        cmd = [sys.executable, "-m", "inspector.agent", "--port", "0", "--host", "127.0.0.1", "--data", str(data),
+               "--no-mdns", "--threads", "1", *extra]
+        if not tls:
+            cmd.append("--insecure-http")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        line = self._read_line(START_TIMEOUT_S)
+        m = READY_RE.match(line.strip())
+        if not m:
+            self.stop()
+            raise AssertionError(f"no READY line, got {line!r}; log:\n{self.log()}")
+        self.port, self.tls, self.cert_sha256, self.code = int(m[1]), m[2] == "1", m[3], m[4]
+        assert Path(m[5]) == data.resolve()
+
+    def _read_line(self, timeout: float) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline() if ready else ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def connection(self, timeout: float = 10.0, fingerprint: str | None = None) -> http.client.HTTPConnection:
+        if self.tls:
+            return PinnedHTTPSConnection("127.0.0.1", self.port, fingerprint or self.cert_sha256, timeout=timeout)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None, *, token: str | None = None,
+                headers: dict | None = None) -> tuple[int, dict, bytes]:
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        conn = self.connection()
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            with conn.getresponse() as resp:
+                return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def pairing_code_file(self) -> str:
+        return (self.data / "pairing-code.txt").read_text().strip()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.proc.stdout.close()
+        self._log.close()
+        return rc
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS that trusts exactly one certificate: the one whose DER SHA-256 is ``fingerprint``
+    (what the app learns at pairing); no CA, no host name (the agent's certificate is self-signed)."""
+
+    def __init__(self, host: str, port: int, fingerprint: str, timeout: float = 10.0):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # replaced by the pin below
+        super().__init__(host, port, timeout=timeout, context=ctx)
+        self.fingerprint = fingerprint
+        self.served_sha256: str | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        self.served_sha256 = hashlib.sha256(self.sock.getpeercert(binary_form=True)).hexdigest()
+        if self.served_sha256 != self.fingerprint:
+            self.close()
+            raise ssl.SSLCertVerificationError(f"certificate {self.served_sha256} is not the pinned {self.fingerprint}")
+
+
+def new_public_key() -> str:
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw,
+                                                                 serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def pair(agent: Agent, code: str | None = None, name: str = "test laptop", key: str | None = None):
+    return agent.request("POST", f"{API}/pair", {"code": code or agent.pairing_code_file(), "client_name": name,
+                                                 "public_key": key or new_public_key()})
+
+
+def error_code(body: bytes) -> str:
+    err = json.loads(body)["error"]
+    assert set(err) == {"code", "message"} and err["message"]
+    return err["code"]
+
+
+def wait_status(agent: Agent, token: str, cond, timeout: float = 20.0) -> protocol.Status:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, body = agent.request("GET", f"{API}/status", token=token)
+        assert status == 200, body
+        st = protocol.Status.from_json(body)
+        if cond(st) or time.monotonic() > deadline:
+            return st
+        time.sleep(0.2)
+
+
+def open_stream(agent: Agent, token: str):
+    conn = agent.connection()
+    conn.request("GET", f"{API}/stream", headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    return conn, resp
+
+
+def check_frame(header: protocol.StreamHeader, jpeg: bytes, heat: np.ndarray) -> None:
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape == (header.height, header.width, 3)
+    s = header.heat_scale
+    assert s == protocol.HEAT_SCALE and heat.shape == (math.ceil(header.height / s), math.ceil(header.width / s))
+    assert heat.dtype == np.uint8
+    assert header.tiles and all(0.0 <= t["crack_prob"] <= 1.0 and len(t["box"]) == 4 for t in header.tiles)
+    assert 0.0 <= header.crack_prob_max <= 1.0
+    assert header.crack_prob_max == pytest.approx(max(t["crack_prob"] for t in header.tiles))
+    assert {"capture_to_start", "infer", "encode"} <= set(header.timings_ms)
+    assert header.t_capture <= header.t_sent <= time.time() + 1.0
+
+
+PROTECTED = sorted(k for k in protocol.ENDPOINTS if k not in protocol.OPEN_ENDPOINTS)
+
+
+def stopped_cleanly(agent: Agent) -> None:
+    rc = agent.stop()
+    log = agent.log()
+    assert rc == 0, log
+    assert "Traceback" not in log, log
+
+
+# ---------------------------------------------------------------------------- plain HTTP
+
+
+@pytest.fixture(scope="class")
+def agent(tmp_path_factory):
+    a = Agent(tmp_path_factory.mktemp("agent") / "data", tls=False)
+    yield a
+    if a.proc.poll() is None:
+        a.stop()
+
+
+@pytest.fixture(scope="class")
+def token(agent):
+    status, _, body = pair(agent)
+    assert status == 200, body
+    resp = protocol.PairResponse.from_json(body)
+    assert resp.cert_sha256 is None  # plain HTTP: nothing to pin
+    return resp.token
+
+
+class TestPlainHTTP:
+    def test_ready_line_and_open_openapi(self, agent):
+        assert not agent.tls and agent.port > 0
+        assert agent.code == agent.pairing_code_file()
+        status, headers, body = agent.request("GET", f"{API}/openapi.json")
+        assert status == 200 and headers["Content-Type"].startswith("application/json")
+        assert json.loads(body) == json.loads(json.dumps(protocol.openapi()))
+
+    def test_status(self, agent, token):
+        st = wait_status(agent, token, lambda s: s.fps > 0 and any(e["kind"] == "in-service" for e in s.events))
+        assert st.model["id"] == "crack-student-1.1.0-int8" and st.model["signed_by"] is None
+        assert st.camera["state"] == "live" and st.camera["source"] == "sample_inspection.avi"
+        assert st.provider == "CPUExecutionProvider" and st.fps > 0 and st.uptime_s > 0
+        assert any(e["kind"] == "in-service" for e in st.events)
+        status, _, body = agent.request("GET", f"{API}/models", token=token)
+        assert status == 200 and protocol.ModelList.from_json(body).active == st.model["id"]
+
+    def test_stream_delivers_frames(self, agent, token):
+        conn, resp = open_stream(agent, token)
+        try:
+            assert resp.status == 200 and resp.getheader("Content-Type") == protocol.STREAM_CONTENT_TYPE
+            assert resp.getheader("Content-Length") is None
+            seqs = []
+            for _ in range(4):
+                header, jpeg, heat = protocol.read_frame(resp)
+                check_frame(header, jpeg, heat)
+                assert header.model_id == "crack-student-1.1.0-int8" and (header.width, header.height) == (640, 480)
+                seqs.append(header.seq)
+            assert seqs == sorted(set(seqs))
+            st = wait_status(agent, token, lambda s: s.clients == 1)
+            assert st.clients == 1
+        finally:
+            resp.close()
+            conn.close()
+        assert wait_status(agent, token, lambda s: s.clients == 0).clients == 0
+
+    def test_every_endpoint_refuses_missing_or_wrong_token(self, agent, token):
+        bad = [None, "x" * 43, token[:-1] + ("A" if token[-1] != "A" else "B")]
+        for method, path in PROTECTED:
+            for t in bad:
+                status, headers, body = agent.request(method, path, b"{}" if method == "POST" else None, token=t)
+                assert status == 401, (method, path, t, body)
+                assert error_code(body) == "unauthorized" and headers["WWW-Authenticate"].startswith("Bearer")
+            status, _, _ = agent.request(method, path, headers={"Authorization": f"Basic {token}"})
+            assert status == 401
+        # auth comes first: without a token nothing tells what exists
+        for method, path in [("GET", f"{API}/nope"), ("GET", "/"), ("DELETE", f"{API}/models"),
+                             ("GET", f"{API}/pair"), ("PUT", f"{API}/status")]:
+            status, _, body = agent.request(method, path)
+            assert status == 401 and error_code(body) == "unauthorized", (method, path)
+        # an upload too large to accept is refused before the body is sent
+        status, _, body = agent.request("POST", f"{API}/models", headers={"Content-Length": str(10**9)})
+        assert status == 401
+        # a client that sends a whole (8 MB) package before reading gets the 401, not a reset
+        status, _, body = agent.request("POST", f"{API}/models", os.urandom(8 << 20))
+        assert status == 401 and error_code(body) == "unauthorized"
+
+    def test_routing_and_body_errors(self, agent, token):
+        def req(method, path, body=None, headers=None):
+            status, hdrs, data = agent.request(method, path, body, token=token, headers=headers)
+            return status, error_code(data), hdrs
+
+        assert req("GET", f"{API}/nope")[:2] == (404, "not_found")
+        status, code, hdrs = req("DELETE", f"{API}/models")
+        assert (status, code, hdrs["Allow"]) == (405, "method_not_allowed", "GET, POST")
+        assert req("POST", f"{API}/models/activate", b"{", {"Content-Type": "application/json"})[:2] == (400, "bad_request")
+        assert req("POST", f"{API}/models/activate", {"id": "../etc"})[:2] == (400, "bad_request")
+        assert req("POST", f"{API}/models/activate", {"id": "x", "extra": 1})[:2] == (400, "bad_request")
+        assert req("POST", f"{API}/models/activate", {"id": "no-such-model"})[:2] == (404, "unknown_model")
+        assert req("POST", f"{API}/models/activate", headers={"Transfer-Encoding": "chunked"})[0] == 411
+        big = b"{" + b" " * protocol.MAX_JSON_BYTES + b"}"
+        assert req("POST", f"{API}/models/activate", big)[:2] == (413, "too_large")
+        assert req("POST", f"{API}/models", headers={"Content-Length": str(protocol.MAX_PACKAGE_BYTES + 1)})[:2] == \
+            (413, "too_large")
+        assert req("POST", f"{API}/models", b"not a zip")[:2] == (422, "invalid_package")
+        assert req("POST", f"{API}/models/rollback")[:2] == (409, "no_previous")
+        # what the stdlib parser refuses (here an unknown method) still gets the JSON error shape
+        with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as sock:
+            sock.sendall(b"BOGUS /api/v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 501 ") and error_code(body) == "http_501"
+
+    def test_keep_alive(self, agent, token):
+        conn = agent.connection()
+        try:
+            for _ in range(3):
+                conn.request("GET", f"{API}/models", headers={"Authorization": f"Bearer {token}"})
+                with conn.getresponse() as resp:
+                    assert resp.status == 200 and not resp.will_close
+                    resp.read()
+        finally:
+            conn.close()
+
+    def test_upload_activate_rollback_while_streaming(self, agent, tmp_path):
+        from inspector import package as pkg
+        from inspector.paths import default_model
+        from inspector.signing import SigningKey
+
+        key = SigningKey.generate()
+        status, _, body = pair(agent, name="pusher", key=key.public_b64())
+        assert status == 200
+        tok = protocol.PairResponse.from_json(body).token
+        p = pkg.load_package(default_model(), verify_reference=False)
+        manifest = p.manifest.to_dict()
+        manifest["version"] = "1.1.1-test"
+        path = pkg.write_package(tmp_path / "new.crackpkg", key.sign_manifest(manifest), p.onnx_bytes, p.reference)
+
+        status, _, body = agent.request("POST", f"{API}/models", path.read_bytes(), token=tok,
+                                        headers={"Content-Type": protocol.PACKAGE_CONTENT_TYPE})
+        assert status == 200, body
+        info = protocol.ModelInfo.from_json(body)
+        assert info.id == "crack-student-1.1.1-test" and info.signed_by == key.key_id
+
+        conn, resp = open_stream(agent, tok)
+        seen: list[str] = []
+        failures: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                while True:
+                    seen.append(protocol.read_frame(resp)[0].model_id)
+            except (EOFError, OSError, ValueError) as exc:  # ends when the test closes the connection
+                if not stop.is_set():
+                    failures.append(exc)
+
+        stop = threading.Event()
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            status, _, body = agent.request("POST", f"{API}/models/activate", {"id": info.id}, token=tok)
+            assert status == 200, body
+            assert protocol.ModelList.from_json(body).active == info.id
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (not seen or seen[-1] != info.id):
+                time.sleep(0.05)
+            status, _, body = agent.request("POST", f"{API}/models/rollback", token=tok)
+            assert status == 200, body
+            listing = protocol.ModelList.from_json(body)
+            assert listing.active == "crack-student-1.1.0-int8" and info.id in [m["id"] for m in listing.models]
+            n = len(seen)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and (len(seen) < n + 3 or seen[-1] != listing.active):
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            resp.close()
+            conn.close()
+            reader.join(5)
+        assert not failures, failures
+        # one connection saw old → new → old: the stream did not stop for the swaps
+        changes = [m for i, m in enumerate(seen) if i == 0 or seen[i - 1] != m]
+        assert changes == ["crack-student-1.1.0-int8", info.id, "crack-student-1.1.0-int8"], changes
+        st = wait_status(agent, tok, lambda s: True)
+        kinds = [e["kind"] for e in st.events]
+        assert {"stored", "activated", "rollback"} <= set(kinds)
+
+    def test_wrong_pairing_code_and_attempt_limit(self, agent, token):
+        first = agent.pairing_code_file()
+        wrong = f"{(int(first) + 1) % 10**6:06d}"
+        status, _, body = pair(agent, code=first, key="bm90IGEga2V5")
+        assert (status, error_code(body)) == (400, "bad_public_key")
+        assert agent.pairing_code_file() == first  # a bad key is not a guess
+        for i in range(protocol.PAIRING_ATTEMPTS):
+            status, _, body = pair(agent, code=wrong)
+            assert (status, error_code(body)) == (403, "wrong_pairing_code"), i
+            if i < protocol.PAIRING_ATTEMPTS - 1:
+                assert agent.pairing_code_file() == first
+        second = agent.pairing_code_file()
+        assert second != first and re.fullmatch(r"\d{6}", second)
+        status, _, body = pair(agent, code=first)
+        assert status == 403  # the old code is dead
+        status, _, body = pair(agent, code=second, name="second laptop")
+        assert status == 200, body
+        new_token = protocol.PairResponse.from_json(body).token
+        assert new_token != token and agent.pairing_code_file() != second  # a used code is replaced too
+        assert agent.request("GET", f"{API}/status", token=new_token)[0] == 200
+        assert agent.request("GET", f"{API}/status", token=token)[0] == 200  # the first client still works
+        clients = json.loads((agent.data / "identity" / "clients.json").read_text())["clients"]
+        assert token not in json.dumps(clients) and new_token not in json.dumps(clients)
+        assert hashlib.sha256(new_token.encode()).hexdigest() in {c["token_sha256"] for c in clients}
+
+    def test_sigterm_with_open_stream_stops_cleanly(self, agent, token):
+        conn, resp = open_stream(agent, token)
+        try:
+            protocol.read_frame(resp)
+            t0 = time.monotonic()
+            agent.proc.send_signal(signal.SIGTERM)
+            with pytest.raises((EOFError, ConnectionError)):
+                while True:
+                    protocol.read_frame(resp)
+            assert time.monotonic() - t0 < 5.0
+        finally:
+            resp.close()
+            conn.close()
+        stopped_cleanly(agent)
+
+
+# ---------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="class")
+def tls_agent(tmp_path_factory):
+    a = Agent(tmp_path_factory.mktemp("tls-agent") / "data", "--name", "jetson test", tls=True)
+    yield a
+    if a.proc.poll() is None:
+        a.stop()
+
+
+class TestTLS:
+    def test_pinned_fingerprint_matches_served_cert(self, tls_agent):
+        a = tls_agent
+        assert a.tls
+        pem = (a.data / "identity" / "cert.pem").read_text()
+        assert hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest() == a.cert_sha256
+        conn = a.connection()
+        try:
+            conn.request("GET", f"{API}/openapi.json")
+            with conn.getresponse() as resp:
+                assert resp.status == 200
+                resp.read()
+            assert conn.served_sha256 == a.cert_sha256
+            assert conn.sock.version() in ("TLSv1.2", "TLSv1.3")
+        finally:
+            conn.close()
+        wrong = PinnedHTTPSConnection("127.0.0.1", a.port, "0" * 64)
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                wrong.connect()
+        finally:
+            wrong.close()
+
+    def test_certificate_verifies_as_its_own_anchor(self, tls_agent):
+        """Besides pinning, a standard verifying context that trusts just this certificate works
+        (SAN 127.0.0.1 / localhost), so a client may use either."""
+        ctx = ssl.create_default_context(cadata=(tls_agent.data / "identity" / "cert.pem").read_text())
+        for host in ("127.0.0.1", "localhost"):
+            conn = http.client.HTTPSConnection(host, tls_agent.port, timeout=10, context=ctx)
+            try:
+                conn.request("GET", f"{API}/openapi.json")
+                with conn.getresponse() as resp:
+                    assert resp.status == 200
+                    resp.read()
+            finally:
+                conn.close()
+
+    def test_pair_status_stream_over_tls(self, tls_agent):
+        a = tls_agent
+        status, _, body = pair(a)
+        assert status == 200, body
+        resp_msg = protocol.PairResponse.from_json(body)
+        assert resp_msg.cert_sha256 == a.cert_sha256 and resp_msg.agent_name == "jetson test"
+        tok = resp_msg.token
+        st = wait_status(a, tok, lambda s: s.model is not None)
+        assert st.agent_name == "jetson test" and st.agent_id == resp_msg.agent_id
+        for method, path in PROTECTED:
+            assert a.request(method, path)[0] == 401
+        conn, resp = open_stream(a, tok)
+        try:
+            assert resp.status == 200
+            for _ in range(2):
+                check_frame(*protocol.read_frame(resp))
+        finally:
+            resp.close()
+            conn.close()
+
+    def test_plain_http_and_silent_clients_do_not_hurt(self, tls_agent):
+        a = tls_agent
+        # plain HTTP to the TLS port gets no API answer
+        conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=10)
+        try:
+            with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
+                conn.request("GET", f"{API}/openapi.json")
+                conn.getresponse().read()
+        finally:
+            conn.close()
+        # a client that connects and never handshakes does not block the others
+        with socket.create_connection(("127.0.0.1", a.port), timeout=10):
+            assert a.request("GET", f"{API}/openapi.json")[0] == 200
+
+    def test_sigterm(self, tls_agent):
+        stopped_cleanly(tls_agent)
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_config_file_and_command_line(tmp_path):
+    from inspector.agent.main import ConfigError, main, resolve_options
+
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("port: 9000\nno-mdns: true\ninsecure_http: true\nsource: 0\nname: from file\n")
+    opts = resolve_options(["--config", str(cfg), "--port", "9100", "--data", str(tmp_path)])
+    assert opts["port"] == 9100 and opts["no-mdns"] and opts["insecure-http"] and opts["source"] == "0"
+    assert opts["name"] == "from file" and opts["data"] == str(tmp_path)
+    assert opts["model"].endswith(".crackpkg") and opts["host"] == "0.0.0.0"
+
+    (tmp_path / "bad.json").write_text(json.dumps({"port": 1, "colour": "red"}))
+    with pytest.raises(ConfigError, match="unknown key 'colour'"):
+        resolve_options(["--config", str(tmp_path / "bad.json")])
+    (tmp_path / "bad.yaml").write_text("port: lots\n")
+    with pytest.raises(ConfigError, match="port must be int"):
+        resolve_options(["--config", str(tmp_path / "bad.yaml")])
+    assert main(["--config", str(tmp_path / "bad.json")]) == 2
+
+
+def test_example_config_and_unit_file():
+    from inspector.agent.main import OPTIONS, load_config
+
+    opts = load_config(REPO / "resources" / "agent.example.yaml")
+    assert set(opts) <= set(OPTIONS) and " ! appsink" in opts["source"]
+    unit = (REPO / "resources" / "inspector-agent.service").read_text()
+    assert "ExecStart=" in unit and "Restart=on-failure" in unit and "nvarguscamerasrc" in unit
+
+
+# ---------------------------------------------------------------------------- discovery
+
+
+def test_mdns_advertise_and_browse():
+    import uuid
+
+    from inspector.agent.discovery import browse, start_advertising
+
+    name = f"agent-test-{uuid.uuid4().hex[:8]}"
+    adv = start_advertising(name=name, port=12345, agent_id="id-1", tls=True, cert_sha256="ab" * 32)
+    try:
+        found = []
+        for _ in range(3):
+            found = [f for f in browse(1.5) if f[0] == name]
+            if found:
+                break
+    finally:
+        adv.stop()
+    if not found:
+        pytest.skip("no multicast on this machine: the agent runs without discovery (logged), not tested here")
+    (_, host, port, props), = found
+    assert port == 12345 and host.count(".") == 3
+    assert props == {"agent_id": "id-1", "name": name, "tls": "1", "cert_sha256": "ab" * 8, "api": API}
