@@ -3,13 +3,28 @@
 Plain Python (no Qt): the desktop window (``inspector/qt``), the self-test and the tests drive
 the same object through callbacks.
 
+Result sources
+--------------
+Where results come from is a *result source*: ``start()``, ``stop()``, ``status``
+(:class:`~inspector.sources.SourceStatus`), ``fps``, ``latest(after_seq, timeout)`` (the newest
+item with ``.seq > after_seq``, or None) and ``inspect(item) -> Inspected``.
+
+* local: :class:`LocalInference` = a :class:`~inspector.sources.FrameGrabber` (``latest`` gives
+  frames) + the :class:`~inspector.engine.InferenceEngine` (``inspect`` runs the model here);
+* remote: :class:`inspector.device.DeviceFeed` (``latest`` gives results the device computed,
+  ``inspect`` returns them as they are).
+
+``LiveInspector(engine, grabber, ...)`` wraps a plain grabber in :class:`LocalInference`; an
+object that already has ``inspect`` is used as it is (``engine`` may then be None). Flags are
+stored with the model of the result (:attr:`Inspected.model`): the device's model for a device.
+
 Threads
 -------
-* the :class:`~inspector.sources.FrameGrabber`'s own capture thread (it keeps only the newest
-  frame);
-* one **inference worker**: takes the newest frame it has not seen
-  (``grabber.latest(after_seq=last)``), runs the engine, asks the flagger, hands a
-  :class:`LiveResult` to ``on_result``. Frames that arrived while it was busy are skipped, so
+* the source's own thread (a grabber's capture thread, a device feed's network thread; each
+  keeps only the newest item);
+* one **inference worker**: takes the newest item it has not seen
+  (``source.latest(after_seq=last)``), has it inspected (runs the engine, or nothing for a
+  device), asks the flagger, hands a :class:`LiveResult` to ``on_result``. Frames that arrived while it was busy are skipped, so
   a slow model or a slow consumer never builds a backlog: the latency stays one inference,
   not a growing queue;
 * one **store writer** with an unbounded queue: flag writes (SQLite + image files, fsync) never
@@ -63,13 +78,79 @@ class LiveResult:
     """One inspected frame. ``threshold`` is the verdict threshold in force for it;
     ``t_inferred`` is ``time.perf_counter()`` when inference finished (``frame.t_capture``
     is when it was read, so ``t_inferred - frame.t_capture`` is capture→verdict latency);
-    ``flag_reason`` is the flagger's decision for this frame (written asynchronously)."""
+    ``flag_reason`` is the flagger's decision for this frame (written asynchronously);
+    ``model`` the model that produced it; ``link`` how it travelled (a
+    :class:`inspector.device.DeviceLink` for a device's result, None for local inference)."""
 
     frame: Any  # sources.Frame
     result: FrameResult
     threshold: float
     t_inferred: float
     flag_reason: str | None
+    model: ModelRef | None = None
+    link: Any = None
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """What a result source's ``inspect`` returns: the ``frame``, its ``result``, the ``model``
+    that made it, ``t_inferred`` (perf_counter when the result was available here) and, for a
+    device, the ``link`` it came over."""
+
+    frame: Any  # sources.Frame
+    result: FrameResult
+    model: ModelRef
+    t_inferred: float
+    link: Any = None
+
+    @property
+    def seq(self) -> int:
+        return self.frame.seq
+
+
+def engine_model(engine) -> ModelRef:
+    m = engine.manifest
+    return ModelRef(name=m.name, version=m.version, sha256=m.model_sha256)
+
+
+class LocalInference:
+    """The local result source: ``grabber``'s frames, inspected here by ``engine``."""
+
+    def __init__(self, grabber, engine: InferenceEngine):
+        if engine is None:
+            raise ValueError("a local video source needs an inference engine (LiveInspector(engine, ...))")
+        self.grabber = grabber
+        self.engine = engine
+        self.model = engine_model(engine)
+
+    def __repr__(self) -> str:
+        return f"LocalInference({self.grabber!r})"
+
+    def start(self) -> None:
+        self.grabber.start()
+
+    def stop(self) -> None:
+        self.grabber.stop()
+
+    @property
+    def status(self):
+        return self.grabber.status
+
+    @property
+    def fps(self) -> float:
+        return self.grabber.fps
+
+    def latest(self, after_seq: int = 0, timeout: float | None = None):
+        return self.grabber.latest(after_seq=after_seq, timeout=timeout)
+
+    def inspect(self, frame) -> Inspected:
+        result = self.engine.inspect(frame.rgb)
+        return Inspected(frame=frame, result=result, model=self.model, t_inferred=time.perf_counter())
+
+
+def as_result_source(source, engine):
+    """``source`` if it is a result source (has ``inspect``), else ``LocalInference(source, engine)``."""
+    return source if callable(getattr(source, "inspect", None)) else LocalInference(source, engine)
 
 
 @dataclass
@@ -110,13 +191,16 @@ def _noop(_: Any) -> None:
 class LiveInspector:
     """Run ``engine`` on the newest frames of ``grabber``; flag through ``flagger`` into ``store``.
 
+    ``grabber`` may also be a result source whose results are computed elsewhere (a
+    :class:`~inspector.device.DeviceFeed`; ``engine`` may then be None): see the module doc.
+
     ``on_result(LiveResult)``, ``on_status(SourceStatus)`` (whenever the grabber's status
     changes), ``on_flag_stored(FlagRecord)``, ``on_error(LiveError)``: see the module doc.
     ``location`` and ``note`` (attributes) are attached to every following flag, automatic or
     manual, unless :meth:`flag_current` is given its own.
     """
 
-    def __init__(self, engine: InferenceEngine, grabber, store, flagger, *,
+    def __init__(self, engine: InferenceEngine | None, grabber, store, flagger, *,
                  on_result: Callback | None = None, on_status: Callback | None = None,
                  on_flag_stored: Callback | None = None, on_error: Callback | None = None,
                  threshold: float = 0.5):
@@ -127,16 +211,15 @@ class LiveInspector:
         self.on_status = on_status or _noop
         self.on_flag_stored = on_flag_stored or _noop
         self.on_error = on_error or _noop
-        m = engine.manifest
-        self.model = ModelRef(name=m.name, version=m.version, sha256=m.model_sha256)
+        self.model = engine_model(engine) if engine is not None else None   # of local inference
         self.location: str | None = None
         self.note: str | None = None
         self.stats = LiveStats()
         self._threshold = 0.5
         self.threshold = threshold
 
-        self._grabber = grabber
-        self._lock = threading.Lock()          # _latest, _grabber, _accepting + putting jobs
+        self._source = as_result_source(grabber, engine)
+        self._lock = threading.Lock()          # _latest, _source, _accepting + putting jobs
         self._flag_lock = threading.Lock()     # the flagger is shared by the worker and flag_current
         self._latest: LiveResult | None = None
         self._jobs: queue.Queue[_FlagJob | None] = queue.Queue()
@@ -160,7 +243,14 @@ class LiveInspector:
 
     @property
     def grabber(self):
-        return self._grabber
+        """The current source as given: a FrameGrabber, or a result source such as a DeviceFeed."""
+        s = self._source
+        return s.grabber if isinstance(s, LocalInference) else s
+
+    @property
+    def source(self):
+        """The current result source (a :class:`LocalInference` for a grabber)."""
+        return self._source
 
     @property
     def latest(self) -> LiveResult | None:
@@ -180,17 +270,19 @@ class LiveInspector:
         self._writer = threading.Thread(target=self._run_writer, name="live-store-writer", daemon=True)
         self._worker = threading.Thread(target=self._run_inference, name="live-inference", daemon=True)
         self._writer.start()
-        self._grabber.start()
+        self._source.start()
         self._worker.start()
 
     def set_grabber(self, grabber) -> None:
-        """Switch to another source while running: the worker moves to ``grabber`` at once and
-        the old grabber is stopped on a helper thread (closing a network stream can block)."""
+        """Switch to another source while running (a grabber, or a result source such as a
+        DeviceFeed): the worker moves to it at once and the old source is stopped on a helper
+        thread (closing a network stream can block)."""
+        source = as_result_source(grabber, self.engine)
         with self._lock:
-            old, self._grabber = self._grabber, grabber
+            old, self._source = self._source, source
             self._latest = None
         if self._worker is not None and not self._stopping.is_set():
-            grabber.start()
+            source.start()
         threading.Thread(target=self._stop_quietly, args=(old,), name="live-old-source", daemon=True).start()
 
     def stop(self) -> None:
@@ -202,7 +294,7 @@ class LiveInspector:
             self._worker.join(WORKER_JOIN_S)
             if self._worker.is_alive():
                 log.warning("live: the inference worker did not stop within %.0f s", WORKER_JOIN_S)
-        self._stop_quietly(self._grabber)
+        self._stop_quietly(self._source)
         if self._writer is not None:
             self._jobs.put(None)  # after every job queued so far: the writer drains, then ends
             self._writer.join(DRAIN_JOIN_S)
@@ -227,11 +319,11 @@ class LiveInspector:
     # ------------------------------------------------------------------ threads
 
     def _run_inference(self) -> None:
-        grabber, last_seq, last_status = None, 0, None
+        source, last_seq, last_status = None, 0, None
         while not self._stopping.is_set():
-            g = self._grabber
-            if g is not grabber:
-                grabber, last_seq, last_status = g, 0, None
+            g = self._source
+            if g is not source:
+                source, last_seq, last_status = g, 0, None
             try:
                 status = g.status
                 if status != last_status:
@@ -239,12 +331,12 @@ class LiveInspector:
                     self._call(self.on_status, status)
                 t_ask = time.perf_counter()
                 frame = g.latest(after_seq=last_seq, timeout=POLL_S)
-            except Exception as exc:  # noqa: BLE001 - a broken grabber must not kill the worker
+            except Exception as exc:  # noqa: BLE001 - a broken source must not kill the worker
                 self._report("source", exc)
                 self._stopping.wait(POLL_S)
                 continue
             if frame is None:
-                # an ended or stopped grabber answers at once: wait here instead of spinning
+                # an ended or stopped source answers at once: wait here instead of spinning
                 self._stopping.wait(max(0.0, POLL_S - (time.perf_counter() - t_ask)))
                 continue
             if self._stopping.is_set():
@@ -254,14 +346,14 @@ class LiveInspector:
             last_seq = frame.seq
             self._inspect(frame, g)
 
-    def _inspect(self, frame, grabber) -> None:
+    def _inspect(self, item, source) -> None:
         try:
-            result = self.engine.inspect(frame.rgb)
+            done = source.inspect(item)
         except Exception as exc:  # noqa: BLE001 - one bad frame: report, go on with the next
             self._report("inference", exc)
             return
-        t_inferred = time.perf_counter()
-        if grabber is not self._grabber:
+        frame, result, t_inferred = done.frame, done.result, done.t_inferred
+        if source is not self._source:
             return  # the source was switched during inference: this frame is history
         reason = None
         try:
@@ -270,7 +362,7 @@ class LiveInspector:
         except Exception as exc:  # noqa: BLE001
             self._report("flagging", exc)
         live = LiveResult(frame=frame, result=result, threshold=self._threshold, t_inferred=t_inferred,
-                          flag_reason=reason)
+                          flag_reason=reason, model=done.model, link=done.link)
         with self._lock:
             self._latest = live
         self.stats.results += 1
@@ -310,7 +402,7 @@ class LiveInspector:
         live = job.live
         frame, result = live.frame, live.result
         return self.store.add(np.ascontiguousarray(frame.rgb), result.heatmap, tile_dicts(result),
-                              reason=job.reason, source=frame.source, model=self.model,
+                              reason=job.reason, source=frame.source, model=live.model or self.model,
                               crack_prob_max=float(result.crack_prob_max), location=job.location or None,
                               note=job.note or None, created=job.created)
 
@@ -332,8 +424,8 @@ class LiveInspector:
         except Exception:  # noqa: BLE001 - nowhere left to report to but the log
             log.exception("live: on_error raised while reporting %s", err)
 
-    def _stop_quietly(self, grabber) -> None:
+    def _stop_quietly(self, source) -> None:
         try:
-            grabber.stop()
+            source.stop()
         except Exception as exc:  # noqa: BLE001
             self._report("source", exc)

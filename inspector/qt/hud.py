@@ -2,7 +2,9 @@
 
 Displayed FPS (frames that actually reached the screen), end-to-end latency from capture to
 paint (median of the last frames: one slow frame should not make the number jump), inference
-time, the model (name + version), the execution provider and the source. Refreshed a few
+time, the model (name + version), the execution provider and the source. Viewing a device, the
+model and provider are the device's, inference is its time, and "Link" is the median agent →
+app latency of the stream (see :mod:`inspector.device` on clocks). Refreshed a few
 times a second, not per frame, so the numbers are readable.
 """
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Hud(QFrame):
         self.meter = FrameMeter()
         self._infer_ms: float | None = None
         self._frame_size: tuple[int, int] | None = None
+        self._link_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.capture_fps: Callable[[], float] | None = None   # the source's own rate, polled
         lay = QHBoxLayout(self)
         lay.setContentsMargins(14, 8, 14, 8)
@@ -87,10 +90,12 @@ class Hud(QFrame):
         self.latency = _Field("Latency capture→screen")
         self.inference = _Field("Inference")
         self.capture = _Field("Capture")
+        self.link = _Field("Link")
+        self.link.hide()
         self.model = _Field("Model", mono=False)
         self.provider = _Field("Provider", mono=False)
         self.source = _Field("Source", mono=False)
-        for f in (self.fps, self.latency, self.inference, self.capture):
+        for f in (self.fps, self.latency, self.inference, self.capture, self.link):
             lay.addWidget(f)
         lay.addStretch(1)
         for f in (self.model, self.provider, self.source):
@@ -102,6 +107,14 @@ class Hud(QFrame):
         self.meter.add(live.frame.t_capture, t_painted)
         self._infer_ms = live.result.timings.get("total")
         self._frame_size = (live.frame.rgb.shape[1], live.frame.rgb.shape[0])
+        link = getattr(live, "link", None)
+        if link is not None:
+            self._link_ms.append(float(link.link_ms))
+
+    def set_link_visible(self, on: bool) -> None:
+        """Show the link latency field (viewing a device) or hide it (local source)."""
+        self._link_ms.clear()
+        self.link.setVisible(on)
 
     def set_model(self, name: str, version: str, sha256: str = "") -> None:
         self.model.set(f"{name} {version}", f"sha256 {sha256}" if sha256 else None)
@@ -123,3 +136,6 @@ class Hud(QFrame):
         cap = self.capture_fps() if self.capture_fps is not None else 0.0
         size = f"  {self._frame_size[0]}×{self._frame_size[1]}" if self._frame_size else ""
         self.capture.set(f"{cap:4.1f} fps{size}" if cap > 0 else "—" + size)
+        if self.link.isVisibleTo(self):
+            self.link.set(f"{statistics.median(self._link_ms):4.0f} ms" if self._link_ms else "—",
+                          "agent sent → received here, median; as exact as the two clocks agree")

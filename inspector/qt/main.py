@@ -2,10 +2,13 @@
 
     inspector [--source CAMERA|FILE|URL|PIPELINE] [--model PKG.crackpkg] [--store DIR]
               [--threads N] [--selftest]
+    inspector --device HOST:PORT [...]
     inspector [--store DIR] --export-flags OUT_DIR [--export-threshold P]
 
 Without ``--source`` the first camera found is used, else the shipped sample video (the window
-then says so and offers the source chooser).
+then says so and offers the source chooser). ``--device`` opens on a device paired earlier
+(Device panel → Pair…): its stream, verdicts and model; "Disconnect" goes to ``--source`` or the
+sample video.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inspector", description="Live concrete-crack inspection.")
     p.add_argument("--source", help="camera index, video file, rtsp/http URL or GStreamer pipeline "
                                     "(default: the first camera, else the sample video)")
+    p.add_argument("--device", metavar="HOST:PORT",
+                   help="open on this paired device agent (pair first in the Device panel)")
     p.add_argument("--model", type=Path, help="model package (.crackpkg; default: the shipped INT8 student)")
     p.add_argument("--store", type=Path, help="flag store folder (default: per-user data folder)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the usable cores, max 4)")
@@ -94,6 +99,22 @@ def resolve_source(spec: str | None):
         raise StartupError(f"no camera found and no sample video: {exc}") from None
 
 
+def resolve_device(address: str, pairings=None):
+    """The saved :class:`~inspector.device.Pairing` for ``HOST:PORT``; StartupError if none."""
+    from ..device import DeviceError, PairingStore, parse_address
+
+    try:
+        host, port = parse_address(address)
+        pairings = pairings or PairingStore()
+        pairing = pairings.find(host, port)
+    except (ValueError, DeviceError) as exc:
+        raise StartupError(f"--device {address!r}: {exc}") from None
+    if pairing is None:
+        raise StartupError(f"--device {address!r}: not paired with that device; start the app without --device, "
+                           f"enter the address in the Device panel and press Pair…")
+    return pairing
+
+
 def load_engine(model: Path | None, threads: int | None):
     from ..engine import InferenceEngine
     from ..package import PackageError
@@ -105,11 +126,11 @@ def load_engine(model: Path | None, threads: int | None):
         raise StartupError(f"cannot load the model: {exc}") from None
 
 
-def make_window(engine, store, source, notice, flagger=None):
+def make_window(engine, store, source, notice, flagger=None, device=None):
     from ..flagging import Flagger
     from .window import MainWindow
 
-    return MainWindow(engine, store, flagger or Flagger(), source, notice=notice)
+    return MainWindow(engine, store, flagger or Flagger(), source, notice=notice, device=device)
 
 
 # Qt messages that say nothing to an operator: the offscreen platform (self-test) cannot
@@ -173,8 +194,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_selftest(app, args)
     try:
+        device = resolve_device(args.device) if args.device else None
         engine = load_engine(args.model, args.threads)
-        source, notice = resolve_source(args.source)
+        if device is not None and args.source is None:
+            from ..paths import sample_video
+            from ..sources import parse_source
+
+            source, notice = parse_source(str(sample_video())), None   # no camera probing: a device is viewed
+        else:
+            source, notice = resolve_source(args.source)
         from ..store import FlagStore
 
         store = FlagStore(args.store)
@@ -185,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             QMessageBox.critical(None, "Crack Inspector cannot start", msg)
         return 2
     try:
-        window = make_window(engine, store, source, notice)
+        window = make_window(engine, store, source, notice, device=device)
         window.show()
         window.start()
         _quit_on_signals(app)

@@ -3,6 +3,10 @@
 It owns one :class:`~inspector.live.LiveInspector` (the work) and one
 :class:`~inspector.qt.bridge.LiveBridge` (its callbacks as signals) and only wires widgets to
 them. Closing the window stops the inspector, which writes every queued flag first.
+
+Viewing a device (:meth:`MainWindow.use_device`) swaps the inspector's source for a
+:class:`~inspector.device.DeviceFeed`: the same view, verdicts, flagging and flag store; the HUD
+then shows the device's model, provider and the link latency.
 """
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QMainWindow, QScrollArea, QVBoxLayout, QWidget
 
 from ..live import LiveInspector
+from ..sources import SourceSpec
 from . import theme
 from .banner import Banner, SourceBanner
 from .bridge import LiveBridge, RenderSettings
 from .controls import DisplayControls, FlagFields
+from .device_panel import DevicePanel
 from .flags_panel import FlagsPanel
 from .hud import Hud
 from .source_panel import SourceChooser
@@ -36,12 +42,22 @@ def default_grabber(spec):
     return FrameGrabber(spec, loop=True, realtime=True)
 
 
+def default_feed(pairing):
+    from ..device import DeviceFeed
+
+    return DeviceFeed(pairing)
+
+
 class MainWindow(QMainWindow):
     """``MainWindow(engine, store, flagger, source)``; then ``show()`` and ``start()``.
 
     ``grabber``: use this grabber for the first source instead of ``make_grabber(source)``
     (tests inject failing ones). ``notice``: a message for the notice banner at start (e.g.
     "No camera found — playing the sample video"), with a "Choose source…" action.
+    ``pairings``: the saved devices (default: the per-user :class:`~inspector.device.PairingStore`);
+    ``device``: open on this paired device instead of ``source`` (``source`` is then where
+    "Disconnect" goes); ``make_feed(pairing)`` makes its DeviceFeed; ``browse``: mDNS discovery
+    for the device panel (default: :func:`inspector.agent.discovery.browse`).
     Signals for tests and the self-test: ``resultShown(LiveResult)``, ``flagShown(FlagRecord)``.
     """
 
@@ -50,11 +66,16 @@ class MainWindow(QMainWindow):
 
     def __init__(self, engine, store, flagger, source, *, grabber=None,
                  make_grabber: Callable = default_grabber, notice: str | None = None, threshold: float = 0.5,
-                 overlay: bool = True, opacity: float = 0.45, parent: QWidget | None = None):
+                 overlay: bool = True, opacity: float = 0.45, pairings=None, device=None,
+                 make_feed: Callable = default_feed, browse: Callable | None = None,
+                 parent: QWidget | None = None):
         super().__init__(parent)
         self.engine, self.store, self.flagger = engine, store, flagger
         self.make_grabber = make_grabber
+        self.make_feed = make_feed
         self.source = source
+        self.local_source = source        # where "Disconnect" from a device goes back to
+        self.device = None                # the Pairing on screen, None for a local source
         self.errors: list = []
         self.flags: list = []             # records stored during this window's life
         self.frames_shown = 0
@@ -65,6 +86,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"Crack Inspector — {m.name} {m.version}")
 
         self.bridge = LiveBridge(store, RenderSettings(overlay, opacity), self)
+        feed = None
+        if device is not None:
+            feed = grabber = make_feed(device)
         self.inspector = LiveInspector(engine, grabber if grabber is not None else make_grabber(source), store,
                                        flagger, on_result=self.bridge.on_result, on_status=self.bridge.on_status,
                                        on_flag_stored=self.bridge.on_flag_stored, on_error=self.bridge.on_error,
@@ -74,8 +98,8 @@ class MainWindow(QMainWindow):
         self.view.settings = RenderSettings(overlay, opacity)
         self.view.threshold = threshold
         self.hud = Hud()
-        self.hud.set_model(m.name, m.version, m.model_sha256)
-        self.hud.set_provider(list(engine.providers), getattr(engine, "provider_fallback", None))
+        self._hud_model = self._hud_provider = None
+        self._show_local_model()
         self.hud.capture_fps = lambda: float(getattr(self.inspector.grabber, "fps", 0.0))
         self.notice = Banner(closable=True)
         self.status_banner = SourceBanner()
@@ -85,6 +109,11 @@ class MainWindow(QMainWindow):
         self._error_repeat = 0
 
         self.chooser = SourceChooser()
+        if pairings is None:
+            from ..device import PairingStore
+
+            pairings = PairingStore()
+        self.device_panel = DevicePanel(pairings, browse=browse)
         self.display = DisplayControls(overlay=overlay, opacity=opacity, threshold=threshold,
                                        uncertain_low=uncertain_low)
         self.fields = FlagFields()
@@ -92,7 +121,9 @@ class MainWindow(QMainWindow):
         self._layout()
         self._connect()
         self._set_source_label(source.label)
-        if notice:
+        if feed is not None:
+            self._enter_device(device, feed)
+        elif notice:
             self.notice.show_message(notice, "info", action="Choose source…")
 
     # ---------------------------------------------------------------- layout
@@ -112,6 +143,7 @@ class MainWindow(QMainWindow):
         sv.setContentsMargins(5, 10, 10, 10)
         sv.setSpacing(8)
         sv.addWidget(self.chooser)
+        sv.addWidget(self.device_panel)
         sv.addWidget(self.display)
         sv.addWidget(self.fields)
         sv.addWidget(self.flags_panel, 1)
@@ -147,6 +179,9 @@ class MainWindow(QMainWindow):
         self.fields.fieldsChanged.connect(self._on_fields)
         self.chooser.sourceChosen.connect(self.set_source)
         self.notice.actionTriggered.connect(self.focus_source_chooser)
+        self.device_panel.connectRequested.connect(self.use_device)
+        self.device_panel.disconnectRequested.connect(self.disconnect_device)
+        self.device_panel.message.connect(self.show_message)
         self.status_banner.actionTriggered.connect(self.focus_source_chooser)
         QShortcut(QKeySequence(Qt.Key_Space), self, activated=self.flag_now)
         QShortcut(QKeySequence(Qt.Key_H), self, activated=self.display.overlay.toggle)
@@ -158,11 +193,13 @@ class MainWindow(QMainWindow):
         self.inspector.start()
         self.bridge.load_history(HISTORY)
         self.chooser.find_cameras()
+        self.device_panel.find_devices()
 
     def shutdown(self) -> None:
         """Stop the pipeline; every queued flag is written before this returns. Idempotent."""
         if not self._stopped:
             self._stopped = True
+            self.device_panel.shutdown()
             self.inspector.stop()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
@@ -170,13 +207,40 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
     def set_source(self, spec) -> None:
-        """Switch the live pipeline to ``spec`` (a SourceSpec)."""
-        self.source = spec
+        """Switch the live pipeline to ``spec`` (a SourceSpec; local inference)."""
+        self.source = self.local_source = spec
         self.inspector.set_grabber(self.make_grabber(spec))
         self.notice.dismiss()
         self.status_banner.dismiss()
         self.view.clear(f"Connecting to {spec.label}…")
         self._set_source_label(spec.label)
+        if self.device is not None:
+            self.device = None
+            self.device_panel.set_feed(None)
+            self.hud.set_link_visible(False)
+            self._show_local_model()
+
+    def use_device(self, pairing) -> None:
+        """View the paired device ``pairing`` (a :class:`~inspector.device.Pairing`): its stream
+        replaces the local source; flags go to the same store with the device's model."""
+        feed = self.make_feed(pairing)
+        self.inspector.set_grabber(feed)
+        self.notice.dismiss()
+        self.status_banner.dismiss()
+        self._enter_device(pairing, feed)
+
+    def disconnect_device(self) -> None:
+        """Back to the local source that was on screen before the device."""
+        if self.device is not None:
+            self.set_source(self.local_source)
+
+    def _enter_device(self, pairing, feed) -> None:
+        self.device = pairing
+        self.source = SourceSpec("device", pairing.address, feed.label)
+        self.view.clear(f"Connecting to {pairing.agent_name} at {pairing.address}…")
+        self._set_source_label(feed.label)
+        self.hud.set_link_visible(True)
+        self.device_panel.set_feed(feed, pairing)
 
     def flag_now(self) -> bool:
         """Manual flag of the newest result (Space). False if there is nothing to flag yet."""
@@ -199,6 +263,15 @@ class MainWindow(QMainWindow):
         self.inspector.threshold = threshold
         self.view.set_threshold(threshold)
 
+    def show_message(self, text: str, level: str = "info") -> None:
+        """A message from a background operation: errors and warnings in the error banner (for a
+        while), information in the notice banner."""
+        if level == "info":
+            self.notice.show_message(text, "info")
+        else:
+            self.error_banner.show_message(text, level)
+            self._error_timer.start()
+
     def focus_source_chooser(self) -> None:
         self.notice.dismiss()
         self.chooser.url.setFocus()
@@ -210,6 +283,7 @@ class MainWindow(QMainWindow):
     def _on_result_ready(self) -> None:
         item = self.bridge.take()
         if item is not None:
+            self._follow_model(item.live)
             self.view.show_result(item)
             self.resultShown.emit(item.live)
 
@@ -247,6 +321,27 @@ class MainWindow(QMainWindow):
     def _on_fields(self, location: str, note: str) -> None:
         self.inspector.location = location or None
         self.inspector.note = note or None
+
+    def _show_local_model(self) -> None:
+        m = self.engine.manifest
+        self.hud.set_model(m.name, m.version, m.model_sha256)
+        self.hud.set_provider(list(self.engine.providers), getattr(self.engine, "provider_fallback", None))
+        self._hud_model = self._hud_provider = None
+
+    def _follow_model(self, live) -> None:
+        """Viewing a device: the HUD follows the model and provider its results came from
+        (a model activated or rolled back on the device shows up with its first frame)."""
+        if live.link is None:
+            return
+        if live.model is not None and live.model != self._hud_model:
+            self._hud_model = live.model
+            self.hud.set_model(live.model.name, live.model.version, live.model.sha256)
+        provider = live.link.provider
+        if provider and provider != self._hud_provider:
+            self._hud_provider = provider
+            self.hud.set_provider([provider], f"on {live.link.agent_name}")
+        if live.frame.source != self.hud.source.value.toolTip():
+            self._set_source_label(live.frame.source)
 
     def _set_source_label(self, label: str) -> None:
         self.hud.set_source(label)
