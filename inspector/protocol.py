@@ -236,7 +236,7 @@ class StreamHeader(Message):
     seq: int                   # result number on the agent (gaps = frames dropped for this client)
     frame_seq: int             # camera frame number
     t_capture: float           # agent's time.time() when the frame was read
-    t_sent: float              # agent's time.time() when this message was queued for the client
+    t_sent: float              # agent's time.time() when this message was encoded (once, for every client)
     width: int
     height: int
     heat_scale: int

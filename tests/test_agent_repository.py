@@ -213,6 +213,16 @@ def test_same_file_again_is_idempotent_a_changed_file_is_refused(open_repo, pkgs
     state = (repo.root / "state.json").read_bytes()
     assert upload(repo, pkgs["v111"]) == first  # a retried upload: the same answer, nothing written
     assert (repo.root / "state.json").read_bytes() == state and len(files(repo.root / "packages")) == 2
+    # the same package re-zipped (other bytes: re-signing writes a new zip), same model and
+    # signed manifest: the same answer too, not a "different contents" refusal
+    rezipped = pkgs["v111"].with_name("v111_rezipped.crackpkg")
+    with zipfile.ZipFile(pkgs["v111"]) as src, zipfile.ZipFile(rezipped, "w", zipfile.ZIP_STORED) as dst:
+        for item in src.infolist():
+            dst.writestr(zipfile.ZipInfo(item.filename, date_time=(2001, 2, 3, 4, 5, 6)), src.read(item))
+    assert rezipped.read_bytes() != pkgs["v111"].read_bytes()
+    assert upload(repo, rezipped) == first
+    assert (repo.root / "state.json").read_bytes() == state and len(files(repo.root / "packages")) == 2
+    assert not files(repo.root / "incoming")
     with pytest.raises(RepositoryError) as err:
         upload(repo, pkgs["v111_rebuilt"])
     assert (err.value.status, err.value.code) == (409, "version_exists")

@@ -306,6 +306,14 @@ class ModelRepository:
             raise
         return tmp, h.hexdigest()
 
+    def _same_content(self, stored_file: str, manifest: pkg.Manifest) -> bool:
+        """The stored package has the same model and the same signed manifest fields."""
+        try:
+            stored = pkg.load_package(self._packages / stored_file, verify_reference=False).manifest
+        except (pkg.PackageError, OSError):
+            return False
+        return pkg.signed_payload(stored) == pkg.signed_payload(manifest)  # covers model_sha256
+
     def _verify_and_commit(self, tmp: Path, file_sha: str, size: int, *, source: str, local: bool) -> ModelInfo:
         # Outside the lock (a reference run takes about a second): the manifest, hashes and the
         # graph first, then the signature, and only a package signed by a trusted key (or one
@@ -327,8 +335,11 @@ class ModelRepository:
         with self._lock:
             existing = self._state["models"].get(info.id)
             if existing is not None:
-                if existing["file"] == file_name:
-                    return self._info(self._state, info.id)  # the same file again: nothing to do
+                if existing["file"] == file_name or self._same_content(existing["file"], m):
+                    # the same package again (re-signing rewrites the zip, so the bytes may differ
+                    # while the model and every signed manifest field are the same): nothing to do
+                    tmp.unlink(missing_ok=True)
+                    return self._info(self._state, info.id)
                 raise RepositoryError(409, "version_exists", f"{info.id} is already on the device with different "
                                                              f"contents; give the new package a new version")
             active = self._state["active"]
@@ -623,3 +634,4 @@ def _storage_error(doing: str, exc: OSError) -> RepositoryError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return RepositoryError(507, "no_space", f"{doing} failed: the device is out of space")
     return RepositoryError(500, "storage_error", f"{doing} failed ({exc.strerror or exc})")
+
