@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 import torch
 
 from distill.models import Classifier, ModelError, ModelMeta, build_model
+from inspector.fsio import write_atomic
 
 FORMAT = "crack-distill-checkpoint/1"
 
@@ -28,18 +28,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     never see a half-written checkpoint or model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name opened exclusively, not tempfile.mkstemp: mkstemp makes the file 0600,
-    # which the rename would hand on to the checkpoint; open() honours the umask.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, write)  # a fresh .<name>.<random>.tmp, with the umask's mode (not mkstemp's 0600)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:

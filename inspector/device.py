@@ -63,6 +63,7 @@ import numpy as np
 from . import protocol as P
 from .engine import FrameResult, TileResult
 from .live import Inspected
+from .newest import NewestItemSource
 from .sources import Frame, SourceStatus
 from .store import ModelRef
 
@@ -73,7 +74,6 @@ PAIRINGS_FILE = "devices.json"
 SIGNING_KEY_FILE = "signing-key.pem"
 UPLOAD_CHUNK = 256 * 2**10              # bytes per send() while pushing a package
 MAX_RESPONSE_BYTES = 16 * 2**20         # a JSON answer larger than this is not from our agent
-FPS_WINDOW_S = 2.0
 LATENCY_SAMPLES = 30
 MODEL_REFRESH_S = 5.0                   # an unknown model_id in the stream re-reads the models at most this often
 _NO_CAM = np.zeros((0, 0), np.float32)  # the stream carries no per-tile CAM (the heat-map is stitched on the device)
@@ -445,24 +445,14 @@ class DeviceClient:
         """One request → (body of a 2xx answer, peer fingerprint); DeviceError otherwise."""
         headers = self._headers(auth)
         conn = self._connection(timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = self._read_body(resp)
-        except FingerprintMismatch:
-            raise
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
-        finally:
-            conn.close()
-        if not 200 <= resp.status < 300:
-            raise self._api_error(resp.status, data)
+        data = self._exchange(conn, lambda: conn.request(method, path, body=body, headers=headers))
         return data, conn.peer_sha256
 
     def _upload(self, path: Path, total: int, progress) -> bytes:
         conn = self._connection(P.REQUEST_TIMEOUT)
         headers = {**self._headers(True, P.PACKAGE_CONTENT_TYPE), "Content-Length": str(total)}
-        try:
+
+        def send() -> None:
             conn.putrequest("POST", f"{P.API}/models", skip_accept_encoding=True)
             for k, v in headers.items():
                 conn.putheader(k, v)
@@ -479,6 +469,15 @@ class DeviceClient:
                 # the agent may refuse early (too big, bad token) and close: its answer says why
                 log.info("%s: upload cut off after %d of %d bytes (%s); reading the answer", self.address, sent,
                          total, exc)
+
+        return self._exchange(conn, send)
+
+    def _exchange(self, conn: http.client.HTTPConnection, send: Callable[[], None]) -> bytes:
+        """``send()`` a request on ``conn``, read the answer and close ``conn``: the body of a 2xx
+        answer; otherwise DeviceError ("cannot reach" for a network/HTTP failure, the agent's
+        ApiError for an error answer). A FingerprintMismatch passes through as it is."""
+        try:
+            send()
             resp = conn.getresponse()
             data = self._read_body(resp)
         except FingerprintMismatch:
@@ -667,7 +666,7 @@ def rebuild_result(header: P.StreamHeader, heat: np.ndarray, labels: tuple[str, 
                        crack_prob_max=float(header.crack_prob_max), timings=timings)
 
 
-class DeviceFeed:
+class DeviceFeed(NewestItemSource[Inspected]):
     """A paired device's result stream as a live source (see the module doc).
 
     ``latest(after_seq, timeout)`` → the newest :class:`~inspector.live.Inspected` (``frame``: the
@@ -677,93 +676,38 @@ class DeviceFeed:
     "live", "reconnecting", "ended" when re-pairing is needed, "stopped"), ``fps`` (results
     received per second), ``link_ms`` (median), ``device_status`` (the last
     :class:`~inspector.protocol.Status` read). ``on_status(SourceStatus)`` and
-    ``on_device(Status)`` are called on the feed's thread.
+    ``on_device(Status)`` are called on the feed's thread. The slot, stop, status reporting and
+    ``fps`` come from :class:`~inspector.newest.NewestItemSource`.
     """
+
+    _log = log
+    _kind = "feed"
+    _busy = "a request in progress"
 
     def __init__(self, pairing: Pairing, *, backoff: tuple[float, float] = (0.5, 10.0),
                  on_status: Callable[[SourceStatus], None] | None = None,
                  on_device: Callable[[P.Status], None] | None = None,
                  client: DeviceClient | None = None):
-        first, longest = (float(b) for b in backoff)
-        if not 0 < first <= longest:
-            raise ValueError(f"backoff must satisfy 0 < first <= longest, got {backoff!r}")
+        super().__init__(f"device {pairing.agent_name}", thread_name=f"DeviceFeed[{pairing.address}]",
+                         backoff=backoff, on_status=on_status)
         self.pairing = pairing
-        self.backoff = (first, longest)
         self.client = client or DeviceClient.from_pairing(pairing)
-        self._on_status = on_status
         self._on_device = on_device
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._stream: DeviceStream | None = None
-        self._item: Inspected | None = None
-        self._seq = 0
-        self._done = False
-        self._times: deque[float] = deque()
         self._link: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._models: dict[str, ModelRef] = {}
         self._labels: dict[str, tuple[str, ...]] = {}
         self._models_read_at = -1e9
         self.device_status: P.Status | None = None
-        self.label = f"device {pairing.agent_name}"
         self.bad_frames = 0
-        self._status = SourceStatus("stopped", f"{self.label}: not started")
 
     def __repr__(self) -> str:
         return f"DeviceFeed({self.pairing.address}, state={self._status.state!r})"
 
     # ---------------------------------------------------------------- public
 
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        with self._cond:
-            self._done = False
-        self._thread = threading.Thread(target=self._run, name=f"DeviceFeed[{self.pairing.address}]", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        stream = self._stream
-        if stream is not None:
-            stream.close()               # wakes a read blocked on the socket
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("%s: the feed thread did not stop within %.1f s (a request in progress); abandoned",
-                            self.label, timeout)
-        self._set_status(SourceStatus("stopped", f"{self.label} stopped"))
-
-    def latest(self, after_seq: int = 0, timeout: float | None = None) -> Inspected | None:
-        def ready() -> bool:
-            return self._done or (self._item is not None and self._item.seq > after_seq)
-
-        with self._cond:
-            self._cond.wait_for(ready, timeout)
-            item = self._item
-        return item if item is not None and item.seq > after_seq else None
-
     def inspect(self, item: Inspected) -> Inspected:
         return item
-
-    @property
-    def status(self) -> SourceStatus:
-        with self._cond:
-            return self._status
-
-    @property
-    def fps(self) -> float:
-        now = time.perf_counter()
-        with self._cond:
-            times = [t for t in self._times if now - t <= FPS_WINDOW_S]
-        if len(times) < 2 or times[-1] <= times[0]:
-            return 0.0
-        return (len(times) - 1) / (times[-1] - times[0])
 
     @property
     def link_ms(self) -> float | None:
@@ -774,71 +718,47 @@ class DeviceFeed:
 
     # ---------------------------------------------------------------- the thread
 
-    def _set_status(self, status: SourceStatus) -> None:
-        with self._cond:
-            if status == self._status:
-                return
-            self._status = status
-        log.info("%s: %s: %s", self.label, status.state, status.message)
-        self._notify(self._on_status, status)
+    def _interrupt(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            stream.close()               # wakes a read blocked on the socket
 
-    def _notify(self, callback, arg) -> None:
-        if callback is None:
-            return
-        try:
-            callback(arg)
-        except Exception:  # noqa: BLE001 - a listener's bug must not kill the feed
-            log.exception("%s: callback failed", self.label)
-
-    def _run(self) -> None:
+    def _serve(self) -> None:
         attempt = 0
         addr = self.pairing.address
-        try:
-            self._set_status(SourceStatus("connecting", f"connecting to {self.label} at {addr}"))
-            while not self._stop.is_set():
-                n, why = 0, ""
-                try:
-                    self._read_device(force=True)
-                    stream = self._stream = self.client.stream()
-                    if self._stop.is_set():
-                        break
-                    for header, jpeg, heat in stream:
-                        if self._accept(header, jpeg, heat):
-                            n += 1
-                            if n == 1:
-                                attempt = 0
-                                self._set_status(SourceStatus("live", f"{self.label} live"))
-                    why = f"{addr} closed the stream"
-                except FingerprintMismatch as exc:
-                    self._set_status(SourceStatus("ended", str(exc)))
-                    break
-                except DeviceError as exc:
-                    if exc.api is not None and exc.api.status == 401:
-                        self._set_status(SourceStatus("ended", f"{self.label} no longer accepts this app's "
-                                                               f"pairing: pair again ({exc.api.message})"))
-                        break
-                    why = str(exc)
-                finally:
-                    stream, self._stream = self._stream, None
-                    if stream is not None:
-                        stream.close()
+        self._set_status(SourceStatus("connecting", f"connecting to {self.label} at {addr}"))
+        while not self._stop.is_set():
+            n, why = 0, ""
+            try:
+                self._read_device(force=True)
+                stream = self._stream = self.client.stream()
                 if self._stop.is_set():
                     break
-                attempt += 1
-                delay = min(self.backoff[1], self.backoff[0] * 2.0 ** (attempt - 1))
-                lost = "link lost" if n else "cannot connect"
-                self._set_status(SourceStatus("reconnecting", f"{self.label} {lost}: {why}; retrying in "
-                                                              f"{delay:.1f} s (attempt {attempt})", attempt, delay))
-                self._stop.wait(delay)
-        except Exception:  # noqa: BLE001 - report, never die silently
-            log.exception("%s: feed thread failed", self.label)
-            self._set_status(SourceStatus("ended", f"{self.label}: internal error (see the log)"))
-        finally:
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
+                for header, jpeg, heat in stream:
+                    if self._accept(header, jpeg, heat):
+                        n += 1
+                        if n == 1:
+                            attempt = 0
+                            self._set_status(SourceStatus("live", f"{self.label} live"))
+                why = f"{addr} closed the stream"
+            except FingerprintMismatch as exc:
+                self._set_status(SourceStatus("ended", str(exc)))
+                break
+            except DeviceError as exc:
+                if exc.api is not None and exc.api.status == 401:
+                    self._set_status(SourceStatus("ended", f"{self.label} no longer accepts this app's "
+                                                           f"pairing: pair again ({exc.api.message})"))
+                    break
+                why = str(exc)
+            finally:
+                stream, self._stream = self._stream, None
+                if stream is not None:
+                    stream.close()
             if self._stop.is_set():
-                self._set_status(SourceStatus("stopped", f"{self.label} stopped"))
+                break
+            attempt += 1
+            lost = "link lost" if n else "cannot connect"
+            self._wait_backoff(attempt, f"{self.label} {lost}: {why}")
 
     def _read_device(self, force: bool = False) -> None:
         """Status + stored models: the model refs flags are stored with, the provider for the HUD."""
@@ -859,7 +779,7 @@ class DeviceFeed:
         camera = status.camera.get("source") if isinstance(status.camera, dict) else None
         if camera:
             self.label = f"device {status.agent_name} / {camera}"
-        self._notify(self._on_device, status)
+        self._notify(self._on_device, status, "on_device")
 
     def _accept(self, header: P.StreamHeader, jpeg: bytes, heat: np.ndarray) -> bool:
         t_perf, t_wall = time.perf_counter(), time.time()
@@ -886,16 +806,14 @@ class DeviceFeed:
                           provider=status.provider if status is not None else None,
                           agent_name=self.pairing.agent_name)
         model = self._models.get(header.model_id) or ModelRef(header.model_id, "unknown", "unknown")
-        with self._cond:
-            self._seq += 1
-            # the capture instant on this machine's perf_counter clock (clamped: never after reception)
-            frame = Frame(self._seq, rgb, t_perf - capture_ms / 1e3, self.label)
-            self._item = Inspected(frame=frame, result=result, model=model, t_inferred=t_perf, link=link)
-            self._times.append(t_perf)
-            while self._times and t_perf - self._times[0] > FPS_WINDOW_S:
-                self._times.popleft()
+
+        def make(seq: int) -> Inspected:
             self._link.append(link_ms)
-            self._cond.notify_all()
+            # the capture instant on this machine's perf_counter clock (clamped: never after reception)
+            frame = Frame(seq, rgb, t_perf - capture_ms / 1e3, self.label)
+            return Inspected(frame=frame, result=result, model=model, t_inferred=t_perf, link=link)
+
+        self._publish(make, t_perf)
         return True
 
 

@@ -37,9 +37,7 @@ import math
 import os
 import re
 import sys
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -48,6 +46,8 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
+from .newest import NewestItemSource, SourceStatus
+
 log = logging.getLogger(__name__)
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -55,7 +55,6 @@ URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
 # neither stop() nor the reconnect logic can run meanwhile.
 STREAM_TIMEOUT_MS = 5000
 DEFAULT_FILE_FPS = 30.0       # when a file does not say (or says nonsense)
-FPS_WINDOW_S = 2.0            # the capture rate is measured over this window
 CAMERA_READ_RETRIES = 3       # consecutive failed reads before a camera counts as disconnected
 RESYNC_LATE_S = 0.25          # a paced file this far behind schedule restarts its clock (no burst)
 
@@ -77,14 +76,6 @@ class Frame:
     rgb: np.ndarray       # uint8 H×W×3 RGB, C-contiguous, owned by the consumer
     t_capture: float      # time.perf_counter() when the frame was read (for files: when it was due)
     source: str           # SourceSpec.label
-
-
-@dataclass(frozen=True)
-class SourceStatus:
-    state: str            # "connecting" | "live" | "reconnecting" | "ended" | "stopped"
-    message: str
-    attempt: int = 0
-    retry_in: float | None = None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -221,8 +212,9 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-class FrameGrabber:
-    """Reads ``spec`` on its own daemon thread; :meth:`latest` hands out the newest frame only.
+class FrameGrabber(NewestItemSource[Frame]):
+    """Reads ``spec`` on its own daemon thread; :meth:`latest` hands out the newest frame only
+    (the slot, stop, status and ``fps`` come from :class:`~inspector.newest.NewestItemSource`).
 
     ``loop``: files restart at the end (else state ``"ended"``). ``realtime``: files are paced at
     their FPS (a camera paces itself). ``backoff``: first and longest wait between reconnect
@@ -231,112 +223,32 @@ class FrameGrabber:
     ``cv2.VideoCapture`` (default :func:`open_capture`; tests inject breaking sources).
     """
 
+    _log = log
+    _kind = "capture"
+    _busy = "blocked in a read"
+
     def __init__(self, spec: SourceSpec, *, loop: bool = True, realtime: bool = True,
                  backoff: tuple[float, float] = (0.5, 10.0),
                  on_status: Callable[[SourceStatus], None] | None = None,
                  open_capture: Callable[[SourceSpec], cv2.VideoCapture] | None = None):
         if not isinstance(spec, SourceSpec):
             raise TypeError(f"spec must be a SourceSpec (see parse_source), got {type(spec).__name__}")
-        try:
-            first, longest = (float(b) for b in backoff)
-        except (TypeError, ValueError):
-            raise ValueError(f"backoff must be (first, longest) in seconds, got {backoff!r}") from None
-        if not (0 < first <= longest and math.isfinite(longest)):
-            raise ValueError(f"backoff must satisfy 0 < first <= longest, got {backoff!r}")
+        super().__init__(spec.label, thread_name=f"FrameGrabber[{spec.label}]", backoff=backoff,
+                         on_status=on_status)
         self.spec = spec
         self.loop = bool(loop)
         self.realtime = bool(realtime)
-        self.backoff = (first, longest)
-        self._on_status = on_status
         self._open = open_capture or _default_open_capture
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._frame: Frame | None = None
-        self._seq = 0
-        self._done = False            # ended or stopped: waiters in latest() return at once
-        self._times: deque[float] = deque()
         self._due: float | None = None  # when a paced file's next frame is due (survives loop reopens)
-        self._status = SourceStatus("stopped", f"{spec.label}: not started")
 
     def __repr__(self) -> str:
         return f"FrameGrabber({self.spec.label!r}, state={self._status.state!r})"
 
-    # ---------------------------------------------------------------- public
-
-    def start(self) -> None:
-        """Start the thread (no-op if running). A stopped grabber may be started again; ``seq`` goes on."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        with self._cond:
-            self._done = False
-        self._thread = threading.Thread(target=self._run, name=f"FrameGrabber[{self.spec.label}]", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop and join the thread (up to ``timeout``; a read blocked inside OpenCV is abandoned)."""
-        self._stop.set()
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("%s: the capture thread did not stop within %.1f s (blocked in a read); abandoned",
-                            self.spec.label, timeout)
-        self._set_status(SourceStatus("stopped", f"{self.spec.label} stopped"))
-
-    def latest(self, after_seq: int = 0, timeout: float | None = None) -> Frame | None:
-        """The newest frame with ``seq > after_seq``, waiting up to ``timeout`` s (None: until one
-        arrives or the grabber ends/stops). None if there is none."""
-        def ready() -> bool:
-            return self._done or (self._frame is not None and self._frame.seq > after_seq)
-
-        with self._cond:
-            self._cond.wait_for(ready, timeout)
-            frame = self._frame
-        return frame if frame is not None and frame.seq > after_seq else None
-
-    @property
-    def status(self) -> SourceStatus:
-        with self._cond:
-            return self._status
-
-    @property
-    def fps(self) -> float:
-        """Frames captured per second over the last ~2 s (0 if fewer than two)."""
-        now = time.perf_counter()
-        with self._cond:
-            times = [t for t in self._times if now - t <= FPS_WINDOW_S]
-        if len(times) < 2 or times[-1] <= times[0]:
-            return 0.0
-        return (len(times) - 1) / (times[-1] - times[0])
-
     # ---------------------------------------------------------------- the thread
 
-    def _set_status(self, status: SourceStatus) -> None:
-        with self._cond:
-            if status == self._status:
-                return
-            self._status = status
-        log.info("%s: %s", status.state, status.message)
-        if self._on_status is not None:
-            try:
-                self._on_status(status)
-            except Exception:  # noqa: BLE001 - a listener's bug must not kill the capture thread
-                log.exception("%s: on_status callback failed", self.spec.label)
-
-    def _publish(self, bgr: np.ndarray, t: float) -> None:
+    def _publish_frame(self, bgr: np.ndarray, t: float) -> None:
         rgb = np.ascontiguousarray(_to_rgb(bgr))
-        with self._cond:
-            self._seq += 1
-            self._frame = Frame(self._seq, rgb, t, self.spec.label)
-            self._times.append(t)
-            while self._times and t - self._times[0] > FPS_WINDOW_S:
-                self._times.popleft()
-            self._cond.notify_all()
+        self._publish(lambda seq: Frame(seq, rgb, t, self.spec.label), t)
 
     def _open_or_none(self) -> tuple[cv2.VideoCapture | None, str]:
         try:
@@ -353,50 +265,34 @@ class FrameGrabber:
             return None, "does not open" + hint
         return cap, ""
 
-    def _wait_backoff(self, attempt: int, what: str) -> None:
-        delay = min(self.backoff[1], self.backoff[0] * 2.0 ** (attempt - 1))
-        self._set_status(SourceStatus("reconnecting", f"{what}; retrying in {delay:.1f} s (attempt {attempt})",
-                                      attempt, delay))
-        self._stop.wait(delay)
-
-    def _run(self) -> None:
+    def _serve(self) -> None:
         label = self.spec.label
         attempt = 0
         self._due = None
-        try:
-            self._set_status(SourceStatus("connecting", f"opening {label}"))
-            while not self._stop.is_set():
-                cap, why = self._open_or_none()
-                if cap is None:
-                    attempt += 1
-                    self._wait_backoff(attempt, f"cannot open {label}: {why}")
-                    continue
-                try:
-                    outcome, n = self._pump(cap)
-                finally:
-                    cap.release()
-                if n:
-                    attempt = 0
-                if outcome == _STOP:
-                    break
-                if outcome == _EOF and n:
-                    if self.loop:
-                        continue  # reopen: cheap, and the same path as a real reconnect
-                    self._set_status(SourceStatus("ended", f"{label}: end of file"))
-                    break
+        self._set_status(SourceStatus("connecting", f"opening {label}"))
+        while not self._stop.is_set():
+            cap, why = self._open_or_none()
+            if cap is None:
                 attempt += 1
-                what = (f"cannot read frames from {label}" if self.spec.kind == "file" or not n
-                        else f"{label} disconnected")
-                self._wait_backoff(attempt, what)
-        except Exception:  # noqa: BLE001 - report, never die silently
-            log.exception("%s: capture thread failed", label)
-            self._set_status(SourceStatus("ended", f"{label}: internal error (see the log)"))
-        finally:
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
-            if self._stop.is_set():
-                self._set_status(SourceStatus("stopped", f"{label} stopped"))
+                self._wait_backoff(attempt, f"cannot open {label}: {why}")
+                continue
+            try:
+                outcome, n = self._pump(cap)
+            finally:
+                cap.release()
+            if n:
+                attempt = 0
+            if outcome == _STOP:
+                break
+            if outcome == _EOF and n:
+                if self.loop:
+                    continue  # reopen: cheap, and the same path as a real reconnect
+                self._set_status(SourceStatus("ended", f"{label}: end of file"))
+                break
+            attempt += 1
+            what = (f"cannot read frames from {label}" if self.spec.kind == "file" or not n
+                    else f"{label} disconnected")
+            self._wait_backoff(attempt, what)
 
     def _pump(self, cap: cv2.VideoCapture) -> tuple[str, int]:
         """Read until the end, a failure or stop; returns (outcome, frames read)."""
@@ -423,7 +319,7 @@ class FrameGrabber:
                 elif due > now and self._stop.wait(due - now):
                     break
                 self._due = due + period
-            self._publish(bgr, time.perf_counter())
+            self._publish_frame(bgr, time.perf_counter())
             n += 1
             if n == 1:
                 self._set_status(SourceStatus("live", f"{self.spec.label} live"))

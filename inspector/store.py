@@ -75,6 +75,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .fsio import write_atomic
+
 log = logging.getLogger(__name__)
 
 APP_NAME = "crack-inspector"
@@ -496,16 +498,9 @@ def _lock_folder(path: Path):
 
 
 def _write_durable(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # A fixed temporary name, ".<name>.tmp": the one _TEMP_NAME_RE finds and removes after a crash
+    # (the store's lock rules out a second writer of the same name).
+    write_atomic(path, lambda f: f.write(data), tmp=path.with_name(f".{path.name}.tmp"))
 
 
 def _fsync_dir(path: Path) -> None:

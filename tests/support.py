@@ -1,7 +1,16 @@
-"""Helpers shared by several test files (imported as ``from support import ...``)."""
+"""Helpers shared by several test files (imported as ``from support import ...``).
+
+torch and the app are imported inside the helpers that need them, so a test module that uses
+only the others does not load torch.
+"""
+import os
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
-import torch
-from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def calibrated(model, size: int, batch: int = 8):
@@ -11,6 +20,9 @@ def calibrated(model, size: int, batch: int = 8):
     MobileNet/EfficientNet to ~1e-9 at the head, so every input would give the same logits and
     output comparisons would prove nothing; measured statistics keep them input-dependent.
     """
+    import torch
+    from torch import nn
+
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -28,7 +40,50 @@ def calibrated(model, size: int, batch: int = 8):
 def one_thread():
     """One intra-op thread: on a busy 2-core machine more threads only contend (10x slower).
     Autouse in every test module that imports it."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The shipped model on one thread, shared by the tests of a module."""
+    from inspector.engine import InferenceEngine
+    from inspector.paths import default_model
+
+    return InferenceEngine(default_model(), threads=1)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty flag store in ``tmp_path / "flags"``, closed after the test."""
+    from inspector.store import FlagStore
+
+    with FlagStore(tmp_path / "flags") as s:
+        yield s
+
+
+def run_and_kill(cmd: list[str], delay: float, *, lines: int = 1) -> subprocess.CompletedProcess:
+    """Start ``cmd`` (a child script of the crash tests; the repository on PYTHONPATH and as the
+    working folder), read its first line and, if that is ``ready``, ``lines - 1`` more, sleep
+    ``delay`` s and SIGKILL it. Returns its whole stdout (the lines read first included), its
+    stderr and its return code (``-SIGKILL`` when the kill landed); the child never outlives
+    the call."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        head = proc.stdout.readline()
+        if head == "ready\n":
+            for _ in range(lines - 1):
+                head += proc.stdout.readline()
+            time.sleep(delay)
+        proc.kill()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, head + out, err)

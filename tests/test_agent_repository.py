@@ -15,10 +15,8 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import threading
-import time
 import zipfile
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from inspector.agent.repository import ModelRepository, RepositoryError
 from inspector.package import load_package, write_package
 from inspector.protocol import ApiError, ModelList
 from inspector.signing import SigningKey
+from support import run_and_kill
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "crack-student-1.1.0-int8.crackpkg"
@@ -484,26 +483,16 @@ def test_sigkill_leaves_a_consistent_repository(tmp_path, seed, pkgs, key, trust
             + [("receive", True, rng.uniform(0.05, 1.5)) for _ in range(6)]
             + [("activate", False, 0.0), ("receive", False, 0.01), ("activate", False, 0.02)])
     rng.shuffle(runs)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     active = json.loads((root / "state.json").read_text())["active"]
     promised, cleaned, switched = set(), 0, 0
     for run, (mode, after_open, delay) in enumerate(runs):
         cmd = [sys.executable, str(REPO / "tests" / "repository_child.py"), str(root), str(run), mode,
                key.public_b64(), str(pkgs["v112"]), str(pkgs["v113"])]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-        try:
-            first = proc.stdout.readline()
-            second = proc.stdout.readline() if after_open and first == "ready\n" else ""
-            time.sleep(delay)
-            proc.kill()
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert first == "ready\n" and proc.returncode == -signal.SIGKILL, f"run {run}: {first}{second}{out}{err}"
+        proc = run_and_kill(cmd, delay, lines=2 if after_open else 1)
+        assert proc.stdout.startswith("ready\n") and proc.returncode == -signal.SIGKILL, \
+            f"run {run}: {proc.stdout}{proc.stderr}"
         allowed = {active}
-        for line in (second + out).splitlines():
+        for line in proc.stdout.splitlines():
             word, _, arg = line.partition(" ")
             if word == "opened":
                 cleaned += int(arg)

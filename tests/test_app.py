@@ -13,30 +13,19 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage
 
-from inspector.engine import FrameResult, InferenceEngine, TileResult
+from inspector.engine import FrameResult, TileResult
 from inspector.flagging import Flagger, FlagPolicy
 from inspector.live import LiveResult
-from inspector.paths import default_model, sample_video
+from inspector.paths import sample_video
 from inspector.qt.bridge import Composed, LiveBridge, RenderSettings, compose
 from inspector.qt.main import NO_CAMERA
 from inspector.qt.view import LiveView
 from inspector.qt.window import MainWindow
 from inspector.sources import Frame, FrameGrabber, parse_source
-from inspector.store import FlagStore
+from support import engine, store  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 NO_AUTO = FlagPolicy(auto=False)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return InferenceEngine(default_model(), threads=1)
-
-
-@pytest.fixture
-def store(tmp_path):
-    with FlagStore(tmp_path / "flags") as s:
-        yield s
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import pytest
 
 from inspector.device import (DeviceClient, DeviceError, DeviceFeed, FingerprintMismatch, Pairing, PairingStore,
                               format_fingerprint, parse_address)
-from inspector.engine import InferenceEngine
 from inspector.flagging import Flagger, FlagPolicy
 from inspector.live import LiveInspector
 from inspector.package import load_package, write_package
@@ -23,6 +22,7 @@ from inspector.paths import default_model, sample_video
 from inspector.signing import SigningKey
 from inspector.sources import parse_source
 from inspector.store import FlagStore, ModelRef
+from support import engine  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 NO_AUTO = FlagPolicy(auto=False)
@@ -112,11 +112,6 @@ def paired(agent, key) -> Pairing:
     client = DeviceClient("127.0.0.1", agent.port)
     return DeviceClient("127.0.0.1", agent.port, cert_sha256=client.fetch_fingerprint()).pair(
         agent.code(), "test app", key)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return InferenceEngine(default_model(), threads=1)
 
 
 def variant(folder: Path, version: str) -> Path:

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from inspector import paths
-from inspector.engine import FrameResult, InferenceEngine, TileResult
+from inspector.engine import FrameResult, TileResult
 from inspector.flagging import FlagPolicy, Flagger, thumbnail, thumbnail_distance
+from support import engine  # noqa: F401  (fixtures)
 
 DATA = Path(os.environ["CRACK_DATA_DIR"]) / "ozgenel_ccic_subset"
 
@@ -242,11 +243,6 @@ def test_zero_memory_or_distance_disables_the_view_check(views):
 
 
 # --------------------------------------------------------------------------- with the shipped model
-
-@pytest.fixture(scope="module")
-def engine() -> InferenceEngine:
-    return InferenceEngine(paths.default_model(), threads=1)
-
 
 def test_shipped_engine_results_drive_the_rules(engine):
     crack = np.vstack([np.hstack([real("crack", 0), real("crack", 500)]),

@@ -6,25 +6,13 @@ import time
 
 import pytest
 
-from inspector.engine import InferenceEngine
 from inspector.flagging import Flagger, FlagPolicy
 from inspector.live import LiveError, LiveInspector, LiveResult
-from inspector.paths import default_model, sample_video
+from inspector.paths import sample_video
 from inspector.sources import FrameGrabber, parse_source
-from inspector.store import FlagStore
+from support import engine, store  # noqa: F401  (fixtures)
 
 FLAG_EVERY_FRAME = FlagPolicy(crack_threshold=1e-6, min_interval_s=0.0, duplicate_memory=0)
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return InferenceEngine(default_model(), threads=1)
-
-
-@pytest.fixture
-def store(tmp_path):
-    with FlagStore(tmp_path / "flags") as s:
-        yield s
 
 
 class Recorder:

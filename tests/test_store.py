@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pytest
 
 from inspector.store import (SCHEMA_VERSION, UNSET, ExportReport, FlagRecord, FlagStore, ModelRef,
                              RecoveryReport, StoreError)
+from support import run_and_kill, store  # noqa: F401  (store: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 OZ = Path(os.environ["CRACK_DATA_DIR"]) / "ozgenel_ccic_subset"
@@ -65,12 +65,6 @@ def add(store: FlagStore, frame: np.ndarray | None = None, probs=(0.95, 0.1, 0.5
     frame = real_frame() if frame is None else frame
     kw = {"reason": "crack", "source": "camera 0", "model": MODEL, "crack_prob_max": max(probs), **kw}
     return store.add(frame, heat_of(frame), tiles(*probs), **kw)
-
-
-@pytest.fixture
-def store(tmp_path):
-    with FlagStore(tmp_path / "flags") as s:
-        yield s
 
 
 def image_files(root: Path) -> set[str]:
@@ -369,22 +363,11 @@ def test_sigkill_never_loses_a_stored_flag(tmp_path):
     rng.shuffle(delays)
     delays.insert(0, delays.pop(delays.index(0.0)))
     stored, cleaned, killed_opening = {}, [0, 0], 0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     for run, delay in enumerate(delays):
-        proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "store_child.py"), str(root), str(run)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-        try:
-            first = proc.stdout.readline()
-            if first == "ready\n":
-                time.sleep(delay)
-            proc.kill()
-            out, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert first == "ready\n" and proc.returncode == -signal.SIGKILL, f"run {run}: {first}{out}{err}"
-        lines = out.splitlines()
+        proc = run_and_kill([sys.executable, str(REPO / "tests" / "store_child.py"), str(root), str(run)], delay)
+        assert proc.stdout.startswith("ready\n") and proc.returncode == -signal.SIGKILL, \
+            f"run {run}: {proc.stdout}{proc.stderr}"
+        lines = proc.stdout.splitlines()
         killed_opening += not any(line.startswith("opened") for line in lines)
         for line in lines:
             if line.startswith("opened "):  # what this run's open cleaned up after the previous kill
