@@ -15,7 +15,7 @@ from typing import Callable
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import QHBoxLayout, QMainWindow, QScrollArea, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QMainWindow, QScrollArea, QTabBar, QVBoxLayout, QWidget
 
 from ..live import LiveInspector
 from ..sources import SourceSpec
@@ -142,8 +142,18 @@ class MainWindow(QMainWindow):
         sv = QVBoxLayout(side)
         sv.setContentsMargins(5, 10, 10, 10)
         sv.setSpacing(8)
+        # a local camera or a device: one at a time, so they share the space (the flags list
+        # below is what an inspector looks at most, it must not be scrolled away)
+        self.source_tabs = QTabBar()
+        self.source_tabs.setDocumentMode(True)
+        self.source_tabs.setExpanding(False)
+        self.source_tabs.addTab("Camera")
+        self.source_tabs.addTab("Device")
+        self.source_tabs.currentChanged.connect(self._show_source_tab)
+        sv.addWidget(self.source_tabs)
         sv.addWidget(self.chooser)
         sv.addWidget(self.device_panel)
+        self._show_source_tab(0)
         sv.addWidget(self.display)
         sv.addWidget(self.fields)
         sv.addWidget(self.flags_panel, 1)
@@ -162,6 +172,11 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self.resize(1500, 920)
         self.view.setFocus()
+
+    def _show_source_tab(self, index: int) -> None:
+        """Camera or device: one panel at a time (hidden, the other takes no room)."""
+        self.chooser.setVisible(index == 0)
+        self.device_panel.setVisible(index == 1)
 
     def _connect(self) -> None:
         b = self.bridge
@@ -237,6 +252,7 @@ class MainWindow(QMainWindow):
     def _enter_device(self, pairing, feed) -> None:
         self.device = pairing
         self.source = SourceSpec("device", pairing.address, feed.label)
+        self.source_tabs.setCurrentIndex(1)
         self.view.clear(f"Connecting to {pairing.agent_name} at {pairing.address}…")
         self._set_source_label(feed.label)
         self.hud.set_link_visible(True)
@@ -274,6 +290,7 @@ class MainWindow(QMainWindow):
 
     def focus_source_chooser(self) -> None:
         self.notice.dismiss()
+        self.source_tabs.setCurrentIndex(0)
         self.chooser.url.setFocus()
         self.chooser.setStyleSheet(f"QFrame#panel {{ border-color: {theme.ACCENT}; }}")
         QTimer.singleShot(1500, lambda: self.chooser.setStyleSheet(""))
