@@ -111,6 +111,7 @@ class ApiError(Exception):
 # ------------------------------------------------------------------ messages
 
 _VERSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_CODE = re.compile(f"[0-9]{{{PAIRING_CODE_DIGITS}}}")  # ASCII digits only (str.isdigit takes any script)
 
 
 def _from_dict(cls, d: Any):
@@ -154,6 +155,8 @@ class Message:
             d = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ProtocolError(f"{cls.__name__}: not JSON ({exc})") from None
+        except RecursionError:
+            raise ProtocolError(f"{cls.__name__}: JSON nested too deeply") from None
         return _from_dict(cls, d)
 
     @classmethod
@@ -169,7 +172,7 @@ class PairRequest(Message):
 
     def validate(self) -> None:
         n = type(self).__name__
-        _require(isinstance(self.code, str) and self.code.isdigit() and len(self.code) == PAIRING_CODE_DIGITS,
+        _require(isinstance(self.code, str) and bool(_CODE.fullmatch(self.code)),
                  n, f"code must be {PAIRING_CODE_DIGITS} digits")
         _require(isinstance(self.client_name, str) and 0 < len(self.client_name) <= 100, n,
                  "client_name must be 1–100 characters")
@@ -214,7 +217,7 @@ class ActivateRequest(Message):
     id: str
 
     def validate(self) -> None:
-        _require(isinstance(self.id, str) and bool(_VERSION_ID.match(self.id)), type(self).__name__,
+        _require(isinstance(self.id, str) and bool(_VERSION_ID.fullmatch(self.id)), type(self).__name__,
                  "id must be 1–128 letters, digits, '.', '_' or '-'")
 
 

@@ -7,182 +7,23 @@ run the shipped model on the sample video with one inference thread.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import json
-import math
 import os
 import re
-import select
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from agent_support import (PROTECTED, REPO, Agent, PinnedHTTPSConnection, check_frame, error_code, open_stream,
+                           pair, signed_variant, stopped_cleanly, wait_status)
 
 from inspector import protocol
 from inspector.protocol import API
-
-REPO = Path(__file__).resolve().parents[1]
-READY_RE = re.compile(r"^AGENT READY port=(\d+) tls=([01]) cert_sha256=([0-9a-f]{64}) pairing_code=(\d{6}) data=(.+)$")
-START_TIMEOUT_S = 60.0
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-class Agent:
-    """A running agent subprocess and what its READY line said."""
-
-    def __init__(self, data: Path, *extra: str, tls: bool):
-        self.data = data
-        self.log_path = data.parent / f"{data.name}.log"
-        self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "inspector.agent", "--port", "0", "--host", "127.0.0.1", "--data", str(data),
-               "--no-mdns", "--threads", "1", *extra]
-        if not tls:
-            cmd.append("--insecure-http")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True)
-        line = self._read_line(START_TIMEOUT_S)
-        m = READY_RE.match(line.strip())
-        if not m:
-            self.stop()
-            raise AssertionError(f"no READY line, got {line!r}; log:\n{self.log()}")
-        self.port, self.tls, self.cert_sha256, self.code = int(m[1]), m[2] == "1", m[3], m[4]
-        assert Path(m[5]) == data.resolve()
-
-    def _read_line(self, timeout: float) -> str:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline() if ready else ""
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def connection(self, timeout: float = 10.0, fingerprint: str | None = None) -> http.client.HTTPConnection:
-        if self.tls:
-            return PinnedHTTPSConnection("127.0.0.1", self.port, fingerprint or self.cert_sha256, timeout=timeout)
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-
-    def request(self, method: str, path: str, body: bytes | dict | None = None, *, token: str | None = None,
-                headers: dict | None = None) -> tuple[int, dict, bytes]:
-        hdrs = dict(headers or {})
-        if token is not None:
-            hdrs["Authorization"] = f"Bearer {token}"
-        if isinstance(body, dict):
-            body = json.dumps(body).encode()
-            hdrs.setdefault("Content-Type", "application/json")
-        conn = self.connection()
-        try:
-            conn.request(method, path, body=body, headers=hdrs)
-            with conn.getresponse() as resp:
-                return resp.status, dict(resp.getheaders()), resp.read()
-        finally:
-            conn.close()
-
-    def pairing_code_file(self) -> str:
-        return (self.data / "pairing-code.txt").read_text().strip()
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-        self.proc.stdout.close()
-        self._log.close()
-        return rc
-
-
-class PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS that trusts exactly one certificate: the one whose DER SHA-256 is ``fingerprint``
-    (what the app learns at pairing); no CA, no host name (the agent's certificate is self-signed)."""
-
-    def __init__(self, host: str, port: int, fingerprint: str, timeout: float = 10.0):
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # replaced by the pin below
-        super().__init__(host, port, timeout=timeout, context=ctx)
-        self.fingerprint = fingerprint
-        self.served_sha256: str | None = None
-
-    def connect(self) -> None:
-        super().connect()
-        self.served_sha256 = hashlib.sha256(self.sock.getpeercert(binary_form=True)).hexdigest()
-        if self.served_sha256 != self.fingerprint:
-            self.close()
-            raise ssl.SSLCertVerificationError(f"certificate {self.served_sha256} is not the pinned {self.fingerprint}")
-
-
-def new_public_key() -> str:
-    raw = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw,
-                                                                 serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
-
-
-def pair(agent: Agent, code: str | None = None, name: str = "test laptop", key: str | None = None):
-    return agent.request("POST", f"{API}/pair", {"code": code or agent.pairing_code_file(), "client_name": name,
-                                                 "public_key": key or new_public_key()})
-
-
-def error_code(body: bytes) -> str:
-    err = json.loads(body)["error"]
-    assert set(err) == {"code", "message"} and err["message"]
-    return err["code"]
-
-
-def wait_status(agent: Agent, token: str, cond, timeout: float = 20.0) -> protocol.Status:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, _, body = agent.request("GET", f"{API}/status", token=token)
-        assert status == 200, body
-        st = protocol.Status.from_json(body)
-        if cond(st) or time.monotonic() > deadline:
-            return st
-        time.sleep(0.2)
-
-
-def open_stream(agent: Agent, token: str):
-    conn = agent.connection()
-    conn.request("GET", f"{API}/stream", headers={"Authorization": f"Bearer {token}"})
-    resp = conn.getresponse()
-    return conn, resp
-
-
-def check_frame(header: protocol.StreamHeader, jpeg: bytes, heat: np.ndarray) -> None:
-    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert img is not None and img.shape == (header.height, header.width, 3)
-    s = header.heat_scale
-    assert s == protocol.HEAT_SCALE and heat.shape == (math.ceil(header.height / s), math.ceil(header.width / s))
-    assert heat.dtype == np.uint8
-    assert header.tiles and all(0.0 <= t["crack_prob"] <= 1.0 and len(t["box"]) == 4 for t in header.tiles)
-    assert 0.0 <= header.crack_prob_max <= 1.0
-    assert header.crack_prob_max == pytest.approx(max(t["crack_prob"] for t in header.tiles))
-    assert {"capture_to_start", "infer", "encode"} <= set(header.timings_ms)
-    assert header.t_capture <= header.t_sent <= time.time() + 1.0
-
-
-PROTECTED = sorted(k for k in protocol.ENDPOINTS if k not in protocol.OPEN_ENDPOINTS)
-
-
-def stopped_cleanly(agent: Agent) -> None:
-    rc = agent.stop()
-    log = agent.log()
-    assert rc == 0, log
-    assert "Traceback" not in log, log
-
 
 # ---------------------------------------------------------------------------- plain HTTP
 
@@ -241,14 +82,34 @@ class TestPlainHTTP:
         assert wait_status(agent, token, lambda s: s.clients == 0).clients == 0
 
     def test_every_endpoint_refuses_missing_or_wrong_token(self, agent, token):
-        bad = [None, "x" * 43, token[:-1] + ("A" if token[-1] != "A" else "B")]
-        for method, path in PROTECTED:
-            for t in bad:
-                status, headers, body = agent.request(method, path, b"{}" if method == "POST" else None, token=t)
-                assert status == 401, (method, path, t, body)
-                assert error_code(body) == "unauthorized" and headers["WWW-Authenticate"].startswith("Bearer")
-            status, _, _ = agent.request(method, path, headers={"Authorization": f"Basic {token}"})
-            assert status == 401
+        wrong = ["x" * 43, token[:-1] + ("A" if token[-1] != "A" else "B"), token + "A", token[:20]]
+        # an Authorization header that does not carry this token as a bearer token, in any form
+        malformed = [f"Basic {token}", f"bearer{token}", f"Token {token}", "Bearer", "Bearer ", "Bearer  \t ",
+                     f"Bearer {token} {token}", f"Bearer {token},x", f"{token}", f"Bearer\t{token}",
+                     f"Bearer {token[:10]}\u00e9{token[11:]}", "Bearer %00", ""]
+        assert set(PROTECTED) == set(protocol.ENDPOINTS) - protocol.OPEN_ENDPOINTS and PROTECTED
+        for method, path in protocol.ENDPOINTS:
+            body = b"{}" if method == "POST" else None
+            if (method, path) in protocol.OPEN_ENDPOINTS:
+                # open: no credentials needed, and wrong ones do not make it refuse either
+                for t in (None, "x" * 43):
+                    status, _, data = agent.request(method, path, body, token=t)
+                    assert status != 401 and status < 500, (method, path, t, data)
+                    if status >= 400:
+                        assert error_code(data) == "bad_request"
+                continue
+            for t in [None, *wrong]:
+                status, headers, data = agent.request(method, path, body, token=t)
+                assert status == 401, (method, path, t, data)
+                assert error_code(data) == "unauthorized" and headers["WWW-Authenticate"].startswith("Bearer")
+            for value in malformed:
+                status, headers, data = agent.request(method, path, body,
+                                                      headers={"Authorization": value.encode("utf-8")})
+                assert status == 401, (method, path, value, data)
+                assert error_code(data) == "unauthorized"
+            # the right token works on the same connection settings (the 401s were about the token)
+            if method == "GET" and path != f"{API}/stream":
+                assert agent.request(method, path, token=token)[0] == 200
         # auth comes first: without a token nothing tells what exists
         for method, path in [("GET", f"{API}/nope"), ("GET", "/"), ("DELETE", f"{API}/models"),
                              ("GET", f"{API}/pair"), ("PUT", f"{API}/status")]:
@@ -301,18 +162,13 @@ class TestPlainHTTP:
             conn.close()
 
     def test_upload_activate_rollback_while_streaming(self, agent, tmp_path):
-        from inspector import package as pkg
-        from inspector.paths import default_model
         from inspector.signing import SigningKey
 
         key = SigningKey.generate()
         status, _, body = pair(agent, name="pusher", key=key.public_b64())
         assert status == 200
         tok = protocol.PairResponse.from_json(body).token
-        p = pkg.load_package(default_model(), verify_reference=False)
-        manifest = p.manifest.to_dict()
-        manifest["version"] = "1.1.1-test"
-        path = pkg.write_package(tmp_path / "new.crackpkg", key.sign_manifest(manifest), p.onnx_bytes, p.reference)
+        path = signed_variant(tmp_path / "new.crackpkg", key, version="1.1.1-test")
 
         status, _, body = agent.request("POST", f"{API}/models", path.read_bytes(), token=tok,
                                         headers={"Content-Type": protocol.PACKAGE_CONTENT_TYPE})

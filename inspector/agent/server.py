@@ -241,13 +241,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.headers.get("Content-Length")
         if raw is None:
             raise ApiError(411, "length_required", "Content-Length is required")
-        try:
-            n = int(raw)
-        except ValueError:
-            raise ApiError(400, "bad_request", f"Content-Length {raw!r} is not a number") from None
-        if n < 0:
-            raise ApiError(400, "bad_request", f"Content-Length {n} is negative")
-        return n
+        # 1*DIGIT (RFC 9112): not int()'s "+5", "-5", "1_0" or non-ASCII digits
+        if not (raw.strip().isascii() and raw.strip().isdigit()):
+            raise ApiError(400, "bad_request", f"Content-Length {raw!r} is not a byte count")
+        return int(raw)
 
     def _continue(self) -> None:
         if self._expect_100:
@@ -271,12 +268,16 @@ class _Handler(BaseHTTPRequestHandler):
             return cls.from_json(self._read_body(n))
         except ProtocolError as exc:
             raise ApiError(400, "bad_request", str(exc)) from None
+        except RecursionError:  # json.loads of "[[[[..." (a few thousand deep): not a 500
+            raise ApiError(400, "bad_request", f"{cls.__name__}: JSON nested too deeply") from None
 
     def _no_body(self) -> None:
         """Endpoints without a request body: a (small) body is read and ignored."""
         if self.headers.get("Transfer-Encoding"):
             raise ApiError(411, "length_required", "chunked bodies are not accepted")
-        n = self._declared_length()
+        # a Content-Length that is there must be valid: with a bad one the framing of this
+        # request, and so where the next one starts, is unknown (RFC 9112 6.3: 400 and close)
+        n = self._content_length() if self.headers.get("Content-Length") is not None else 0
         if n > protocol.MAX_JSON_BYTES:
             raise ApiError(413, "too_large", f"this endpoint takes no body; got {n} bytes")
         if n:

@@ -1,0 +1,294 @@
+"""Helpers for tests that run the real device agent (``python -m inspector.agent``) on loopback
+and speak plain ``http.client`` to it (imported as ``from agent_support import ...``).
+
+:class:`Agent` starts the agent as a subprocess and parses its READY line; it can be killed
+(SIGKILL) and started again on the same data folder and port (:meth:`Agent.restart`).
+:func:`signed_variant` and :func:`rewrite_zip` build package variants from the shipped model.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import io
+import json
+import math
+import re
+import select
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import cv2
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from inspector import protocol
+from inspector.protocol import API
+
+REPO = Path(__file__).resolve().parents[1]
+READY_RE = re.compile(r"^AGENT READY port=(\d+) tls=([01]) cert_sha256=([0-9a-f]{64}) pairing_code=(\d{6}) data=(.+)$")
+START_TIMEOUT_S = 60.0
+PROTECTED = sorted(k for k in protocol.ENDPOINTS if k not in protocol.OPEN_ENDPOINTS)
+
+
+class Agent:
+    """A running agent subprocess and what its READY line said.
+
+    ``port=0`` picks a free port at the first start; :meth:`restart` starts a new process on
+    the same data folder and the same port. The log (stderr) of every start goes to one file;
+    :meth:`log` is all of it, :meth:`run_log` only the current process's part.
+    """
+
+    def __init__(self, data: Path, *extra: str, tls: bool, port: int = 0):
+        self.data = data
+        self.extra = extra
+        self.tls_wanted = tls
+        self.port = port
+        self.log_path = data.parent / f"{data.name}.log"
+        self.starts = 0
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+        self._log_offset = 0
+        self._start()
+
+    def _start(self) -> None:
+        self._log = open(self.log_path, "ab")
+        self._log_offset = self._log.tell()
+        cmd = [sys.executable, "-m", "inspector.agent", "--port", str(self.port), "--host", "127.0.0.1",
+               "--data", str(self.data), "--no-mdns", "--threads", "1", *self.extra]
+        if not self.tls_wanted:
+            cmd.append("--insecure-http")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.starts += 1
+        line = self._read_line(START_TIMEOUT_S)
+        m = READY_RE.match(line.strip())
+        if not m:
+            self.stop()
+            raise AssertionError(f"no READY line, got {line!r}; log:\n{self.run_log()}")
+        port = int(m[1])
+        assert self.port in (0, port), f"asked for port {self.port}, READY says {port}"
+        self.port, self.tls, self.cert_sha256, self.code = port, m[2] == "1", m[3], m[4]
+        assert Path(m[5]) == self.data.resolve()
+
+    def _read_line(self, timeout: float) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline() if ready else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def run_log(self) -> str:
+        """The log of the current (or last) process only."""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self._log_offset)
+            return fh.read().decode(errors="replace")
+
+    def connection(self, timeout: float = 10.0, fingerprint: str | None = None) -> http.client.HTTPConnection:
+        if self.tls:
+            return PinnedHTTPSConnection("127.0.0.1", self.port, fingerprint or self.cert_sha256, timeout=timeout)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None, *, token: str | None = None,
+                headers: dict | None = None, timeout: float = 30.0) -> tuple[int, dict, bytes]:
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        conn = self.connection(timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            with conn.getresponse() as resp:
+                return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def pairing_code_file(self) -> str:
+        return (self.data / "pairing-code.txt").read_text().strip()
+
+    def _reap(self, rc: int) -> int:
+        self.proc.stdout.close()
+        self._log.close()
+        return rc
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait (SIGKILL after ``timeout``); the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        return self._reap(rc)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind in the agent (a power cut, the OOM killer)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self._reap(self.proc.wait(15))
+
+    def restart(self) -> "Agent":
+        """Start a new agent process on the same data folder and port (the old one must be gone)."""
+        assert not self.alive, "restart() needs the previous process stopped or killed"
+        if not self._log.closed:
+            self._reap(self.proc.wait())
+        self._start()
+        return self
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS that trusts exactly one certificate: the one whose DER SHA-256 is ``fingerprint``
+    (what the app learns at pairing); no CA, no host name (the agent's certificate is self-signed)."""
+
+    def __init__(self, host: str, port: int, fingerprint: str, timeout: float = 10.0):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # replaced by the pin below
+        super().__init__(host, port, timeout=timeout, context=ctx)
+        self.fingerprint = fingerprint
+        self.served_sha256: str | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        self.served_sha256 = hashlib.sha256(self.sock.getpeercert(binary_form=True)).hexdigest()
+        if self.served_sha256 != self.fingerprint:
+            self.close()
+            raise ssl.SSLCertVerificationError(f"certificate {self.served_sha256} is not the pinned {self.fingerprint}")
+
+
+def new_public_key() -> str:
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw,
+                                                                 serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def pair(agent: Agent, code: str | None = None, name: str = "test laptop", key: str | None = None):
+    return agent.request("POST", f"{API}/pair", {"code": code or agent.pairing_code_file(), "client_name": name,
+                                                 "public_key": key or new_public_key()})
+
+
+def pair_token(agent: Agent, key: str | None = None, name: str = "test laptop") -> str:
+    """Pair (with the public key ``key``, base64) and return the bearer token."""
+    status, _, body = pair(agent, name=name, key=key)
+    assert status == 200, body
+    return protocol.PairResponse.from_json(body).token
+
+
+def error_code(body: bytes) -> str:
+    err = json.loads(body)["error"]
+    assert set(err) == {"code", "message"} and err["message"]
+    return err["code"]
+
+
+def wait_status(agent: Agent, token: str, cond, timeout: float = 20.0) -> protocol.Status:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, body = agent.request("GET", f"{API}/status", token=token)
+        assert status == 200, body
+        st = protocol.Status.from_json(body)
+        if cond(st) or time.monotonic() > deadline:
+            return st
+        time.sleep(0.2)
+
+
+def open_stream(agent: Agent, token: str):
+    conn = agent.connection()
+    conn.request("GET", f"{API}/stream", headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    return conn, resp
+
+
+def stream_frames(agent: Agent, token: str, n: int) -> list[protocol.StreamHeader]:
+    """Open the stream, read ``n`` frames (each checked with :func:`check_frame`), close it."""
+    conn, resp = open_stream(agent, token)
+    try:
+        assert resp.status == 200, resp.read()
+        headers = []
+        for _ in range(n):
+            header, jpeg, heat = protocol.read_frame(resp)
+            check_frame(header, jpeg, heat)
+            headers.append(header)
+        return headers
+    finally:
+        resp.close()
+        conn.close()
+
+
+def check_frame(header: protocol.StreamHeader, jpeg: bytes, heat: np.ndarray) -> None:
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape == (header.height, header.width, 3)
+    s = header.heat_scale
+    assert s == protocol.HEAT_SCALE and heat.shape == (math.ceil(header.height / s), math.ceil(header.width / s))
+    assert heat.dtype == np.uint8
+    assert header.tiles and all(0.0 <= t["crack_prob"] <= 1.0 and len(t["box"]) == 4 for t in header.tiles)
+    assert 0.0 <= header.crack_prob_max <= 1.0
+    assert header.crack_prob_max == pytest.approx(max(t["crack_prob"] for t in header.tiles))
+    assert {"capture_to_start", "infer", "encode"} <= set(header.timings_ms)
+    assert header.t_capture <= header.t_sent <= time.time() + 1.0
+
+
+def stopped_cleanly(agent: Agent) -> None:
+    rc = agent.stop()
+    log = agent.log()
+    assert rc == 0, log
+    assert "Traceback" not in log, log
+
+
+# ---------------------------------------------------------------------------- packages
+
+
+def signed_variant(dst: Path, key: Any | None, *, version: str = "1.1.1-int8",
+                   edit: Callable[[dict], None] | None = None, src: Path | None = None) -> Path:
+    """A copy of the package ``src`` (default: the shipped model) under a new ``version``,
+    its manifest dict changed by ``edit`` (before signing), signed by ``key`` (an
+    :class:`inspector.signing.SigningKey`; None: unsigned). Verified as a device would
+    (:func:`inspector.package.write_package`), so only valid packages come out of here."""
+    from inspector import package as pkg
+    from inspector.paths import default_model
+
+    p = pkg.load_package(src or default_model(), verify_reference=False)
+    manifest = p.manifest.to_dict()
+    manifest["version"] = version
+    manifest["signature"] = None
+    if edit is not None:
+        edit(manifest)
+    if key is not None:
+        manifest = key.sign_manifest(manifest)
+    return pkg.write_package(dst, manifest, p.onnx_bytes, p.reference)
+
+
+def read_manifest(path: Path) -> dict:
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read("manifest.json"))
+
+
+def rewrite_zip(src: Path, dst: Path, replace: Mapping[str, bytes | dict]) -> Path:
+    """Copy the zip ``src`` to ``dst`` with the members in ``replace`` swapped for new contents
+    (a dict is written as JSON): packages no writer of ours would produce. Other members are
+    copied as they are."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = replace.get(item.filename, None)
+            if data is None:
+                data = zin.read(item.filename)
+            elif isinstance(data, dict):
+                data = json.dumps(data, indent=2).encode()
+            zout.writestr(item, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
+    dst.write_bytes(out.getvalue())
+    return dst
