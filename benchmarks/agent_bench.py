@@ -98,11 +98,14 @@ def stream_stats(rows) -> dict:
 
 
 def swap_gap(rec: StreamRecorder, t0: float, t1: float, median_gap: float) -> dict:
-    rows = rec.window(t0 - 1.0, t1 + 1.0)
+    rows = rec.window(t0, t1 + 0.5)   # from the call to half a second after it returned
     gaps = [b[0] - a[0] for a, b in zip(rows, rows[1:])]
     worst = max(gaps) if gaps else float("nan")
     models = [r[3] for r in rows]
+    i = gaps.index(worst) if gaps else 0
+    around = rows[max(0, i - 1):i + 3]   # the slowest step: did the camera frame number jump (a slow inference)?
     return {"seconds": t1 - t0, "max_gap_ms": worst * 1e3, "median_gap_ms": median_gap * 1e3,
+            "around_worst": [{"t": round(r[0] - t0, 3), "seq": r[1], "frame_seq": r[2], "model": r[3]} for r in around],
             "frames_missed": max(0, round(worst / median_gap) - 1) if gaps else None,
             "models_seen": list(dict.fromkeys(models))}
 
@@ -161,6 +164,7 @@ def run(args) -> dict:
                 pushed.append(info.id)
 
             out["activation"] = []
+            time.sleep(2.0)   # let the last verification's aftermath settle: measure the swap alone
             for target in (pushed[-2], "rollback"):   # activate the shipped INT8 re-versioned, then roll back
                 t = time.time()
                 client.rollback() if target == "rollback" else client.activate(target)

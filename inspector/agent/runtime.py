@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -391,7 +392,20 @@ class AgentRuntime:
         path = self.repository.active_path()
         if path is None:
             raise FileNotFoundError(f"the repository has no file for {info.id}")
-        return _Loaded(self._factory(Path(path)), info)
+        return _Loaded(_in_background(lambda: self._load_warm(Path(path))), info)
+
+    def _load_warm(self, path: Path) -> Any:
+        """Build the engine and run it once on a frame of the camera's size, so the swap does not
+        put a cold session (first-run allocations for the tile batch) on the live path."""
+        engine = self._factory(path)
+        frame = getattr(self.grabber, "latest", lambda *a, **k: None)(0, 0.0)
+        inspect = getattr(engine, "inspect", None)
+        if frame is not None and inspect is not None:
+            try:
+                inspect(np.zeros_like(frame.rgb))
+            except Exception:  # noqa: BLE001 - a failing model is judged on live frames (probation)
+                log.debug("warm-up of %s failed; probation will judge it", path.name, exc_info=True)
+        return engine
 
     def _trial(self, info: ModelInfo) -> str | None:
         """Load ``info`` (the repository's active version), swap it in, wait for its probation.
@@ -504,3 +518,32 @@ class AgentRuntime:
         with self._cond:
             self._latest = item
             self._cond.notify_all()
+
+
+def _in_background(work: Callable[[], Any], nice: int = 10) -> Any:
+    """Run ``work`` on a short-lived thread with a lower CPU priority and return its result.
+
+    Loading and checking a new model (session creation, reference run, warm-up) takes a few
+    hundred ms of CPU; at normal priority on a 2-core board it steals the cores of the inference
+    thread and the stream stalls for several frames during a swap. Linux gives threads their own
+    nice value, inherited by the threads they create (onnxruntime's pool), and a thread that
+    ends takes it with it (lowering a nice value again would need privileges)."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            if hasattr(os, "setpriority"):
+                try:
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+                except OSError:
+                    pass
+            out["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=run, name="model-loader", daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
