@@ -300,6 +300,13 @@ class FrameGrabber(NewestItemSource[Frame]):
         period = 1.0 / self._file_fps(cap) if paced else 0.0
         n = failures = 0
         while not self._stop.is_set():
+            if paced and self._due is not None:
+                # Decode a file's frame when it is due, not ahead of time: decoded ahead, it
+                # would take a core from the inference still running on the previous frame
+                # (and a camera hands over its frames this way too).
+                wait = self._due - time.perf_counter()
+                if wait > 0 and self._stop.wait(wait):
+                    break
             ok, bgr = cap.read()
             if not ok or bgr is None or bgr.size == 0:
                 if self.spec.kind == "file":
@@ -316,8 +323,6 @@ class FrameGrabber(NewestItemSource[Frame]):
                 due = self._due
                 if due is None or now - due > RESYNC_LATE_S:
                     due = now
-                elif due > now and self._stop.wait(due - now):
-                    break
                 self._due = due + period
             self._publish_frame(bgr, time.perf_counter())
             n += 1

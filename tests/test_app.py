@@ -13,7 +13,7 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage
 
-from inspector.engine import FrameResult, TileResult
+from inspector.engine import FrameResult, TileResult, overlay
 from inspector.flagging import Flagger, FlagPolicy
 from inspector.live import LiveResult
 from inspector.paths import sample_video
@@ -104,6 +104,28 @@ def _synthetic(threshold=0.5) -> LiveResult:
     result = FrameResult(tiles, heat, 0.95, {"total": 1.0})
     t = time.perf_counter()
     return LiveResult(Frame(1, rgb, t, "synthetic"), result, threshold, t, None)
+
+
+def test_view_paints_the_frame_in_its_own_colours(qtbot):
+    """compose hands the view 32-bit BGRA (the backing store's format): the channel order must
+    come out right on screen, with and without the heat-map."""
+    view = LiveView()
+    qtbot.addWidget(view)
+    view.resize(384, 256)
+    live = _synthetic()
+    live.frame.rgb[:] = (200, 60, 20)                      # a clearly orange frame
+    view.set_boxes(False)
+    view.set_overlay(False)
+    view.show_result(Composed(live, compose(live, view.settings), view.settings))
+    r = view.image_rect()
+    shown = as_array(view.grab().toImage())[int(r.y()) + 4:int(r.bottom()) - 4, int(r.x()) + 4:int(r.right()) - 4]
+    assert np.abs(shown.reshape(-1, 3).astype(int) - (200, 60, 20)).max() <= 1
+    view.set_overlay(True)
+    expected = overlay(live.frame.rgb, live.result.heatmap, alpha=view.settings.opacity)
+    shown = as_array(view.grab().toImage())
+    s = r.width() / 192
+    y, x = round(r.y() + 64 * s), round(r.x() + 32 * s)    # inside the hot spot
+    assert np.abs(shown[y, x].astype(int) - expected[64, 32]).max() <= 3
 
 
 def test_display_controls_change_what_is_painted(qtbot):

@@ -166,6 +166,28 @@ def test_tile_size_other_than_input_size(package_path, uav_frame):
     assert_exact_cover([t.box for t in result.tiles], 512, 512)
 
 
+@pytest.mark.parametrize("tile, overlap, size", [
+    (160, 0.0, (480, 640)),    # the shipped tiling: the frame is shrunk once, tiles cut from it
+    (160, 0.25, (480, 640)),   # overlapping tiles whose edges still fall on whole shrunk pixels
+    (96, 0.0, (480, 640)),     # 64/96: the last column (x0 544) is not on the grid: tile by tile
+    (150, 0.0, (300, 450)),    # 64/150: a grid of whole tiles is on whole pixels too
+    (150, 0.0, (320, 470)),    # the last row and column (x0 320, y0 170) are not: tile by tile
+])
+def test_shrunk_tiles_equal_tile_by_tile_resizing(package_path, uav_frame, tile, overlap, size):
+    """However the batch is cut (one shared resize of the frame, or one resize per tile), every
+    tile is exactly what resizing that tile's own crop gives (inspect_patch)."""
+    h, w = size
+    frame = np.ascontiguousarray(cv2.resize(uav_frame, (w, h), interpolation=cv2.INTER_AREA))
+    eng = InferenceEngine(package_path, threads=1, tile_size=tile, tile_overlap=overlap)
+    result = eng.inspect(frame)
+    assert_exact_cover([t.box for t in result.tiles], h, w)
+    for t in result.tiles:
+        x0, y0, x1, y1 = t.box
+        single = eng.inspect_patch(np.ascontiguousarray(frame[y0:y1, x0:x1])).tiles[0]
+        np.testing.assert_allclose(single.probs, t.probs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(single.cam, t.cam, rtol=1e-5, atol=1e-6)
+
+
 def test_inspect_patch_of_any_size(engine):
     patches = real_patches(2, 2, size=227)  # real 227×227 Özgenel patches, resized by the engine
     results = [engine.inspect_patch(p) for p in patches]

@@ -8,6 +8,7 @@ here, on the calling worker thread: blending the heat-map overlay and making fla
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -32,18 +33,31 @@ class RenderSettings:
     opacity: float = 0.45
 
 
+# What a widget's backing store holds on little-endian machines (x86, the Jetson's ARM):
+# 0xffRRGGBB words, i.e. bytes B, G, R, 255. A picture handed to drawImage in any other format
+# is converted first, on every paint, and Qt does large conversions on its thread pool: on a
+# 2-core laptop that is two more threads competing with inference for the cores.
+_DISPLAY_NATIVE = sys.byteorder == "little"
+
+
 def compose(live: LiveResult, settings: RenderSettings) -> np.ndarray:
-    """The RGB image to paint: the frame, with the heat-map blended in if enabled."""
+    """The picture to paint: the frame, with the heat-map blended in if enabled, as an
+    H×W×4 BGRA array (32-bit, the backing store's own format: see :func:`to_qimage`)."""
+    rgb = live.frame.rgb
     if settings.overlay and settings.opacity > 0.0:
-        return overlay(live.frame.rgb, live.result.heatmap, alpha=settings.opacity)
-    return live.frame.rgb
+        rgb = overlay(rgb, live.result.heatmap, alpha=settings.opacity)
+    if not _DISPLAY_NATIVE:
+        return np.ascontiguousarray(rgb)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)
 
 
-def rgb_to_qimage(rgb: np.ndarray) -> QImage:
-    """A QImage *viewing* ``rgb`` (no copy): the caller keeps ``rgb`` alive while it is used."""
-    rgb = np.ascontiguousarray(rgb)
-    h, w = rgb.shape[:2]
-    return QImage(rgb.data, w, h, rgb.strides[0], QImage.Format_RGB888)
+def to_qimage(pixels: np.ndarray) -> QImage:
+    """A QImage *viewing* ``pixels`` (no copy; the caller keeps the array alive): H×W×4 BGRA
+    as ``Format_RGB32``, H×W×3 RGB as ``Format_RGB888``."""
+    pixels = np.ascontiguousarray(pixels)
+    h, w = pixels.shape[:2]
+    fmt = QImage.Format_RGB32 if pixels.ndim == 3 and pixels.shape[2] == 4 else QImage.Format_RGB888
+    return QImage(pixels.data, w, h, pixels.strides[0], fmt)
 
 
 def thumbnail(rgb: np.ndarray, height: int = THUMB_HEIGHT) -> QImage:
@@ -51,15 +65,15 @@ def thumbnail(rgb: np.ndarray, height: int = THUMB_HEIGHT) -> QImage:
     h, w = rgb.shape[:2]
     width = max(1, round(w * height / h))
     small = np.ascontiguousarray(cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA))
-    return rgb_to_qimage(small).copy()
+    return to_qimage(small).copy()
 
 
 @dataclass(frozen=True)
 class Composed:
-    """A result ready to paint: ``rgb`` composed with ``settings``."""
+    """A result ready to paint: ``pixels`` (see :func:`compose`) composed with ``settings``."""
 
     live: LiveResult
-    rgb: np.ndarray
+    pixels: np.ndarray
     settings: RenderSettings
 
 

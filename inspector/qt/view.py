@@ -15,7 +15,7 @@ from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen, Q
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from . import theme
-from .bridge import Composed, RenderSettings, compose, rgb_to_qimage
+from .bridge import Composed, RenderSettings, compose, to_qimage
 
 TOAST_MS = 1800
 
@@ -48,7 +48,7 @@ class LiveView(QWidget):
         self.stale = False          # the source is lost: the picture on screen is the last one it sent
         self.placeholder = "Waiting for the first frame…"
         self.live = None            # the LiveResult on screen
-        self._rgb: np.ndarray | None = None   # keeps the QImage's buffer alive
+        self._pixels: np.ndarray | None = None   # keeps the QImage's buffer alive
         self._image: QImage | None = None
         self._unpainted = False
         self._regions: dict[str, QRegion] = {}
@@ -60,8 +60,8 @@ class LiveView(QWidget):
     # ---------------------------------------------------------------- state
 
     def show_result(self, item: Composed) -> None:
-        rgb = item.rgb if item.settings == self.settings else compose(item.live, self.settings)
-        self._set(item.live, rgb)
+        pixels = item.pixels if item.settings == self.settings else compose(item.live, self.settings)
+        self._set(item.live, pixels)
 
     def set_overlay(self, on: bool) -> None:
         self._set_settings(RenderSettings(bool(on), self.settings.opacity))
@@ -89,7 +89,7 @@ class LiveView(QWidget):
         self.update()
 
     def clear(self, placeholder: str) -> None:
-        self.live, self._rgb, self._image, self.placeholder = None, None, None, placeholder
+        self.live, self._pixels, self._image, self.placeholder = None, None, None, placeholder
         self.update()
 
     def image_rect(self) -> QRectF:
@@ -108,11 +108,11 @@ class LiveView(QWidget):
         if self.live is not None:   # re-compose the frame on screen (a paused or slow stream too)
             self._set(self.live, compose(self.live, settings), fresh=False)
 
-    def _set(self, live, rgb: np.ndarray, *, fresh: bool = True) -> None:
-        self.live, self._rgb = live, np.ascontiguousarray(rgb)
+    def _set(self, live, pixels: np.ndarray, *, fresh: bool = True) -> None:
+        self.live, self._pixels = live, np.ascontiguousarray(pixels)
         self._generation += 1
         self.stale = self.stale and not fresh
-        self._image = rgb_to_qimage(self._rgb)
+        self._image = to_qimage(self._pixels)
         self._unpainted = self._unpainted or fresh
         self.update()
 
