@@ -220,6 +220,17 @@ def paired_device(tmp_path_factory, key, name: str) -> Device:
     return dev
 
 
+def device_fixture(name: str):
+    """A class-scoped fixture ``{name}_device``: a paired agent of its own, stopped afterwards."""
+    @pytest.fixture(scope="class", name=f"{name}_device")
+    def fixture(tmp_path_factory, key):
+        dev = paired_device(tmp_path_factory, key, name)
+        yield dev
+        if dev.agent.alive:
+            dev.agent.stop()
+    return fixture
+
+
 # ---------------------------------------------------------------------------- push faults
 
 # A client that streams the upload slowly and says how far it got (one line per chunk).
@@ -330,12 +341,7 @@ class PushFaults:
                f"state.json says {on_disk})", got, on_disk
 
 
-@pytest.fixture(scope="class")
-def push_device(tmp_path_factory, key):
-    dev = paired_device(tmp_path_factory, key, "push")
-    yield dev
-    if dev.agent.alive:
-        dev.agent.stop()
+push_device = device_fixture("push")
 
 
 class TestPushFaults:
@@ -486,12 +492,7 @@ def bad_packages(pkgs, key) -> dict[str, tuple[bytes, int, str, str]]:
     }
 
 
-@pytest.fixture(scope="class")
-def bad_device(tmp_path_factory, key):
-    dev = paired_device(tmp_path_factory, key, "bad")
-    yield dev
-    if dev.agent.alive:
-        dev.agent.stop()
+bad_device = device_fixture("bad")
 
 
 def assert_unchanged(dev: Device, state: bytes, listing: protocol.ModelList) -> None:
@@ -765,12 +766,7 @@ def send_fuzz(port: int, req: dict[str, Any]) -> tuple[int, dict, bytes] | None:
         sock.close()
 
 
-@pytest.fixture(scope="class")
-def fuzz_device(tmp_path_factory, key):
-    dev = paired_device(tmp_path_factory, key, "fuzz")
-    yield dev
-    if dev.agent.alive:
-        dev.agent.stop()
+fuzz_device = device_fixture("fuzz")
 
 
 class TestFuzz:
