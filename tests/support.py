@@ -3,14 +3,30 @@
 torch and the app are imported inside the helpers that need them, so a test module that uses
 only the others does not load torch.
 """
+import json
 import os
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _shipped() -> tuple[Path, str, str, Path]:
+    """The app's default model package: its path, id (``name-version``), version and the path
+    of its FP32 parent, so tests follow whatever version ships."""
+    from inspector.paths import default_model
+
+    path = default_model()
+    with zipfile.ZipFile(path) as zf:
+        m = json.loads(zf.read("manifest.json"))
+    return path, f"{m['name']}-{m['version']}", m["version"], path.with_name(f"{m['name']}-{m['parent_version']}.crackpkg")
+
+
+SHIPPED, SHIPPED_ID, SHIPPED_VERSION, SHIPPED_PARENT = _shipped()
 
 
 def calibrated(model, size: int, batch: int = 8):

@@ -49,8 +49,9 @@ from inspector.agent.repository import INCOMING_DIR, PACKAGES_DIR, STATE_FILE
 from inspector.paths import default_model
 from inspector.protocol import API
 from inspector.signing import SigningKey
+from support import SHIPPED_ID, SHIPPED_PARENT, SHIPPED_VERSION
 
-OLD_ID = "crack-student-1.1.0-int8"           # the shipped model, given on the agent's command line
+OLD_ID = SHIPPED_ID                           # the shipped model, given on the agent's command line
 NEW_VERSION = "1.1.1-int8"
 NEW_ID = f"crack-student-{NEW_VERSION}"
 SEED = 20261122
@@ -455,7 +456,7 @@ def bad_packages(pkgs, key) -> dict[str, tuple[bytes, int, str, str]]:
         return m
 
     garbage = random.Random(SEED).randbytes(4096)
-    other_sha = read_manifest(default_model().with_name("crack-student-1.1.0.crackpkg"))["model_sha256"]
+    other_sha = read_manifest(SHIPPED_PARENT)["model_sha256"]
     assert other_sha != base["model_sha256"]
     ref = zipfile.ZipFile(src).read("reference.npz")
     with np.load(io.BytesIO(ref)) as npz:
@@ -485,10 +486,10 @@ def bad_packages(pkgs, key) -> dict[str, tuple[bytes, int, str, str]]:
         "truncated package": (whole[: len(whole) // 2], 422, "invalid_package", "zip"),
         "name '../evil'": (variant("evil", edited(name="../evil")), 422, "invalid_package", "name"),
         "an existing version with other contents": (
-            variant("same-version", edited(version="1.1.0-int8", created="2020-01-01T00:00:00Z")),
+            variant("same-version", edited(version=SHIPPED_VERSION, created="2020-01-01T00:00:00Z")),
             409, "version_exists", "new version"),
         # not refused: the shipped package re-signed (another zip, same model, same signed fields)
-        "re-signed copy": (variant("resigned", edited(version="1.1.0-int8")), 200, "", ""),
+        "re-signed copy": (variant("resigned", edited(version=SHIPPED_VERSION)), 200, "", ""),
     }
 
 

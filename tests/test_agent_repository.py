@@ -26,11 +26,10 @@ from inspector.agent.repository import ModelRepository, RepositoryError
 from inspector.package import load_package, write_package
 from inspector.protocol import ApiError, ModelList
 from inspector.signing import SigningKey
-from support import run_and_kill
+from support import SHIPPED, SHIPPED_ID, SHIPPED_VERSION, run_and_kill
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "models" / "crack-student-1.1.0-int8.crackpkg"
-BASE = "crack-student-1.1.0-int8"
+BASE = SHIPPED_ID
 V111, V112, V113 = "crack-student-1.1.1", "crack-student-1.1.2", "crack-student-1.1.3"
 
 
@@ -141,7 +140,7 @@ def test_import_local_stores_activates_and_is_idempotent(open_repo, tmp_path, pk
     assert repo.list() == ModelList(active=None, previous=[], models=[])
     info = repo.import_local(SHIPPED)
     manifest = load_package(SHIPPED, verify_reference=False).manifest
-    assert (info.id, info.name, info.version) == (BASE, "crack-student", "1.1.0-int8")
+    assert (info.id, info.name, info.version) == (BASE, "crack-student", SHIPPED_VERSION)
     assert (info.sha256, info.size) == (manifest.model_sha256, SHIPPED.stat().st_size)
     assert info.labels == ["no_crack", "crack"]
     assert (info.input_size, info.quantization, info.signed_by) == (96, "int8-qdq", None)

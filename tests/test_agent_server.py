@@ -24,6 +24,7 @@ from agent_support import (PROTECTED, REPO, Agent, PinnedHTTPSConnection, check_
 
 from inspector import protocol
 from inspector.protocol import API
+from support import SHIPPED_ID
 
 # ---------------------------------------------------------------------------- plain HTTP
 
@@ -55,7 +56,7 @@ class TestPlainHTTP:
 
     def test_status(self, agent, token):
         st = wait_status(agent, token, lambda s: s.fps > 0 and any(e["kind"] == "in-service" for e in s.events))
-        assert st.model["id"] == "crack-student-1.1.0-int8" and st.model["signed_by"] is None
+        assert st.model["id"] == SHIPPED_ID and st.model["signed_by"] is None
         assert st.camera["state"] == "live" and st.camera["source"] == "sample_inspection.avi"
         assert st.provider == "CPUExecutionProvider" and st.fps > 0 and st.uptime_s > 0
         assert any(e["kind"] == "in-service" for e in st.events)
@@ -71,7 +72,7 @@ class TestPlainHTTP:
             for _ in range(4):
                 header, jpeg, heat = protocol.read_frame(resp)
                 check_frame(header, jpeg, heat)
-                assert header.model_id == "crack-student-1.1.0-int8" and (header.width, header.height) == (640, 480)
+                assert header.model_id == SHIPPED_ID and (header.width, header.height) == (640, 480)
                 seqs.append(header.seq)
             assert seqs == sorted(set(seqs))
             st = wait_status(agent, token, lambda s: s.clients == 1)
@@ -201,7 +202,7 @@ class TestPlainHTTP:
             status, _, body = agent.request("POST", f"{API}/models/rollback", token=tok)
             assert status == 200, body
             listing = protocol.ModelList.from_json(body)
-            assert listing.active == "crack-student-1.1.0-int8" and info.id in [m["id"] for m in listing.models]
+            assert listing.active == SHIPPED_ID and info.id in [m["id"] for m in listing.models]
             n = len(seen)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and (len(seen) < n + 3 or seen[-1] != listing.active):
@@ -214,7 +215,7 @@ class TestPlainHTTP:
         assert not failures, failures
         # one connection saw old → new → old: the stream did not stop for the swaps
         changes = [m for i, m in enumerate(seen) if i == 0 or seen[i - 1] != m]
-        assert changes == ["crack-student-1.1.0-int8", info.id, "crack-student-1.1.0-int8"], changes
+        assert changes == [SHIPPED_ID, info.id, SHIPPED_ID], changes
         st = wait_status(agent, tok, lambda s: True)
         kinds = [e["kind"] for e in st.events]
         assert {"stored", "activated", "rollback"} <= set(kinds)

@@ -22,7 +22,7 @@ from inspector.paths import default_model, sample_video
 from inspector.signing import SigningKey
 from inspector.sources import parse_source
 from inspector.store import FlagStore, ModelRef
-from support import engine  # noqa: F401  (fixtures)
+from support import SHIPPED_ID, SHIPPED_VERSION, engine  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 NO_AUTO = FlagPolicy(auto=False)
@@ -420,6 +420,6 @@ def test_window_opens_on_a_paired_device_and_pushes_and_rolls_back(window, qtbot
 
     with qtbot.waitSignal(panel.message, timeout=30000) as msg:
         panel.rollback_button.click()
-    assert msg.args[1] == "info" and "rolled back to crack-student-1.1.0-int8" in msg.args[0]
-    qtbot.waitUntil(lambda: w.hud.model.value.text() == "crack-student 1.1.0-int8", timeout=20000)
+    assert msg.args[1] == "info" and f"rolled back to {SHIPPED_ID}" in msg.args[0]
+    qtbot.waitUntil(lambda: w.hud.model.value.text() == f"crack-student {SHIPPED_VERSION}", timeout=20000)
     assert w.errors == []

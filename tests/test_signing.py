@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import os
 import stat
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -18,9 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from inspector import package as pkg
 from inspector.signing import (SigningError, SigningKey, key_id_of, public_key_from_b64,
                                verify_manifest_signature)
-
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "models" / "crack-student-1.1.0-int8.crackpkg"
+from support import SHIPPED
 
 
 @pytest.fixture(scope="module")
