@@ -122,7 +122,8 @@ def main() -> int:
     report["student_summary"] = summary
     report["recipe"] = {"student": args.student, "init": "imagenet" if pretrained else "scratch",
                         "teachers": list(TEACHERS), "input_size": args.size, "loss": "Hinton KD, T=4, alpha=0.9",
-                        "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
+                        "teacher_epochs": args.teacher_epochs,
+                        "student_epochs": summary.get("epochs_run", args.student_epochs),  # as trained (--reuse-student)
                         "tiling": {"size": args.tile_size, "overlap": args.tile_overlap},
                         "splits": {k: len(v) for k, v in splits.items()}}
     (out / f"crack-student-{args.version}.report.json").write_text(json.dumps(report, indent=2, default=str))
