@@ -278,13 +278,10 @@ def _copy(src: Path, dst: Path) -> None:
     """Copy to a temporary name beside ``dst``, then rename: never a half file at ``dst``."""
     import shutil
 
-    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from inspector.fsio import write_atomic
+
+    with open(src, "rb") as fin:
+        write_atomic(dst, lambda f: shutil.copyfileobj(fin, f))
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ import numpy as np
 
 from . import protocol as P
 from .engine import FrameResult, TileResult
+from .fsio import fsync_dir, write_atomic
 from .live import Inspected
 from .newest import NewestItemSource
 from .sources import Frame, SourceStatus
@@ -599,24 +600,8 @@ class PairingStore:
     def _write(self, items: list[Pairing]) -> None:
         self._make_root()
         data = json.dumps({"version": 1, "devices": [p.to_dict() for p in items]}, indent=2).encode() + b"\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{PAIRINGS_FILE}.", suffix=".tmp", dir=self.root)  # created 0600
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):
-            dfd = os.open(self.root, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        write_atomic(self.path, lambda f: f.write(data), mode=0o600)   # tokens: owner only
+        fsync_dir(self.root, best_effort=True)
 
 
 # ---------------------------------------------------------------------------- the feed

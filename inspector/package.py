@@ -35,13 +35,14 @@ import json
 import math
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from .fsio import fsync_dir, write_atomic
 
 FORMAT = "crack-model-package/1"
 MANIFEST_MEMBER = "manifest.json"
@@ -807,36 +808,12 @@ def write_package(path: str | os.PathLike, manifest: Manifest | Mapping[str, Any
     np.savez(npz, **ref)
     manifest_json = json.dumps(m.to_dict(), indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n"
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr(MANIFEST_MEMBER, manifest_json)
-                zf.writestr(MODEL_MEMBER, onnx_bytes)
-                zf.writestr(m.reference.file, npz.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a package is meant to be read by the app/agent users
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    def write_zip(fh) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(MANIFEST_MEMBER, manifest_json)
+            zf.writestr(MODEL_MEMBER, onnx_bytes)
+            zf.writestr(m.reference.file, npz.getvalue())
+
+    write_atomic(path, write_zip, mode=0o644)  # a package is meant to be read by the app/agent users
+    fsync_dir(path.parent, best_effort=True)
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

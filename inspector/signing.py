@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from inspector import package as pkg
+from inspector.fsio import fsync_dir
 
 ALG = "ed25519"
 PUBLIC_KEY_BYTES = 32
@@ -135,7 +136,7 @@ class SigningKey:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-        pkg._fsync_dir(path.parent)
+        fsync_dir(path.parent, best_effort=True)
         return key
 
     def private_pem(self) -> bytes:

@@ -75,7 +75,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .fsio import write_atomic
+from .fsio import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +270,10 @@ class FlagStore:
             folder = self.root / shard
             if not folder.is_dir():
                 folder.mkdir(exist_ok=True)
-                _fsync_dir(folder.parent)
+                fsync_dir(folder.parent)
             for rel, data in files.items():
                 _write_durable(self.root / rel, data)
-            _fsync_dir(folder)
+            fsync_dir(folder)
         except OSError as err:
             _remove(self.root, files)
             raise StoreError(f"could not write the images of a flag to {self.root / shard}: {err}") from err
@@ -503,14 +503,6 @@ def _write_durable(path: Path, data: bytes) -> None:
     write_atomic(path, lambda f: f.write(data), tmp=path.with_name(f".{path.name}.tmp"))
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync there; NTFS journals renames
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(root: Path, files) -> None:

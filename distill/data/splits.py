@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from inspector.fsio import write_atomic
 
 from .layouts import DatasetError
 from .samples import HashCache, Sample
@@ -117,14 +120,18 @@ def write_manifest(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+
+    def write(raw) -> None:
+        f = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         w = csv.writer(f)
         w.writerow(MANIFEST_COLUMNS)
         for s in samples:
             box = " ".join(str(v) for v in s.box) if s.box is not None else ""
             w.writerow([s.path, s.label, s.source, s.surface or "", box, s.sha256])
-    os.replace(tmp, path)
+        f.flush()
+        f.detach()   # write_atomic fsyncs and closes the file itself
+
+    write_atomic(path, write)
 
 
 def read_manifest(path: str | os.PathLike, *, verify: bool = False) -> list[Sample]:

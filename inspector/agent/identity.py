@@ -37,7 +37,6 @@ import os
 import secrets
 import socket
 import ssl
-import tempfile
 import threading
 import time
 import uuid
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import protocol
+from ..fsio import fsync_dir, write_atomic
 from ..protocol import ApiError
 
 log = logging.getLogger(__name__)
@@ -75,32 +75,11 @@ def _now_iso() -> str:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
+    """Write ``data`` to ``path`` (permissions ``mode``) via a temporary file in the same
+    folder, fsync, rename, fsync of the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    write_atomic(path, lambda f: f.write(data), mode=mode)
+    fsync_dir(path.parent, best_effort=True)
 
 
 def _read_json(path: Path) -> Any:

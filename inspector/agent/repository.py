@@ -44,6 +44,7 @@ from typing import Any, BinaryIO, Callable, Mapping
 
 from inspector import package as pkg
 from inspector import signing
+from inspector.fsio import fsync_dir, write_atomic
 from inspector.protocol import MAX_PACKAGE_BYTES, ApiError, ModelInfo, ModelList
 
 STATE_FILE = "state.json"
@@ -72,12 +73,6 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
@@ -352,7 +347,7 @@ class ModelRepository:
             dst = self._packages / file_name
             try:
                 os.replace(tmp, dst)
-                _fsync_dir(self._packages)
+                fsync_dir(self._packages)
             except OSError as exc:
                 raise _storage_error("storing the package", exc) from None
             new = self._copy_state()
@@ -474,16 +469,10 @@ class ModelRepository:
     def _write_state(self, new: dict[str, Any]) -> None:
         """Replace state.json atomically, then the in-memory state (only if the write worked)."""
         data = json.dumps(new, indent=1, sort_keys=True).encode("utf-8")
-        tmp = self.root / f".{STATE_FILE}.{secrets.token_hex(4)}.tmp"
-        try:
-            with open(tmp, "xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._state_path)
-            _fsync_dir(self.root)
+        try:   # the temporary name, .state.json.<random>.tmp, is what recovery removes
+            write_atomic(self._state_path, lambda f: f.write(data))
+            fsync_dir(self.root)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise _storage_error("writing the model state", exc) from None
         self._state = new
 
