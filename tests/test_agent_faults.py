@@ -470,7 +470,7 @@ def bad_packages(pkgs, key) -> dict[str, tuple[bytes, int, str, str]]:
                              422, "invalid_package", "model_sha256"),
         "missing signature": (variant("unsigned", signer=None), 403, "unsigned", "unsigned"),
         "signed by an unpaired key": (variant("stranger", signer=SigningKey.generate()),
-                                      403, "bad_signature", "does not trust"),
+                                      403, "unknown_key", "does not trust"),
         "manifest changed after signing": (
             variant("tampered", after_signing=lambda m: m.update(version="1.1.3-int8")),
             403, "bad_signature", "does not match"),

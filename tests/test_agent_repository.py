@@ -243,7 +243,7 @@ def shared_repo(tmp_path_factory, seed, trusted):
     ("wrong_sha", 422, "invalid_package", "model_sha256: does not match model.onnx"),
     ("three_labels", 422, "invalid_package", "3 labels"),
     ("unsigned", 403, "unsigned", "unsigned"),
-    ("stranger", 403, "bad_signature", "which this device does not trust"),
+    ("stranger", 403, "unknown_key", "which this device does not trust"),
     ("tampered", 403, "bad_signature", "changed after signing"),
     ("swapped_labels", 422, "labels_changed", r"\['crack', 'no_crack'\] differ from the active model"),
     ("v111_rebuilt", 409, "version_exists", "already on the device"),

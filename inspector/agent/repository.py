@@ -365,7 +365,9 @@ class ModelRepository:
         try:
             return signing.verify_manifest_signature(manifest, self._trusted_keys())
         except signing.SigningError as exc:
-            code = "unsigned" if exc.reason == "unsigned" else "bad_signature"
+            # unsigned / signed by a key this device does not trust (pair that app first) /
+            # a wrong signature (changed after signing, or forged): three different fixes
+            code = exc.reason if exc.reason in ("unsigned", "unknown_key") else "bad_signature"
             raise RepositoryError(403, code, str(exc)) from None
 
     # ------------------------------------------------------------------ switching
