@@ -125,15 +125,20 @@ def start_advertising(*, name: str, port: int, agent_id: str, tls: bool, cert_sh
     return adv
 
 
+class DiscoveryError(OSError):
+    """mDNS browsing cannot work here (no zeroconf, no multicast, no network): not the same
+    answer as "no agent found", so the app can say "enter host:port" with the reason."""
+
+
 def browse(timeout: float = 3.0) -> list[tuple[str, str, int, dict[str, str]]]:
     """Agents answering within ``timeout`` s: ``[(instance name, host address, port, properties)]``.
 
-    An empty list when there are none or multicast does not work here (logged)."""
+    An empty list when none answered. :class:`DiscoveryError` when browsing itself fails; an
+    agent that was seen but cannot be resolved is left out (logged)."""
     try:
         from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
     except ImportError as exc:  # pragma: no cover - zeroconf is a dependency
-        log.warning("mDNS: zeroconf missing (%s)", exc)
-        return []
+        raise DiscoveryError(f"mDNS: zeroconf is not installed ({exc})") from None
     names: list[str] = []
     lock = threading.Lock()
 
@@ -145,27 +150,32 @@ def browse(timeout: float = 3.0) -> list[tuple[str, str, int, dict[str, str]]]:
 
     try:
         zc = Zeroconf(ip_version=IPVersion.V4Only)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("mDNS: cannot browse (%s: %s)", type(exc).__name__, exc)
-        return []
+    except Exception as exc:  # noqa: BLE001 - zeroconf raises its own types and OSError
+        raise DiscoveryError(f"mDNS does not work on this network ({type(exc).__name__}: {exc})") from None
     found: list[tuple[str, str, int, dict[str, str]]] = []
     try:
-        browser = ServiceBrowser(zc, protocol.SERVICE_TYPE, handlers=[on_change])
-        time.sleep(max(0.0, float(timeout)))
-        browser.cancel()
+        try:
+            browser = ServiceBrowser(zc, protocol.SERVICE_TYPE, handlers=[on_change])
+            time.sleep(max(0.0, float(timeout)))
+            browser.cancel()
+        except Exception as exc:  # noqa: BLE001
+            raise DiscoveryError(f"mDNS browsing failed ({type(exc).__name__}: {exc})") from None
         with lock:
             candidates = list(names)
         for name in candidates:
-            info = zc.get_service_info(protocol.SERVICE_TYPE, name, timeout=RESOLVE_TIMEOUT_MS)
+            try:
+                info = zc.get_service_info(protocol.SERVICE_TYPE, name, timeout=RESOLVE_TIMEOUT_MS)
+            except Exception as exc:  # noqa: BLE001 - one bad answer must not hide the others
+                log.warning("mDNS: cannot resolve %s (%s: %s)", name, type(exc).__name__, exc)
+                continue
             if info is None or not info.parsed_addresses(IPVersion.V4Only) or not info.port:
+                log.info("mDNS: %s did not resolve to an IPv4 address and port", name)
                 continue
             props = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)):
                      (v.decode("utf-8", "replace") if isinstance(v, bytes) else ("" if v is None else str(v)))
                      for k, v in (info.properties or {}).items()}
             instance = name[: -len(protocol.SERVICE_TYPE) - 1] if name.endswith("." + protocol.SERVICE_TYPE) else name
             found.append((instance, info.parsed_addresses(IPVersion.V4Only)[0], int(info.port), props))
-    except Exception as exc:  # noqa: BLE001
-        log.warning("mDNS: browsing failed (%s: %s)", type(exc).__name__, exc)
     finally:
         zc.close()
     return found
