@@ -27,9 +27,10 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
+
+from .rate import RateWindow
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class NewestItemSource(Generic[T]):
         self._item: T | None = None
         self._seq = 0                 # the newest item's seq (0: none yet)
         self._done = False            # ended or stopped: waiters in latest() return at once
-        self._times: deque[float] = deque()
+        self._rate = RateWindow(FPS_WINDOW_S)
         self._status = SourceStatus("stopped", f"{label}: not started")
 
     # ---------------------------------------------------------------- public
@@ -127,12 +128,8 @@ class NewestItemSource(Generic[T]):
     @property
     def fps(self) -> float:
         """Items published per second over the last ``FPS_WINDOW_S`` (0 if fewer than two)."""
-        now = time.perf_counter()
         with self._cond:
-            times = [t for t in self._times if now - t <= FPS_WINDOW_S]
-        if len(times) < 2 or times[-1] <= times[0]:
-            return 0.0
-        return (len(times) - 1) / (times[-1] - times[0])
+            return self._rate.rate(time.perf_counter())
 
     # ---------------------------------------------------------------- for subclasses
 
@@ -150,9 +147,7 @@ class NewestItemSource(Generic[T]):
         with self._cond:
             self._seq += 1
             item = self._item = make(self._seq)
-            self._times.append(t)
-            while self._times and t - self._times[0] > FPS_WINDOW_S:
-                self._times.popleft()
+            self._rate.add(t)
             self._cond.notify_all()
         return item
 

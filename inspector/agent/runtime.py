@@ -45,6 +45,7 @@ import numpy as np
 
 from .. import protocol
 from ..protocol import ApiError, ModelInfo, ModelList, StreamHeader
+from ..rate import RateWindow
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class AgentRuntime:
         self.probation_frames = int(probation_frames)
         self.probation_timeout = float(probation_timeout)
         self.jpeg_quality = int(jpeg_quality)
-        self._lock = threading.Lock()            # _current, _probation, _cache, _events, _times
+        self._lock = threading.Lock()            # _current, _probation, _cache, _events, _rate
         self._admin = threading.Lock()           # one model change at a time
         self._cond = threading.Condition()       # _latest, _subs (shared with Subscription)
         self._current: _Loaded | None = None
@@ -214,7 +215,7 @@ class AgentRuntime:
         self._latest: tuple[int, bytes] | None = None
         self._subs: set[Subscription] = set()
         self._events: deque[Event] = deque(maxlen=EVENTS_KEPT)
-        self._times: deque[float] = deque()
+        self._rate = RateWindow(FPS_WINDOW_S)   # results published
         self._seq = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -287,9 +288,7 @@ class AgentRuntime:
         """``camera``, ``model`` (dict or None), ``provider``, ``fps``, ``clients`` for protocol.Status."""
         with self._lock:
             current = self._current
-            now = time.perf_counter()
-            times = [t for t in self._times if now - t <= FPS_WINDOW_S]
-        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
+            fps = self._rate.rate(time.perf_counter())
         cam = self.grabber.status
         with self._cond:
             clients = len(self._subs)
@@ -512,9 +511,7 @@ class AgentRuntime:
     def _publish(self, item: tuple[int, bytes]) -> None:
         t = time.perf_counter()
         with self._lock:
-            self._times.append(t)
-            while self._times and t - self._times[0] > FPS_WINDOW_S:
-                self._times.popleft()
+            self._rate.add(t)
         with self._cond:
             self._latest = item
             self._cond.notify_all()

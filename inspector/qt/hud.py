@@ -17,6 +17,7 @@ from typing import Callable
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from ..rate import RateWindow
 from . import theme
 
 REFRESH_MS = 400
@@ -29,22 +30,17 @@ class FrameMeter:
 
     def __init__(self, window_s: float = WINDOW_S, samples: int = LATENCY_SAMPLES):
         self.window_s = window_s
-        self._painted: deque[float] = deque()
+        self._painted = RateWindow(window_s)
         self._latency: deque[float] = deque(maxlen=samples)
         self.frames = 0
 
     def add(self, t_capture: float, t_painted: float) -> None:
         self.frames += 1
-        self._painted.append(t_painted)
+        self._painted.add(t_painted)
         self._latency.append(t_painted - t_capture)
 
     def fps(self, now: float | None = None) -> float:
-        now = time.perf_counter() if now is None else now
-        while self._painted and self._painted[0] < now - self.window_s:
-            self._painted.popleft()
-        if len(self._painted) < 2:
-            return 0.0
-        return (len(self._painted) - 1) / max(self._painted[-1] - self._painted[0], 1e-6)
+        return self._painted.rate(time.perf_counter() if now is None else now)
 
     def latency_ms(self) -> float | None:
         return statistics.median(self._latency) * 1e3 if self._latency else None
