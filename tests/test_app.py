@@ -17,7 +17,7 @@ from inspector.engine import FrameResult, TileResult, overlay
 from inspector.flagging import Flagger, FlagPolicy
 from inspector.live import LiveResult
 from inspector.paths import sample_video
-from inspector.qt.bridge import Composed, LiveBridge, RenderSettings, compose
+from inspector.qt.bridge import LiveBridge
 from inspector.qt.main import NO_CAMERA
 from inspector.qt.view import LiveView
 from inspector.qt.window import MainWindow
@@ -116,7 +116,7 @@ def test_view_paints_the_frame_in_its_own_colours(qtbot):
     live.frame.rgb[:] = (200, 60, 20)                      # a clearly orange frame
     view.set_boxes(False)
     view.set_overlay(False)
-    view.show_result(Composed(live, compose(live, view.settings), view.settings))
+    view.show_result(live)
     r = view.image_rect()
     shown = as_array(view.grab().toImage())[int(r.y()) + 4:int(r.bottom()) - 4, int(r.x()) + 4:int(r.right()) - 4]
     assert np.abs(shown.reshape(-1, 3).astype(int) - (200, 60, 20)).max() <= 1
@@ -133,7 +133,7 @@ def test_display_controls_change_what_is_painted(qtbot):
     qtbot.addWidget(view)
     view.resize(384, 256)
     live = _synthetic()
-    view.show_result(Composed(live, compose(live, view.settings), view.settings))
+    view.show_result(live)
     r = view.image_rect()
     s = r.width() / 192
 
@@ -176,9 +176,9 @@ def test_window_controls_reach_the_view_and_the_pipeline(open_window, qtbot):
     w = open_window()
     qtbot.waitUntil(lambda: w.frames_shown >= 1, timeout=20000)
     w.display.overlay.setChecked(False)
-    assert w.view.settings.overlay is False and w.bridge.settings.overlay is False
+    assert w.view.settings.overlay is False
     w.display.opacity.set_value(0.8)
-    assert w.view.settings.opacity == pytest.approx(0.8) and w.bridge.settings.opacity == pytest.approx(0.8)
+    assert w.view.settings.opacity == pytest.approx(0.8)
     w.display.threshold.set_value(0.75)
     assert w.inspector.threshold == pytest.approx(0.75) and w.view.threshold == pytest.approx(0.75)
     assert "0.75" in w.display.crack_text.text()
@@ -259,7 +259,7 @@ def test_source_chooser_explains_bad_input_and_switches_source(open_window, qtbo
 
 
 def test_bridge_keeps_only_the_newest_result(qtbot):
-    bridge = LiveBridge(store=None, settings=RenderSettings(overlay=False))
+    bridge = LiveBridge(store=None)
     got = []
     bridge.resultReady.connect(lambda: got.append(bridge.take()))
     results = [_synthetic() for _ in range(20)]
@@ -269,7 +269,7 @@ def test_bridge_keeps_only_the_newest_result(qtbot):
     qtbot.waitUntil(lambda: bool(got), timeout=2000)
     qtbot.wait(50)
     items = [g for g in got if g is not None]
-    assert items[-1].live is results[-1]                   # the newest one reached the GUI
+    assert items[-1] is results[-1]                        # the newest one reached the GUI
     assert len(items) <= 2 and bridge.dropped >= 18        # the rest were never queued
 
 

@@ -2,8 +2,14 @@
 
 Results are **coalesced**: the bridge keeps only the newest result and has at most one
 ``resultReady`` in the GUI's event queue, so a busy GUI never works through stale frames
-(newest frame wins, all the way to the screen). Work that does not need the GUI thread is done
-here, on the calling worker thread: blending the heat-map overlay and making flag thumbnails.
+(newest frame wins, all the way to the screen).
+
+The heat-map overlay is blended on the GUI thread, just before painting (:func:`compose`,
+about 2.5 ms a frame), not on the inference worker. On the worker those milliseconds lengthen
+every cycle. A cycle that runs past the 33 ms frame period makes the next frame wait, and that
+wait is most of the latency tail on 2 cores. Measured with the real window, 4 × 120 s runs
+alternated: the worker's wait p95 went from 20–27 ms to 4–15 ms, and capture→paint p95 from
+58 / 67 ms to 43–57 ms. Flag thumbnails are still made here, on the calling thread.
 """
 from __future__ import annotations
 
@@ -68,19 +74,10 @@ def thumbnail(rgb: np.ndarray, height: int = THUMB_HEIGHT) -> QImage:
     return to_qimage(small).copy()
 
 
-@dataclass(frozen=True)
-class Composed:
-    """A result ready to paint: ``pixels`` (see :func:`compose`) composed with ``settings``."""
-
-    live: LiveResult
-    pixels: np.ndarray
-    settings: RenderSettings
-
-
 class LiveBridge(QObject):
     """Pass ``on_result`` … ``on_error`` of this object to :class:`~inspector.live.LiveInspector`.
 
-    ``resultReady`` → call :meth:`take` for the newest :class:`Composed`;
+    ``resultReady`` → call :meth:`take` for the newest :class:`~inspector.live.LiveResult`;
     ``statusChanged(SourceStatus)``; ``flagStored(FlagRecord, QImage | None)`` with a thumbnail;
     ``errorRaised(LiveError)``; ``historyLoaded(list[(FlagRecord, QImage | None)], count)``.
     """
@@ -91,24 +88,21 @@ class LiveBridge(QObject):
     errorRaised = Signal(object)
     historyLoaded = Signal(object, int)
 
-    def __init__(self, store, settings: RenderSettings = RenderSettings(), parent: QObject | None = None):
+    def __init__(self, store, parent: QObject | None = None):
         super().__init__(parent)
         self.store = store
-        self.settings = settings   # replaced (never mutated) by the GUI; read by the worker
         self._lock = threading.Lock()
-        self._pending: Composed | None = None
+        self._pending: LiveResult | None = None
         self._queued = False
-        self.dropped = 0           # composed results replaced before the GUI took them
+        self.dropped = 0           # results replaced before the GUI took them
 
     # ---------------------------------------------------------------- worker-thread side
 
     def on_result(self, live: LiveResult) -> None:
-        settings = self.settings
-        item = Composed(live, compose(live, settings), settings)
         with self._lock:
             if self._pending is not None:
                 self.dropped += 1
-            self._pending = item
+            self._pending = live
             if self._queued:
                 return
             self._queued = True
@@ -145,8 +139,8 @@ class LiveBridge(QObject):
 
     # ---------------------------------------------------------------- GUI-thread side
 
-    def take(self) -> Composed | None:
-        """The newest composed result (None if already taken)."""
+    def take(self) -> LiveResult | None:
+        """The newest result (None if already taken)."""
         with self._lock:
             item, self._pending, self._queued = self._pending, None, False
         return item

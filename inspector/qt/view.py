@@ -1,8 +1,9 @@
 """The live view: the camera frame (with the heat-map) scaled to fit, per-tile verdict boxes on top.
 
-The view only paints. It receives a :class:`~inspector.qt.bridge.Composed` result whose image
-was already blended on a worker thread, wraps it in a QImage once (keeping the numpy buffer
-alive) and paints it scaled with its aspect ratio. Verdict boxes are vector graphics drawn at
+The view receives each :class:`~inspector.live.LiveResult`, blends the heat-map in with its
+own settings (:func:`~inspector.qt.bridge.compose`, on the GUI thread: see the bridge for why),
+wraps the picture in a QImage once (keeping the numpy buffer alive) and paints it scaled with
+its aspect ratio. Verdict boxes are vector graphics drawn at
 paint time, so moving the threshold slider repaints instantly, even on a paused stream.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen, Q
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from . import theme
-from .bridge import Composed, RenderSettings, compose, to_qimage
+from .bridge import RenderSettings, compose, to_qimage
 
 TOAST_MS = 1800
 
@@ -30,7 +31,7 @@ def verdict(p: float, threshold: float, uncertain_low: float) -> str:
 
 
 class LiveView(QWidget):
-    """``show_result(composed)`` per result; ``framePainted(LiveResult, t_painted)`` after a new frame
+    """``show_result(live)`` per result; ``framePainted(LiveResult, t_painted)`` after a new frame
     reached the screen (``t_painted`` = ``time.perf_counter()``)."""
 
     framePainted = Signal(object, float)
@@ -59,9 +60,9 @@ class LiveView(QWidget):
 
     # ---------------------------------------------------------------- state
 
-    def show_result(self, item: Composed) -> None:
-        pixels = item.pixels if item.settings == self.settings else compose(item.live, self.settings)
-        self._set(item.live, pixels)
+    def show_result(self, live) -> None:
+        """Show a new result (a :class:`~inspector.live.LiveResult`)."""
+        self._set(live, compose(live, self.settings))
 
     def set_overlay(self, on: bool) -> None:
         self._set_settings(RenderSettings(bool(on), self.settings.opacity))

@@ -85,7 +85,7 @@ class MainWindow(QMainWindow):
         m = engine.manifest
         self.setWindowTitle(f"Crack Inspector — {m.name} {m.version}")
 
-        self.bridge = LiveBridge(store, RenderSettings(overlay, opacity), self)
+        self.bridge = LiveBridge(store, self)
         feed = None
         if device is not None:
             feed = grabber = make_feed(device)
@@ -268,11 +268,9 @@ class MainWindow(QMainWindow):
         return True
 
     def set_overlay(self, on: bool) -> None:
-        self.bridge.settings = RenderSettings(bool(on), self.bridge.settings.opacity)
         self.view.set_overlay(on)
 
     def set_opacity(self, opacity: float) -> None:
-        self.bridge.settings = RenderSettings(self.bridge.settings.overlay, float(opacity))
         self.view.set_opacity(opacity)
 
     def set_threshold(self, threshold: float) -> None:
@@ -298,11 +296,11 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- signals from the pipeline
 
     def _on_result_ready(self) -> None:
-        item = self.bridge.take()
-        if item is not None:
-            self._follow_model(item.live)
-            self.view.show_result(item)
-            self.resultShown.emit(item.live)
+        live = self.bridge.take()
+        if live is not None:
+            self._follow_model(live)
+            self.view.show_result(live)
+            self.resultShown.emit(live)
 
     def _on_painted(self, live, t_painted: float) -> None:
         self.frames_shown += 1
