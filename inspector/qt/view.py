@@ -3,8 +3,8 @@
 The view receives each :class:`~inspector.live.LiveResult`, blends the heat-map in with its
 own settings (:func:`~inspector.qt.bridge.compose`, on the GUI thread: see the bridge for why),
 wraps the picture in a QImage once (keeping the numpy buffer alive) and paints it scaled with
-its aspect ratio. Verdict boxes are vector graphics drawn at
-paint time, so moving the threshold slider repaints instantly, even on a paused stream.
+its aspect ratio. Verdict boxes are vector graphics drawn at paint time, so moving the threshold
+slider repaints instantly, even on a paused stream.
 """
 from __future__ import annotations
 
