@@ -183,28 +183,23 @@ def run(args) -> dict:
                 packages.insert(0, old)
             out["push"] = []
             pushed = []
-            sized = []
-            for mb in PUSH_SIZES_MB:   # grow the largest real package that is still smaller
-                bases = [p for p in packages if p.stat().st_size < mb * 2**20]
-                if bases:
-                    base = max(bases, key=lambda p: p.stat().st_size)
-                    sized.append((f"{base.name} padded to {mb} MB", padded(base, mb, f"8.{mb}.0-bench", tmp)))
-            for name, pkg in sized:
-                t = time.perf_counter()
-                client.push(pkg, key)
-                seconds = time.perf_counter() - t
-                size = pkg.stat().st_size
-                out["push"].append({"package": name, "mb": size / 2**20, "seconds": seconds,
-                                    "mb_per_s": size / 2**20 / seconds})
-            for i, src in enumerate(packages):
-                pkg = versioned(src, f"9.{i}.0-bench", tmp)
+
+            def timed_push(name: str, pkg: Path):
                 t = time.perf_counter()
                 info = client.push(pkg, key)
                 seconds = time.perf_counter() - t
                 size = pkg.stat().st_size
-                out["push"].append({"package": src.name, "mb": size / 2**20, "seconds": seconds,
+                out["push"].append({"package": name, "mb": size / 2**20, "seconds": seconds,
                                     "mb_per_s": size / 2**20 / seconds})
-                pushed.append(info.id)
+                return info
+
+            for mb in PUSH_SIZES_MB:   # grow the largest real package that is still smaller
+                bases = [p for p in packages if p.stat().st_size < mb * 2**20]
+                if bases:
+                    base = max(bases, key=lambda p: p.stat().st_size)
+                    timed_push(f"{base.name} padded to {mb} MB", padded(base, mb, f"8.{mb}.0-bench", tmp))
+            for i, src in enumerate(packages):
+                pushed.append(timed_push(src.name, versioned(src, f"9.{i}.0-bench", tmp)).id)
 
             out["activation"] = []
             time.sleep(2.0)   # let the last verification's aftermath settle: measure the swap alone

@@ -503,8 +503,6 @@ def _write_durable(path: Path, data: bytes) -> None:
     write_atomic(path, lambda f: f.write(data), tmp=path.with_name(f".{path.name}.tmp"))
 
 
-
-
 def _remove(root: Path, files) -> None:
     for rel in files:
         try:

@@ -272,11 +272,6 @@ def signed_variant(dst: Path, key: Any | None, *, version: str = "1.1.1-int8",
     return pkg.write_package(dst, manifest, p.onnx_bytes, p.reference)
 
 
-def read_manifest(path: Path) -> dict:
-    with zipfile.ZipFile(path) as zf:
-        return json.loads(zf.read("manifest.json"))
-
-
 def rewrite_zip(src: Path, dst: Path, replace: Mapping[str, bytes | dict]) -> Path:
     """Copy the zip ``src`` to ``dst`` with the members in ``replace`` swapped for new contents
     (a dict is written as JSON): packages no writer of ours would produce. Other members are

@@ -15,14 +15,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def read_manifest(path: Path) -> dict:
+    """A package's manifest.json as stored (no validation: for tests that inspect or break it)."""
+    with zipfile.ZipFile(path) as zf:
+        return json.loads(zf.read("manifest.json"))
+
+
 def _shipped() -> tuple[Path, str, str, Path]:
     """The app's default model package: its path, id (``name-version``), version and the path
     of its FP32 parent, so tests follow whatever version ships."""
     from inspector.paths import default_model
 
     path = default_model()
-    with zipfile.ZipFile(path) as zf:
-        m = json.loads(zf.read("manifest.json"))
+    m = read_manifest(path)
     return path, f"{m['name']}-{m['version']}", m["version"], path.with_name(f"{m['name']}-{m['parent_version']}.crackpkg")
 
 

@@ -39,7 +39,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 import pytest
-from agent_support import (Agent, check_frame, error_code, pair_token, read_manifest, rewrite_zip, signed_variant,
+from agent_support import (Agent, check_frame, error_code, pair_token, rewrite_zip, signed_variant,
                            stream_frames, wait_status)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -49,7 +49,7 @@ from inspector.agent.repository import INCOMING_DIR, PACKAGES_DIR, STATE_FILE
 from inspector.paths import default_model
 from inspector.protocol import API
 from inspector.signing import SigningKey
-from support import SHIPPED_ID, SHIPPED_PARENT, SHIPPED_VERSION
+from support import SHIPPED_ID, SHIPPED_PARENT, SHIPPED_VERSION, read_manifest
 
 OLD_ID = SHIPPED_ID                           # the shipped model, given on the agent's command line
 NEW_VERSION = "1.1.1-int8"

@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from .. import protocol
+from ..newest import FPS_WINDOW_S
 from ..protocol import ApiError, ModelInfo, ModelList, StreamHeader
 from ..rate import RateWindow
 
@@ -54,7 +55,6 @@ PROBATION_TIMEOUT_S = 10.0    # longest a model change waits for those frames
 POLL_S = 0.1                  # inference thread: wake-up period to notice stop()
 JPEG_QUALITY = 80
 EVENTS_KEPT = 100
-FPS_WINDOW_S = 2.0
 JOIN_S = 10.0                 # stop(): wait for the frame in flight
 ERROR_LOG_EVERY_S = 10.0      # repeated inference errors are logged at most this often
 PROB_TOLERANCE = 1e-3         # INT8 outputs may overshoot [0, 1] by rounding

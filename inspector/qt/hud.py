@@ -29,7 +29,6 @@ class FrameMeter:
     """Displayed FPS and capture→paint latency from ``add(t_capture, t_painted)`` calls."""
 
     def __init__(self, window_s: float = WINDOW_S, samples: int = LATENCY_SAMPLES):
-        self.window_s = window_s
         self._painted = RateWindow(window_s)
         self._latency: deque[float] = deque(maxlen=samples)
         self.frames = 0
