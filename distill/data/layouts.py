@@ -53,6 +53,7 @@ a ``report`` the summary is logged as a warning.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -97,7 +98,8 @@ def detect_layout(root: str | os.PathLike, *, labels: tuple[str, ...] = LABELS) 
         return "boxes"
     if _is_sdnet(root, subdirs):
         return "sdnet"
-    unknown = [d.name for d in subdirs if _class_of(d.name, labels) is None]
+    unknown = [d.name for d in subdirs if _class_of(d.name, labels) is None
+               and not (d.name == FLAGS_EXPORT_UNLABELLED and _flags_export_sources(root) is not None)]
     if subdirs and not unknown:
         return "folders"
     raise DatasetError(
@@ -157,7 +159,10 @@ def read_dataset(
 def _read_folders(root, labels, source_of, surface, report, hasher) -> list[Sample]:
     classes = {}
     unknown = []
+    export_sources = _flags_export_sources(root)
     for d in _subdirs(root):
+        if export_sources is not None and d.name == FLAGS_EXPORT_UNLABELLED:
+            continue  # unlabelled frames of a flag export: for distillation through teachers only
         label = _class_of(d.name, labels)
         if label is None:
             unknown.append(d.name)
@@ -173,12 +178,38 @@ def _read_folders(root, labels, source_of, surface, report, hasher) -> list[Samp
     for d, label in sorted(classes.items()):
         for path in _images(d, recursive=True):
             if check_image(path, report):
-                rel_dir = path.parent.relative_to(root).as_posix()
-                samples.append(
-                    Sample(str(path), label, f"{rel_dir}/{source_of(path.stem)}", surface,
-                           sha256=hasher(path))
-                )
+                rel = path.relative_to(root).as_posix()
+                if export_sources is not None and rel in export_sources:
+                    source = f"flag:{export_sources[rel]}"
+                else:
+                    source = f"{path.parent.relative_to(root).as_posix()}/{source_of(path.stem)}"
+                samples.append(Sample(str(path), label, source, surface, sha256=hasher(path)))
     return samples
+
+
+FLAGS_EXPORT_FORMAT = "crack-inspector-flags-export/"
+FLAGS_EXPORT_UNLABELLED = "unlabelled"
+
+
+def _flags_export_sources(root: Path) -> dict[str, str] | None:
+    """``{relative file: source}`` of an export of the app's flag store (``metadata.json`` of
+    format crack-inspector-flags-export/2 or later), else None. Each patch's source there is
+    its flag's uid: one frame's crack and clean tiles must stay in one split, which the file
+    name rule cannot know."""
+    meta = root / "metadata.json"
+    if not meta.is_file():
+        return None
+    try:
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{meta}: not readable JSON ({err})") from err
+    fmt = doc.get("format", "") if isinstance(doc, dict) else ""
+    if not isinstance(fmt, str) or not fmt.startswith(FLAGS_EXPORT_FORMAT) or fmt.endswith("/1"):
+        return None
+    try:
+        return {str(p["file"]): str(p["source"]) for p in doc["patches"]}
+    except (KeyError, TypeError) as err:
+        raise DatasetError(f"{meta}: a flag export whose patches lack file/source ({err})") from err
 
 
 def _read_sdnet(root, labels, report, hasher) -> list[Sample]:

@@ -1,14 +1,18 @@
 """The ``inspector`` command: the live inspection window (and ``--selftest``).
 
     inspector [--source CAMERA|FILE|URL|PIPELINE] [--model PKG.crackpkg] [--store DIR]
-              [--threads N] [--selftest]
+              [--threads N] [--teachers PKG | --no-teachers] [--selftest]
     inspector --device HOST:PORT [...]
-    inspector [--store DIR] --export-flags OUT_DIR [--export-threshold P]
+    inspector [--store DIR] --export-flags OUT_DIR [--include-unreviewed]
+    inspector [--store DIR] --report OUT.pdf|OUT.html [--report-location L]
+              [--report-since DATE] [--report-until DATE] [--report-title TITLE]
 
 Without ``--source`` the first camera found is used, else the shipped sample video (the window
 then says so and offers the source chooser). ``--device`` opens on a device paired earlier
 (Device panel → Pair…): its stream, verdicts and model; "Disconnect" goes to ``--source`` or the
-sample video.
+sample video. Stored flags are scored by the teacher ensemble on a low-priority background thread
+(``inspector/teacher_scorer.py``; the shipped ``models/crack-teachers-X.Y.Z.crackpkg`` unless
+``--teachers`` or ``--no-teachers``), for the review's disagreement ranking.
 """
 from __future__ import annotations
 
@@ -42,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="model package (.crackpkg; default: the shipped INT8 student)")
     p.add_argument("--store", type=Path, help="flag store folder (default: per-user data folder)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the usable cores, max 4)")
+    p.add_argument("--teachers", type=Path, metavar="PKG",
+                   help="teacher-ensemble package that scores stored flags in the background "
+                        "(default: the shipped crack-teachers package, if present)")
+    p.add_argument("--no-teachers", action="store_true", help="do not score flags with the teachers")
     p.add_argument("--selftest", action="store_true",
                    help="open the window offscreen, run a few seconds of the source, flag into a temporary "
                         "store, print a report; exit status 0 only if all of it worked")
@@ -49,8 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-flags", type=Path, metavar="OUT_DIR",
                    help="export the store's flags as a dataset folder the distillation engine reads "
                         "(crack/, no_crack/ patches + metadata.csv/json) and exit; no window")
-    p.add_argument("--export-threshold", type=float, default=0.5, metavar="P",
-                   help="with --export-flags: a tile of an unreviewed flag is 'crack' at p >= P (default 0.5)")
+    p.add_argument("--include-unreviewed", action="store_true",
+                   help="with --export-flags: also export unreviewed and 'unsure' frames, into unlabelled/ "
+                        "(for distillation through the teachers); by default only reviewed frames are exported")
+    p.add_argument("--report", type=Path, metavar="OUT.pdf|OUT.html",
+                   help="write the inspection report of the store's flags (summary, then every frame reviewed "
+                        "as crack) as PDF or self-contained HTML, by the extension, and exit; no window")
+    p.add_argument("--report-location", metavar="L", help="with --report: only the flags of this location")
+    p.add_argument("--report-since", metavar="DATE", help="with --report: flags from this ISO date or time on (UTC)")
+    p.add_argument("--report-until", metavar="DATE",
+                   help="with --report: flags up to this ISO date (that day included) or time (UTC)")
+    p.add_argument("--report-title", metavar="TITLE", help="with --report: the report's title (e.g. the structure)")
     return p
 
 
@@ -60,15 +77,40 @@ def export_flags(args) -> int:
 
     try:
         with FlagStore(args.store) as store:
-            report = store.export_dataset(args.export_flags, threshold=args.export_threshold)
+            report = store.export_dataset(args.export_flags, include_unreviewed=args.include_unreviewed)
     except (StoreError, ValueError, OSError) as exc:
         print(f"inspector: cannot export flags: {exc}", file=sys.stderr)
         return 2
-    print(f"exported {report.flags} flags as {report.patches} patches to {report.out_dir}: "
-          f"{report.crack} crack, {report.no_crack} no_crack ({report.reviewed} labelled by review, "
-          f"the rest by the model at p >= {args.export_threshold})")
+    print(f"exported {report.flags} reviewed flags as {report.patches} patches to {report.out_dir}: "
+          f"{report.crack} crack, {report.no_crack} no_crack, {report.unlabelled} unlabelled "
+          "(labels from the inspector's review, never the model's verdict)")
+    if report.left_out:
+        print(f"left out {report.left_out} unreviewed or 'unsure' flags (--include-unreviewed exports them "
+              "to unlabelled/)")
+    if report.needs_tiles:
+        print(f"left out {len(report.needs_tiles)} frames labelled crack without tile labels: mark their "
+              f"crack tiles in the review view: {', '.join(report.needs_tiles)}")
     if report.skipped:
         print(f"skipped {len(report.skipped)} flags whose frame could not be read: {', '.join(report.skipped)}")
+    return 0
+
+
+def write_report(args) -> int:
+    """``--report``: no Qt, no model; what was written on stdout, a reason on stderr (exit 2)."""
+    from ..report import ReportError, build_report
+    from ..store import DB_NAME, FlagStore, StoreError
+
+    if args.store is not None and not (args.store / DB_NAME).is_file():
+        print(f"inspector: cannot write the report: no flag store in {args.store} (no {DB_NAME})", file=sys.stderr)
+        return 2
+    try:
+        with FlagStore(args.store) as store:
+            summary = build_report(store, args.report, location=args.report_location, since=args.report_since,
+                                   until=args.report_until, title=args.report_title)
+    except (ReportError, StoreError, ValueError) as exc:
+        print(f"inspector: cannot write the report: {exc}", file=sys.stderr)
+        return 2
+    print(summary.message())
     return 0
 
 
@@ -126,11 +168,38 @@ def load_engine(model: Path | None, threads: int | None):
         raise StartupError(f"cannot load the model: {exc}") from None
 
 
-def make_window(engine, store, source, notice, flagger=None, device=None):
+def resolve_teachers(path: Path | None, disabled: bool = False) -> Path | None:
+    """The teacher package the scorer runs: ``path`` (must exist), else the shipped one, else None
+    (the app works without; flags then wait unscored for a later run)."""
+    from ..paths import default_teachers
+
+    if disabled:
+        return None
+    if path is not None:
+        if not path.is_file():
+            raise StartupError(f"--teachers {path}: no such package")
+        return path
+    try:
+        return default_teachers()
+    except FileNotFoundError as exc:
+        logging.getLogger(__name__).info("%s: flags are not scored by the teachers", exc)
+        return None
+
+
+def make_scorer(store, teachers: Path | None):
+    """A TeacherScorer on ``store`` (one thread, lowest priority), or None without a package."""
+    if teachers is None:
+        return None
+    from ..teacher_scorer import TeacherScorer
+
+    return TeacherScorer(store, teachers, threads=1)
+
+
+def make_window(engine, store, source, notice, flagger=None, device=None, scorer=None):
     from ..flagging import Flagger
     from .window import MainWindow
 
-    return MainWindow(engine, store, flagger or Flagger(), source, notice=notice, device=device)
+    return MainWindow(engine, store, flagger or Flagger(), source, notice=notice, device=device, scorer=scorer)
 
 
 # Qt messages that say nothing to an operator: the offscreen platform (self-test) cannot
@@ -173,9 +242,18 @@ def _quit_on_signals(app) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    report_options = [f"--report-{o}" for o in ("location", "since", "until", "title")
+                      if getattr(args, f"report_{o}") is not None]
+    if args.report is None and report_options:
+        parser.error(f"{', '.join(report_options)} only go with --report")
+    if args.report is not None and args.export_flags is not None:
+        parser.error("--report and --export-flags are separate runs: give one of them")
     if args.export_flags is not None:
         return export_flags(args)
+    if args.report is not None:
+        return write_report(args)
     # the self-test's report is its output; the app logs what it does
     logging.basicConfig(level=logging.WARNING if args.selftest else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -196,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device) if args.device else None
         engine = load_engine(args.model, args.threads)
+        teachers = resolve_teachers(args.teachers, args.no_teachers)
         if device is not None and args.source is None:
             from ..paths import sample_video
             from ..sources import parse_source
@@ -213,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             QMessageBox.critical(None, "Crack Inspector cannot start", msg)
         return 2
     try:
-        window = make_window(engine, store, source, notice, device=device)
+        window = make_window(engine, store, source, notice, device=device, scorer=make_scorer(store, teachers))
         window.show()
         window.start()
         _quit_on_signals(app)
