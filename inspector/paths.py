@@ -1,4 +1,4 @@
-"""Where the shipped files are: the default model package and the sample video.
+"""Where the shipped files are: the default model package, the sample video, the report's fonts.
 
 From a source checkout they sit in ``models/`` and ``resources/`` at the repository root; in a
 PyInstaller bundle they are unpacked under ``sys._MEIPASS`` with the same relative paths.
@@ -25,6 +25,15 @@ def models_dir() -> Path:
 
 def resources_dir() -> Path:
     return app_root() / "resources"
+
+
+def resource(name: str) -> Path:
+    """A shipped file under ``resources/`` by its relative name (``"fonts/DejaVuSans.ttf"``);
+    FileNotFoundError naming it if the checkout or the bundle lacks it."""
+    path = resources_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped resource {name} is missing from {resources_dir()}")
+    return path
 
 
 def default_model() -> Path:
