@@ -4,6 +4,7 @@
     distill train-teacher --arch efficientnet_lite0 --data DATA --out runs/t0
     distill distil --student mobilenet_v3_small --teacher runs/t0/best.pt --loss kd --data DATA --out runs/s
     distill eval MODEL DATA --out metrics.json
+    distill export-teachers T0.pt T1.pt T2.pt --samples DATA --eval NAME=PATH --out models/
     distill demo
 
 Every training command takes ``--config FILE`` (YAML); flags given on the command line win.
@@ -133,6 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", action="store_true", help="write only the FP32 package")
     p.add_argument("--calibration-count", type=int, default=256)
     p.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--patch-size", type=int, default=96)
+
+    p = sub.add_parser("export-teachers", help="export a teacher ensemble to one FP32 model package (.crackpkg)")
+    p.add_argument("teachers", nargs="+", help="teacher checkpoints (.pt), averaged as in distillation")
+    p.add_argument("--out", required=True, help="folder for the package and its report")
+    p.add_argument("--name", default="crack-teachers")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--average", default="logits", choices=["logits", "probs"],
+                   help="how the ensemble averages (distillation's default: logits)")
+    p.add_argument("--samples", required=True,
+                   help="training data (folder or manifest): real patches to check the export and as references")
+    p.add_argument("--eval", action="append", default=[], metavar="NAME=PATH",
+                   help="evaluation set recorded in the manifest (repeat)")
+    p.add_argument("--training-data", action="append", default=[], metavar="NAME=LICENCE",
+                   help="dataset the teachers were trained on, with its licence (repeat)")
+    p.add_argument("--tile-size", type=int, default=160, help="frame pixels per tile: the student's (manifest)")
+    p.add_argument("--tile-overlap", type=float, default=0.0, help="tile overlap: the student's (manifest)")
     p.add_argument("--patch-size", type=int, default=96)
 
     p = sub.add_parser("demo", help="a few-minute end-to-end demo on the shared Özgenel data")
@@ -271,6 +289,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_export_teachers(args) -> int:
+    from distill.data.patches import PatchRule
+    from distill.runs import read_samples
+    from distill.teacher_export import build_teacher_package
+
+    rule = PatchRule(size=args.patch_size, stride=args.patch_size)
+    eval_sets = {k: read_samples(v, patch_rule=rule) for k, v in _named(args.eval, "--eval").items()}
+    training = [{"name": k, "licence": v} for k, v in _named(args.training_data, "--training-data").items()]
+    if not training:
+        raise ValueError("give --training-data NAME=LICENCE for every dataset the teachers were trained on")
+    for path in args.teachers:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no teacher checkpoint at {path}")
+    report = build_teacher_package(args.teachers, args.out, samples=read_samples(args.samples, patch_rule=rule),
+                                   eval_sets=eval_sets, training_data=training, name=args.name,
+                                   version=args.version, average=args.average,
+                                   tiling={"size": args.tile_size, "overlap": args.tile_overlap})
+    check = report["export"]
+    mccs = "  ".join(f"{k} MCC {v['mcc']:.4f}" for k, v in report["metrics"].items())
+    print(f"{Path(args.out) / report['package']}  probs vs PyTorch max |Δ| {check['probs_max_abs_diff']:.2g}  {mccs}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from distill.demo import run_demo
 
@@ -278,7 +319,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"split": cmd_split, "train-teacher": cmd_train_teacher, "distil": cmd_distil,
-            "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo}
+            "eval": cmd_eval, "export": cmd_export, "export-teachers": cmd_export_teachers, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

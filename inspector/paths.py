@@ -11,6 +11,7 @@ from pathlib import Path
 
 SAMPLE_VIDEO_NAME = "sample_inspection.avi"
 _DEFAULT_MODEL = re.compile(r"^crack-student-(\d+)\.(\d+)\.(\d+)-int8\.crackpkg$")
+_DEFAULT_TEACHERS = re.compile(r"^crack-teachers-(\d+)\.(\d+)\.(\d+)\.crackpkg$")
 
 
 def app_root() -> Path:
@@ -36,16 +37,26 @@ def resource(name: str) -> Path:
     return path
 
 
-def default_model() -> Path:
-    """The newest shipped INT8 student package (``models/crack-student-X.Y.Z-int8.crackpkg``)."""
+def _newest(pattern: re.Pattern, what: str) -> Path:
     found = []
-    for p in models_dir().glob("crack-student-*-int8.crackpkg"):
-        m = _DEFAULT_MODEL.match(p.name)
+    for p in models_dir().glob("*.crackpkg"):
+        m = pattern.match(p.name)
         if m:
             found.append((tuple(int(g) for g in m.groups()), p))
     if not found:
-        raise FileNotFoundError(f"no shipped model package crack-student-X.Y.Z-int8.crackpkg in {models_dir()}")
+        raise FileNotFoundError(f"no shipped {what} in {models_dir()}")
     return max(found)[1]
+
+
+def default_model() -> Path:
+    """The newest shipped INT8 student package (``models/crack-student-X.Y.Z-int8.crackpkg``)."""
+    return _newest(_DEFAULT_MODEL, "model package crack-student-X.Y.Z-int8.crackpkg")
+
+
+def default_teachers() -> Path:
+    """The newest shipped teacher-ensemble package (``models/crack-teachers-X.Y.Z.crackpkg``):
+    what the app's background scorer runs on flagged frames."""
+    return _newest(_DEFAULT_TEACHERS, "teacher package crack-teachers-X.Y.Z.crackpkg")
 
 
 def sample_video() -> Path:

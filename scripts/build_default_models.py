@@ -4,13 +4,15 @@ Deterministic (fixed seeds, CPU) and offline. Only redistributable data is used 
 Özgenel's concrete wall patches (CC BY 4.0) and the OMU port quay drone patches (CC BY-SA 4.0).
 CrackForest (pavement) and UAV75 (bridges) are used for evaluation only, as other surfaces.
 
-    python scripts/build_default_models.py            # ~30 min on 2 cores
+    python scripts/build_default_models.py                  # ~30 min on 2 cores
+    python scripts/build_default_models.py --teachers-only  # only the teacher package, from models/teachers/*.pt
 
 Writes:
     models/crack-student-<V>.crackpkg        FP32 student package (the INT8 one's parent)
     models/crack-student-<V>-int8.crackpkg   INT8 student package (the app's default)
     models/crack-student-<V>.report.json     export, quantization and evaluation report
     models/teachers/efficientnet_lite{0,1,2}.pt   the teacher ensemble, float16 weights
+    models/crack-teachers-<T>.crackpkg       the same ensemble as one FP32 package (the app's scorer)
     models/MODEL_CARD.md                     data, recipe, metrics, limits, licences
 """
 from __future__ import annotations
@@ -67,6 +69,17 @@ def save_half(src: Path, dst: Path) -> None:
     atomic_torch_save(ckpt, dst)
 
 
+def export_teachers(out: Path, splits, eval_sets, version: str, tiling: dict) -> dict:
+    """The shipped float16 teachers (what the student was distilled from) as one FP32 package."""
+    from distill.teacher_export import build_teacher_package
+
+    report = build_teacher_package([out / "teachers" / f"{arch}.pt" for arch in TEACHERS], out,
+                                   samples=splits["train"], eval_sets=eval_sets, training_data=TRAINING_DATA,
+                                   version=version, tiling=tiling)
+    print(json.dumps({k: report[k] for k in ("package", "metrics")}, indent=2, default=str))
+    return report
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default=str(REPO / "runs" / "default_models"))
@@ -82,6 +95,9 @@ def main() -> int:
                     help="use the student already trained in --work; only export, quantize, evaluate, package")
     ap.add_argument("--tile-size", type=int, default=160, help="frame pixels per tile the app uses (manifest)")
     ap.add_argument("--tile-overlap", type=float, default=0.0, help="tile overlap the app uses (manifest)")
+    ap.add_argument("--teachers-version", default="1.0.0", help="version of the teacher package")
+    ap.add_argument("--teachers-only", action="store_true",
+                    help="train nothing: only export the teacher package from the shipped models/teachers/*.pt")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -92,6 +108,10 @@ def main() -> int:
     from distill.runs import run
 
     splits, eval_sets = prepare(work, args.size)
+    tiling = {"size": args.tile_size, "overlap": args.tile_overlap}
+    if args.teachers_only:
+        export_teachers(out, splits, eval_sets, args.teachers_version, tiling)
+        return 0
     base = RunConfig(
         data=DataConfig(train_manifest=str(work / "train.csv"), val_manifest=str(work / "val.csv"),
                         test_manifest=str(work / "test.csv"), input_size=args.size),
@@ -118,7 +138,7 @@ def main() -> int:
 
     report = build_packages(Path(student.out) / "best.pt", out, name="crack-student", version=args.version,
                             calibration=splits["train"], eval_sets=eval_sets, training_data=TRAINING_DATA,
-                            tiling={"size": args.tile_size, "overlap": args.tile_overlap})
+                            tiling=tiling)
     report["student_summary"] = summary
     report["recipe"] = {"student": args.student, "init": "imagenet" if pretrained else "scratch",
                         "teachers": list(TEACHERS), "input_size": args.size, "loss": "Hinton KD, T=4, alpha=0.9",
@@ -128,6 +148,7 @@ def main() -> int:
                         "splits": {k: len(v) for k, v in splits.items()}}
     (out / f"crack-student-{args.version}.report.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({k: report[k] for k in ("packages", "metrics")}, indent=2, default=str))
+    export_teachers(out, splits, eval_sets, args.teachers_version, tiling)
     return 0
 
 
