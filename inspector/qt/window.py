@@ -58,6 +58,8 @@ class MainWindow(QMainWindow):
     ``device``: open on this paired device instead of ``source`` (``source`` is then where
     "Disconnect" goes); ``make_feed(pairing)`` makes its DeviceFeed; ``browse``: mDNS discovery
     for the device panel (default: :func:`inspector.agent.discovery.browse`).
+    ``scorer``: a :class:`~inspector.teacher_scorer.TeacherScorer`, started and stopped with the
+    window and woken by every stored flag (None: flags are not scored).
     Signals for tests and the self-test: ``resultShown(LiveResult)``, ``flagShown(FlagRecord)``.
     """
 
@@ -68,9 +70,10 @@ class MainWindow(QMainWindow):
                  make_grabber: Callable = default_grabber, notice: str | None = None, threshold: float = 0.5,
                  overlay: bool = True, opacity: float = 0.45, pairings=None, device=None,
                  make_feed: Callable = default_feed, browse: Callable | None = None,
-                 parent: QWidget | None = None):
+                 scorer=None, parent: QWidget | None = None):
         super().__init__(parent)
         self.engine, self.store, self.flagger = engine, store, flagger
+        self.scorer = scorer              # a TeacherScorer scoring stored flags in the background, or None
         self.make_grabber = make_grabber
         self.make_feed = make_feed
         self.source = source
@@ -206,6 +209,8 @@ class MainWindow(QMainWindow):
     def start(self) -> None:
         """Start the live pipeline, load the recent flags, look for cameras (all off the GUI thread)."""
         self.inspector.start()
+        if self.scorer is not None:
+            self.scorer.start()
         self.bridge.load_history(HISTORY)
         self.chooser.find_cameras()
         self.device_panel.find_devices()
@@ -215,6 +220,8 @@ class MainWindow(QMainWindow):
         if not self._stopped:
             self._stopped = True
             self.device_panel.shutdown()
+            if self.scorer is not None:
+                self.scorer.stop()  # first: the flag it is on; it must not compete with the drain below
             self.inspector.stop()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
@@ -317,6 +324,8 @@ class MainWindow(QMainWindow):
 
     def _on_flag_stored(self, record, thumb) -> None:
         self.flags.append(record)
+        if self.scorer is not None:
+            self.scorer.notify()
         self.flags_panel.add(record, thumb)
         colour = theme.REASON_COLOURS.get(record.reason, theme.ACCENT)
         if record.reason == "manual":
