@@ -1,5 +1,9 @@
 """The main window: live view + HUD on the left, source / display / flag panels on the right.
 
+Two workspaces in tabs: **Live** (the above) and **Review** (:mod:`inspector.qt.review_view`,
+the store's flags to label; Ctrl+1 / Ctrl+2). The live pipeline runs whichever is shown; each
+workspace's keys are active only while it is shown.
+
 It owns one :class:`~inspector.live.LiveInspector` (the work) and one
 :class:`~inspector.qt.bridge.LiveBridge` (its callbacks as signals) and only wires widgets to
 them. Closing the window stops the inspector, which writes every queued flag first.
@@ -15,7 +19,7 @@ from typing import Callable
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import QHBoxLayout, QMainWindow, QScrollArea, QTabBar, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QMainWindow, QScrollArea, QTabBar, QTabWidget, QVBoxLayout, QWidget
 
 from ..live import LiveInspector
 from ..sources import SourceSpec
@@ -26,6 +30,7 @@ from .controls import DisplayControls, FlagFields
 from .device_panel import DevicePanel
 from .flags_panel import FlagsPanel
 from .hud import Hud
+from .review_view import ReviewWorkspace
 from .source_panel import SourceChooser
 from .view import LiveView
 
@@ -121,6 +126,10 @@ class MainWindow(QMainWindow):
                                        uncertain_low=uncertain_low)
         self.fields = FlagFields()
         self.flags_panel = FlagsPanel()
+        # the second workspace: review and relabel the store's flags while the live view runs on
+        self.review = ReviewWorkspace(store, threshold=threshold, show_message=self.show_message)
+        if scorer is not None and scorer.on_scored is None:   # new teacher scores repaint their thumbnails
+            scorer.on_scored = self.review.flagScored.emit
         self._layout()
         self._connect()
         self._set_source_label(source.label)
@@ -166,15 +175,23 @@ class MainWindow(QMainWindow):
         scroll.setFixedWidth(SIDEBAR_WIDTH)
         self.flags_panel.setMinimumHeight(260)
 
-        central = QWidget()
-        h = QHBoxLayout(central)
+        self.live_page = QWidget()
+        h = QHBoxLayout(self.live_page)
         h.setContentsMargins(0, 0, 0, 0)
         h.setSpacing(0)
         h.addWidget(left, 1)
         h.addWidget(scroll)
-        self.setCentralWidget(central)
+        self.workspaces = QTabWidget(documentMode=True)
+        self.workspaces.addTab(self.live_page, "Live  (Ctrl+1)")
+        self.workspaces.addTab(self.review, "Review  (Ctrl+2)")
+        self.workspaces.tabBar().setFocusPolicy(Qt.NoFocus)
+        self.workspaces.currentChanged.connect(self._on_workspace)
+        self.setCentralWidget(self.workspaces)
         self.resize(1500, 920)
         self.view.setFocus()
+
+    def _on_workspace(self, index: int) -> None:
+        (self.view if index == 0 else self.review.grid).setFocus()
 
     def _show_source_tab(self, index: int) -> None:
         """Camera or device: one panel at a time (hidden, the other takes no room)."""
@@ -201,8 +218,11 @@ class MainWindow(QMainWindow):
         self.device_panel.disconnectRequested.connect(self.disconnect_device)
         self.device_panel.message.connect(self.show_message)
         self.status_banner.actionTriggered.connect(self.focus_source_chooser)
-        QShortcut(QKeySequence(Qt.Key_Space), self, activated=self.flag_now)
-        QShortcut(QKeySequence(Qt.Key_H), self, activated=self.display.overlay.toggle)
+        # on the live page: active only while it is shown (the review workspace has its own Space and H)
+        QShortcut(QKeySequence(Qt.Key_Space), self.live_page, activated=self.flag_now)
+        QShortcut(QKeySequence(Qt.Key_H), self.live_page, activated=self.display.overlay.toggle)
+        QShortcut(QKeySequence("Ctrl+1"), self, activated=lambda: self.workspaces.setCurrentIndex(0))
+        QShortcut(QKeySequence("Ctrl+2"), self, activated=lambda: self.workspaces.setCurrentIndex(1))
 
     # ---------------------------------------------------------------- control
 
@@ -223,6 +243,7 @@ class MainWindow(QMainWindow):
             if self.scorer is not None:
                 self.scorer.stop()  # first: the flag it is on; it must not compete with the drain below
             self.inspector.stop()
+            self.review.shutdown()  # deleted flags are removed for good now
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.shutdown()
@@ -283,11 +304,14 @@ class MainWindow(QMainWindow):
     def set_threshold(self, threshold: float) -> None:
         self.inspector.threshold = threshold
         self.view.set_threshold(threshold)
+        self.review.set_threshold(threshold)
 
     def show_message(self, text: str, level: str = "info") -> None:
         """A message from a background operation: errors and warnings in the error banner (for a
-        while), information in the notice banner."""
-        if level == "info":
+        while), information in the notice banner; in the review workspace's banner while it is shown."""
+        if self.workspaces.currentWidget() is self.review:
+            self.review.show_message(text, level)
+        elif level == "info":
             self.notice.show_message(text, "info")
         else:
             self.error_banner.show_message(text, level)
@@ -327,6 +351,7 @@ class MainWindow(QMainWindow):
         if self.scorer is not None:
             self.scorer.notify()
         self.flags_panel.add(record, thumb)
+        self.review.flag_stored(record)
         colour = theme.REASON_COLOURS.get(record.reason, theme.ACCENT)
         if record.reason == "manual":
             self.view.toast(f"⚑ Flag #{record.id} saved", colour)

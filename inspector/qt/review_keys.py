@@ -1,0 +1,50 @@
+"""The review workspace's keys: one table drives the shortcuts and the F1 list."""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QVBoxLayout, QWidget
+
+# (keys, method of ReviewWorkspace, what it does)
+KEYS = (
+    (("C", "1"), "label_crack", "Crack: the frame (its tiles as shown)"),
+    (("N", "2"), "label_no_crack", "No crack: the frame and every tile clean"),
+    (("U",), "label_unsure", "Unsure: left out of training exports"),
+    (("Space",), "accept", "Accept the model's tile verdicts as they are"),
+    (("Left",), "previous", "Previous flag"),
+    (("Right",), "next", "Next flag"),
+    (("Ctrl+Right",), "next_unreviewed", "Next unreviewed flag"),
+    (("Ctrl+Z",), "undo", "Undo (also after a restart)"),
+    (("Ctrl+Shift+Z", "Ctrl+Y"), "redo", "Redo"),
+    (("Delete",), "delete", "Delete the flag (Ctrl+Z brings it back until the app closes)"),
+    (("T",), "toggle_tile", "Toggle the tile under the tile cursor (crack ↔ clean)"),
+    (("H",), "toggle_heat", "Heat-map on / off"),
+    (("F1",), "show_keys", "This list"),
+)
+# what the grid, the frame and the fields do with keys of their own
+MORE_KEYS = (
+    ("↑ ↓  PgUp PgDn  Home End", "Move through the grid"),
+    ("Shift / Ctrl + click, Shift + arrows, Ctrl+A", "Select several flags: C N U Space Delete apply to all, "
+                                                      "as one undo step"),
+    ("Tab, or click the frame", "The frame takes the arrows: they move the tile cursor; Tab again to leave"),
+    ("Click a tile", "Toggle it"),
+    ("Enter / Esc in Location or Note", "Save / revert the field (it saves when you leave it, too)"),
+    ("Ctrl+1  /  Ctrl+2", "Live / Review workspace (the live view keeps running)"),
+)
+
+
+class KeysDialog(QDialog):
+    """F1: every key of the review workspace."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Review keys")
+        rows = [(" / ".join(QKeySequence(k).toString(QKeySequence.NativeText) for k in keys), text)
+                for keys, _, text in KEYS] + list(MORE_KEYS)
+        html = "".join(f"<tr><td style='padding:3px 14px 3px 0'><b>{k}</b></td><td>{t}</td></tr>" for k, t in rows)
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel(f"<table>{html}</table>", textFormat=Qt.RichText))
+        lay.addWidget(QLabel("Letters type text while Location or Note has the focus.", objectName="dim"))
+        box = QDialogButtonBox(QDialogButtonBox.Close)
+        box.rejected.connect(self.reject)
+        lay.addWidget(box)
