@@ -64,6 +64,7 @@ def _prob(value: float, tip: str) -> QDoubleSpinBox:
 
 class ReviewFilterBar(QFrame):
     filterChanged = Signal(object, str, bool)     # FlagFilter, sort, descending
+    choiceMade = Signal()                         # a combo chosen, a date or p entered: keys back to the grid
     exportRequested = Signal(bool)                # include unreviewed
     reportRequested = Signal()
 
@@ -102,10 +103,13 @@ class ReviewFilterBar(QFrame):
         self._layout()
         for box in (self.state, self.label, self.reason, self.source, self.location, self.version, self.sort):
             box.currentIndexChanged.connect(self.changed)
+            box.activated.connect(self.choiceMade)
         for d in (self.since, self.until):
             d.dateChanged.connect(self.changed)
         for s in (self.p_min, self.p_max):
             s.valueChanged.connect(self.changed)
+        for edit in (self.since, self.until, self.p_min, self.p_max):
+            edit.editingFinished.connect(self.choiceMade)
         self.descending.toggled.connect(self.changed)
 
     def _layout(self) -> None:

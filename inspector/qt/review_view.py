@@ -169,6 +169,7 @@ class ReviewWorkspace(QWidget):
         self.grid.firstPageShown.connect(self.firstPageShown)
         self.flagScored.connect(lambda rec: self.records_changed([rec]))
         self.filters.filterChanged.connect(self.set_filter)
+        self.filters.choiceMade.connect(self.grid.setFocus)
         self.filters.exportRequested.connect(self.export)
         self.filters.reportRequested.connect(self.report)
         self.frame.tileClicked.connect(self.toggle_tile)
