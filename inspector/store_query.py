@@ -15,6 +15,7 @@ from .store_schema import REASONS, REVIEW_LABELS
 # name -> the ORDER BY expression for "descending" (ascending reverses it). "need" is "most in need
 # of review first": disagreement with the teachers, then the student's uncertainty; flags not yet
 # scored by the teachers rank by uncertainty after those that are.
+# Each order is exactly the one of an index in store_schema.SORT_INDEXES (so no sort is needed).
 SORTS = {
     "time": "created {d}, id {d}",
     "probability": "crack_prob_max {d}, id {d}",
