@@ -34,18 +34,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app_bench import percentile  # noqa: E402  (benchmarks/ is the script's folder)
+
 GOALS = {"first_grid_s": 1.0, "query_p95_ms": 20.0, "scroll_fps": 30.0}
 LOCATIONS = ("pier 1", "pier 2", "deck east", "deck west", "abutment north")
 PAGE = 60       # records the grid asks for first
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 # --------------------------------------------------------------------------- 1. the store
@@ -304,9 +297,12 @@ def table(r: dict) -> str:
                   f"| RSS with the workspace open (before it) | {v['rss_mb']:.0f} MB ({v['rss_before_view_mb']:.0f} MB) | | |"]
     live = r.get("live")
     if live:
-        lines += ["", "Live view with the teacher scorer (`app_bench.py --teachers both`):", ""]
-        lines.append("```\n" + json.dumps(live.get("summary", live), indent=1)[:3000] + "\n```"
-                     if "error" in live or "summary" in live else json.dumps(live)[:2000])
+        from app_bench import compare_table
+
+        source = r.get("live_from") or "this run"
+        lines += ["", f"Live view with the teacher scorer off and on (`app_bench.py --teachers both`, {source}):", ""]
+        lines.append(compare_table(live["arms"], live["scoring_alone"]) if "arms" in live
+                     else f"not measured: {live.get('error', live)}")
     return "\n".join(lines) + "\n"
 
 
@@ -320,6 +316,8 @@ def main() -> int:
     ap.add_argument("--live-seconds", type=float, default=90.0)
     ap.add_argument("--skip-view", action="store_true")
     ap.add_argument("--skip-live", action="store_true")
+    ap.add_argument("--live-from", type=Path, help="take the live arms from this app_bench --teachers both JSON "
+                                                   "instead of running it again (the report says so)")
     ap.add_argument("--json", default=str(REPO / "runs" / "review_bench.json"))
     ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/review_bench.md")
     args = ap.parse_args()
@@ -333,7 +331,10 @@ def main() -> int:
         result["queries"] = bench_queries(store, args.repeats)
     if not args.skip_view:
         result["view"] = bench_view(args.store, args.scroll_seconds)
-    if not args.skip_live:
+    if args.live_from:
+        result["live"] = json.loads(args.live_from.read_text())
+        result["live_from"] = f"results of an earlier run read from {args.live_from.name}"
+    elif not args.skip_live:
         result["live"] = bench_live(args.live_seconds)
     text = table(result)
     print(text)

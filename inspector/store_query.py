@@ -80,7 +80,9 @@ class FlagFilter:
         for column in ("label", "reason", "source", "location", "model_version"):
             value = getattr(self, column)
             if value is not None:
-                clauses.append(f"{column} = ?")
+                # "+column": SQLite then reads the column from the sort order's covering index
+                # instead of jumping through a one-column index and sorting (30 -> 9 ms at 10k)
+                clauses.append(f"+{column} = ?")
                 params.append(value)
         if self.since is not None:
             clauses.append("created >= ?")
