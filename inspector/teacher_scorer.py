@@ -14,10 +14,12 @@ smaller than a tile, resized to the model's input with the engine's own resize.
 
 Threads and priority
 --------------------
-One daemon thread. On Linux it lowers its own nice value to 19 first and only then creates
-the onnxruntime session, whose worker threads (``threads`` > 1) inherit it: the camera,
-inference and GUI threads win every contention for a core. ``intra_op_num_threads=threads``,
-``inter_op_num_threads=1``, no spinning (see ``inspector/engine.py``).
+One daemon thread. On Linux it lowers its own priority first (nice 19 and the SCHED_IDLE
+policy, which the kernel preempts as soon as any normal thread wakes, where a nice-19 thread
+may keep the core to the end of its slice) and only then creates the onnxruntime session,
+whose worker threads (``threads`` > 1) inherit both: the camera, inference and GUI threads win
+every contention for a core. ``intra_op_num_threads=threads``, ``inter_op_num_threads=1``, no
+spinning (see ``inspector/engine.py``).
 
 It loops: ``store.unscored(limit)`` → score each → ``on_scored(new_record)``; when nothing
 is left it sleeps until :meth:`notify` (the app calls it when a flag is stored) or the poll
@@ -95,12 +97,17 @@ def tile_crack_probs(engine: InferenceEngine, frame: np.ndarray, boxes: Sequence
     return [float(p) for p in probs[:, engine.crack_index]]
 
 
-def _lower_own_priority() -> None:
-    """Nice 19 for the calling thread only (Linux: a thread id is a PRIO_PROCESS target)."""
+def _lower_own_priority(idle: bool = True) -> None:
+    """Nice 19 for the calling thread only (Linux: a thread id is a PRIO_PROCESS target) and,
+    with ``idle``, the SCHED_IDLE policy: a nice-19 thread may finish its time slice before a
+    woken nice-0 thread gets the core, an idle-policy thread is preempted at once."""
     if not sys.platform.startswith("linux"):
         return
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        os.setpriority(os.PRIO_PROCESS, tid, NICE)
+        if idle:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
     except OSError as exc:
         log.info("teacher scorer: cannot lower its priority: %s", exc)
 

@@ -74,11 +74,13 @@ def scorers():
 
 def test_every_flag_is_scored_with_the_package_on_the_students_tiles(store, engine, teachers, frames, scorers):
     flags = [add_flag(store, engine, f) for f in frames]
-    seen, nice = [], []
+    seen, priority = [], []
 
-    def on_scored(rec):
+    def on_scored(rec):  # runs on the scorer's thread
         seen.append(rec)
-        nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        if sys.platform.startswith("linux"):
+            tid = threading.get_native_id()
+            priority.append((os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(tid)))
 
     scorer = scorers(store, on_scored=on_scored)
     scorer.start()
@@ -100,7 +102,8 @@ def test_every_flag_is_scored_with_the_package_on_the_students_tiles(store, engi
         assert rec.disagreement == pytest.approx(max(gaps), abs=1e-6)
     assert max(r.disagreement for r in seen) > 0.05  # the teachers are not a copy of the student
     if sys.platform.startswith("linux"):
-        assert set(nice) == {NICE}
+        assert set(priority) == {(NICE, os.SCHED_IDLE)}
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != NICE  # only its own thread
     assert scorer.stats.scored == len(flags) and scorer.stats.skipped == 0
 
 
