@@ -471,7 +471,7 @@ def test_corrupt_state_is_rebuilt_without_an_active_model(open_repo, pkgs, key):
 
 
 def test_sigkill_leaves_a_consistent_repository(tmp_path, seed, pkgs, key, trusted):
-    """A child activating/rolling back or receiving uploads is killed at random moments (16
+    """A child activating/rolling back or receiving uploads is killed at random moments (17
     times, one repository): state.json always parses and names the last reported active model
     or the one being switched to, every reported upload is kept, and the final open leaves no
     temporary or unreferenced file and an active model that passes the full package check."""
@@ -480,7 +480,10 @@ def test_sigkill_leaves_a_consistent_repository(tmp_path, seed, pkgs, key, trust
     rng = random.Random(11)
     runs = ([("activate", True, rng.uniform(0.0, 0.5)) for _ in range(7)]
             + [("receive", True, rng.uniform(0.05, 1.5)) for _ in range(6)]
-            + [("activate", False, 0.0), ("receive", False, 0.01), ("activate", False, 0.02)])
+            + [("activate", False, 0.0), ("receive", False, 0.01), ("activate", False, 0.02)]
+            # one upload given time to finish even on a loaded machine, so "every reported upload is
+            # kept" is always exercised (under load the random delays could all cut uploads short)
+            + [("receive", True, 4.0)])
     rng.shuffle(runs)
     active = json.loads((root / "state.json").read_text())["active"]
     promised, cleaned, switched = set(), 0, 0
