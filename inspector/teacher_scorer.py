@@ -112,6 +112,23 @@ def _lower_own_priority(idle: bool = True) -> None:
         log.info("teacher scorer: cannot lower its priority: %s", exc)
 
 
+def _return_freed_memory() -> None:
+    """Give the heap pages freed after loading back to the OS (glibc only; elsewhere nothing).
+
+    Loading the package reads, unzips, parses and checks a 49 MB graph; glibc keeps those freed
+    pages in this thread's arena for good: measured here, 77 of the 186 MB the load added stay
+    resident otherwise."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl and others: no malloc_trim
+        pass
+
+
 def _store_closed(store) -> bool:
     closed = getattr(store, "closed", None)  # FlagStore has no public flag yet; its connection says
     return bool(closed) if closed is not None else getattr(store, "_db", object()) is None
@@ -178,6 +195,7 @@ class TeacherScorer:
         except Exception:  # noqa: BLE001 - a bad package disables scoring, never the app
             log.exception("teacher scorer: cannot load %s; flags stay unscored", self.package_path)
             return
+        _return_freed_memory()
         log.info("teacher scorer: %s-%s on %d thread(s)", self.engine.manifest.name, self.engine.manifest.version,
                  self.threads)
         while not self._stop.is_set():
