@@ -112,18 +112,18 @@ def score_teachers(store, wanted: int) -> dict:
         return {"scored": scored, "score_s": 0.0}
     scorer = TeacherScorer(store, default_teachers(), threads=2)
     t0 = time.perf_counter()
-    done = scorer.score_pending(limit=todo) if hasattr(scorer, "score_pending") else _score_with_thread(scorer, store, wanted)
-    return {"scored": scored + (done or 0), "score_s": time.perf_counter() - t0}
+    _score_with_thread(scorer, store, wanted)
+    return {"scored": store.count() - len(store.unscored(limit=store.count())), "score_s": time.perf_counter() - t0}
 
 
-def _score_with_thread(scorer, store, wanted: int) -> int:
+def _score_with_thread(scorer, store, wanted: int) -> None:
+    """The scorer's own thread, as in the app, until ``wanted`` flags are scored."""
     scorer.start()
     try:
         while store.count() - len(store.unscored(limit=store.count())) < wanted and store.unscored(limit=1):
             time.sleep(1.0)
     finally:
         scorer.stop()
-    return 0
 
 
 # --------------------------------------------------------------------------- 2. queries

@@ -196,6 +196,10 @@ class FlagStore(ReviewMethods):
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
     def close(self) -> None:
         """Close the database and release the folder (idempotent)."""
         with self._lock:

@@ -130,8 +130,7 @@ def _return_freed_memory() -> None:
 
 
 def _store_closed(store) -> bool:
-    closed = getattr(store, "closed", None)  # FlagStore has no public flag yet; its connection says
-    return bool(closed) if closed is not None else getattr(store, "_db", object()) is None
+    return bool(getattr(store, "closed", False))
 
 
 class TeacherScorer:
