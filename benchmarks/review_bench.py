@@ -274,7 +274,8 @@ def table(r: dict) -> str:
     b = r["store"]
     lines = [f"{r['flags']} flags in the store ({b.get('disk_mb', float('nan')):.0f} MB on disk; "
              f"{b.get('scored', 0)} scored by the teachers), {platform.machine()} CPU ({os.cpu_count()} cores), "
-             f"Qt platform {r.get('platform', '?')}.", ""]
+             f"Qt platform {r.get('platform', '?')}; load average {r.get('loadavg', '?')} when the queries started "
+             f"(other work on the 2 cores shows as p95).", ""]
     if b.get("added"):
         lines += [f"Building it: {b['added']} flags added, student {1e3 * b['infer_s'] / b['added']:.1f} ms and "
                   f"FlagStore.add {1e3 * b['add_s'] / b['added']:.1f} ms a flag.", ""]
@@ -326,6 +327,7 @@ def main() -> int:
 
     result: dict = {"platform": os.environ.get("QT_QPA_PLATFORM", "xcb" if os.environ.get("DISPLAY") else "offscreen")}
     result["store"] = build_store(args.store, args.flags, args.teacher_flags)
+    result["loadavg"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     with FlagStore(args.store) as store:
         result["flags"] = store.count()
         result["queries"] = bench_queries(store, args.repeats)
