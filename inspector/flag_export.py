@@ -103,6 +103,22 @@ def export_flags(store, out_dir: str | os.PathLike, *, include_unreviewed: bool 
                         left_out)
 
 
+def count_export(store, *, include_unreviewed: bool = False, flt: FlagFilter | None = None) -> dict[str, int]:
+    """What :func:`export_flags` would write, without writing or reading a picture: patches per
+    label (``crack``, ``no_crack``, ``unlabelled``) and frames (``frames``: labelled,
+    ``unlabelled_frames``, ``needs_tiles``). Flags whose image is unreadable are still counted."""
+    counts = {"crack": 0, "no_crack": 0, UNLABELLED: 0, "frames": 0, "unlabelled_frames": 0, "needs_tiles": 0}
+    for rec in store.query(flt or FlagFilter(), sort="time", descending=False):
+        labels = _patch_labels(rec, include_unreviewed)
+        if labels is None:
+            counts["needs_tiles"] += rec.label == "crack"
+            continue
+        counts["unlabelled_frames" if labels and labels[0] == UNLABELLED else "frames"] += 1
+        for label in labels:
+            counts[label] += 1
+    return counts
+
+
 def _patch_labels(rec, include_unreviewed: bool) -> tuple[str, ...] | None:
     """The label of each tile of ``rec`` in the export, or None to leave the flag out."""
     if rec.label in TILE_LABELS:

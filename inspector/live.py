@@ -285,6 +285,22 @@ class LiveInspector:
             source.start()
         threading.Thread(target=self._stop_quietly, args=(old,), name="live-old-source", daemon=True).start()
 
+    def set_engine(self, engine: InferenceEngine) -> None:
+        """Run ``engine`` from the next frame on (a new model on this laptop), while running.
+
+        A local source is re-wrapped around the same grabber (which keeps running): the worker
+        moves to it and takes the newest frame, and a result the old engine finishes after the
+        swap is dropped, like after :meth:`set_grabber`. A device source is left alone; the
+        engine is used when the view goes back to a local source."""
+        if engine is None:
+            raise ValueError("set_engine needs an inference engine")
+        with self._lock:
+            self.engine, self.model = engine, engine_model(engine)
+            current = self._source
+            if isinstance(current, LocalInference):
+                self._source = LocalInference(current.grabber, engine)
+                self._latest = None
+
     def stop(self) -> None:
         """Stop inference and the grabber, then write every queued flag before returning."""
         with self._lock:

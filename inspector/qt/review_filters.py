@@ -1,4 +1,5 @@
-"""The review filter bar: which flags the grid lists, in which order, how many; Export… and Report….
+"""The review filter bar: which flags the grid lists, in which order, how many; Export…, Report…,
+Update model… and Models… (the model history).
 
 Two rows over the grid. Every choice becomes a :class:`~inspector.store_query.FlagFilter`, a
 sort key of :data:`~inspector.store_query.SORTS` and a direction, emitted as
@@ -67,6 +68,8 @@ class ReviewFilterBar(QFrame):
     choiceMade = Signal()                         # a combo chosen, a date or p entered: keys back to the grid
     exportRequested = Signal(bool)                # include unreviewed
     reportRequested = Signal()
+    updateRequested = Signal()                    # Update model…: fine-tune on the reviewed flags
+    historyRequested = Signal()                   # Models…: the model history
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent, objectName="panel")
@@ -96,10 +99,16 @@ class ReviewFilterBar(QFrame):
         self.include_unreviewed.setFocusPolicy(Qt.NoFocus)
         self.export = QPushButton("Export…", toolTip="Reviewed flags as a dataset folder distill reads")
         self.report = QPushButton("Report…", toolTip="Inspection report (PDF or HTML) of this location and dates")
-        for b in (self.export, self.report):
+        self.update_model = QPushButton("Update model…", objectName="primary",
+                                        toolTip="Fine-tune the model on the reviewed flags, check it against the "
+                                                "current one, and put it live")
+        self.models = QPushButton("Models…", toolTip="Model history on this laptop and the device; roll back")
+        for b in (self.export, self.report, self.update_model, self.models):
             b.setFocusPolicy(Qt.NoFocus)
         self.export.clicked.connect(lambda: self.exportRequested.emit(self.include_unreviewed.isChecked()))
         self.report.clicked.connect(self.reportRequested)
+        self.update_model.clicked.connect(self.updateRequested)
+        self.models.clicked.connect(self.historyRequested)
         self._layout()
         for box in (self.state, self.label, self.reason, self.source, self.location, self.version, self.sort):
             box.currentIndexChanged.connect(self.changed)
@@ -130,7 +139,7 @@ class ReviewFilterBar(QFrame):
                   QLabel("Sort", objectName="dim"), self.sort, self.descending):
             bottom.addWidget(w)
         bottom.addStretch(1)
-        for w in (self.include_unreviewed, self.export, self.report):
+        for w in (self.include_unreviewed, self.export, self.report, self.update_model, self.models):
             bottom.addWidget(w)
         lay.addLayout(top)
         lay.addLayout(bottom)

@@ -75,7 +75,8 @@ class ReviewWorkspace(QWidget):
 
     ``show_message(text, level)``: where messages go (the main window's); without it the
     workspace's own banner shows them. Signals: ``firstPageShown``, ``message(text, level)``,
-    ``exportFinished(ExportReport)``, ``reportFinished(ReportSummary)``. ``flagScored.emit(record)``
+    ``exportFinished(ExportReport)``, ``reportFinished(ReportSummary)``, ``updateRequested()``,
+    ``historyRequested()`` (Update model… / Models…: the window opens them). ``flagScored.emit(record)``
     may be called from any thread (the teacher scorer's ``on_scored``): the cell repaints.
     """
 
@@ -84,6 +85,8 @@ class ReviewWorkspace(QWidget):
     message = Signal(str, str)
     exportFinished = Signal(object)
     reportFinished = Signal(object)
+    updateRequested = Signal()          # Update model… (the window opens the update dialog)
+    historyRequested = Signal()         # Models… (the window opens the model history)
 
     def __init__(self, store, *, reviewer: str | None = None, threshold: float = 0.5, show_message=None,
                  parent: QWidget | None = None):
@@ -172,6 +175,8 @@ class ReviewWorkspace(QWidget):
         self.filters.choiceMade.connect(self.grid.setFocus)
         self.filters.exportRequested.connect(self.export)
         self.filters.reportRequested.connect(self.report)
+        self.filters.updateRequested.connect(self.updateRequested)
+        self.filters.historyRequested.connect(self.historyRequested)
         self.frame.tileClicked.connect(self.toggle_tile)
         self.frames.loaded.connect(self._frame_loaded)
         self.frames.failed.connect(self._frame_failed)

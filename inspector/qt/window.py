@@ -11,6 +11,10 @@ them. Closing the window stops the inspector, which writes every queued flag fir
 Viewing a device (:meth:`MainWindow.use_device`) swaps the inspector's source for a
 :class:`~inspector.device.DeviceFeed`: the same view, verdicts, flagging and flag store; the HUD
 then shows the device's model, provider and the link latency.
+
+**Update model…** in the review workspace opens :class:`~inspector.qt.update_view.UpdateDialog`
+(``distill update`` in its own process; the new model goes live on the device on screen, or in
+this window through :meth:`MainWindow.set_engine`); **Models…** the model history.
 """
 from __future__ import annotations
 
@@ -75,10 +79,13 @@ class MainWindow(QMainWindow):
                  make_grabber: Callable = default_grabber, notice: str | None = None, threshold: float = 0.5,
                  overlay: bool = True, opacity: float = 0.45, pairings=None, device=None,
                  make_feed: Callable = default_feed, browse: Callable | None = None,
-                 scorer=None, parent: QWidget | None = None):
+                 scorer=None, history=None, parent: QWidget | None = None):
         super().__init__(parent)
         self.engine, self.store, self.flagger = engine, store, flagger
         self.scorer = scorer              # a TeacherScorer scoring stored flags in the background, or None
+        self.history = history            # the ModelHistory (None: the per-user one, made when first needed)
+        self.update_dialog = None         # the UpdateDialog, made on first use
+        self.update_options: dict = {}    # extra UpdateDialog options (tests: program=, fast=)
         self.make_grabber = make_grabber
         self.make_feed = make_feed
         self.source = source
@@ -217,6 +224,8 @@ class MainWindow(QMainWindow):
         self.device_panel.connectRequested.connect(self.use_device)
         self.device_panel.disconnectRequested.connect(self.disconnect_device)
         self.device_panel.message.connect(self.show_message)
+        self.review.updateRequested.connect(self.open_update)
+        self.review.historyRequested.connect(self.open_model_history)
         self.status_banner.actionTriggered.connect(self.focus_source_chooser)
         # on the live page: active only while it is shown (the review workspace has its own Space and H)
         QShortcut(QKeySequence(Qt.Key_Space), self.live_page, activated=self.flag_now)
@@ -239,6 +248,8 @@ class MainWindow(QMainWindow):
         """Stop the pipeline; every queued flag is written before this returns. Idempotent."""
         if not self._stopped:
             self._stopped = True
+            if self.update_dialog is not None:
+                self.update_dialog.shutdown()   # a running update job is cancelled (SIGTERM, then SIGKILL)
             self.device_panel.shutdown()
             if self.scorer is not None:
                 self.scorer.stop()  # first: the flag it is on; it must not compete with the drain below
@@ -285,6 +296,59 @@ class MainWindow(QMainWindow):
         self._set_source_label(feed.label)
         self.hud.set_link_visible(True)
         self.device_panel.set_feed(feed, pairing)
+
+    def set_engine(self, engine) -> None:
+        """Run ``engine`` on this laptop from the next frame on (a new or an older model); the
+        HUD and the title follow unless a device is on screen."""
+        self.engine = engine
+        self.inspector.set_engine(engine)
+        m = engine.manifest
+        self.setWindowTitle(f"Crack Inspector — {m.name} {m.version}")
+        if self.device is None:
+            self._show_local_model()
+
+    def _model_history(self):
+        if self.history is None:
+            from ..model_history import ModelHistory
+
+            self.history = ModelHistory()
+        return self.history
+
+    def _device_for_update(self):
+        """(Pairing, PairingStore) of the device on screen, or None."""
+        return (self.device, self.device_panel.pairings) if self.device is not None else None
+
+    def open_update(self):
+        """Update model…: the update dialog (one per window; shown again if open)."""
+        if self.update_dialog is None:
+            from .update_view import UpdateDialog
+
+            self.update_dialog = UpdateDialog(self.store, engine=lambda: self.engine, swap_engine=self.set_engine,
+                                              device=self._device_for_update, history=self._model_history(),
+                                              on_device_changed=self.device_panel.refresh_status, parent=self,
+                                              **self.update_options)
+            self.update_dialog.message.connect(self.show_message)
+        dialog = self.update_dialog
+        if not dialog.isVisible():
+            if not dialog.process.running and dialog.pages.currentIndex() == 1 and dialog.state is not None \
+                    and dialog.state.finished:
+                dialog.pages.setCurrentIndex(0)     # a finished run: start from the plan again
+            dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
+        return dialog
+
+    def open_model_history(self):
+        """Models…: versions on this laptop and the device; roll back."""
+        from .model_history_view import ModelHistoryDialog
+
+        dialog = ModelHistoryDialog(self._model_history(), engine=lambda: self.engine, swap_engine=self.set_engine,
+                                    device=self._device_for_update, on_device_changed=self.device_panel.refresh_status,
+                                    parent=self, **{k: v for k, v in self.update_options.items() if k == "make_engine"})
+        dialog.message.connect(self.show_message)
+        dialog.setAttribute(Qt.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
 
     def flag_now(self) -> bool:
         """Manual flag of the newest result (Space). False if there is nothing to flag yet."""

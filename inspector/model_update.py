@@ -1,0 +1,477 @@
+"""A model update seen from the app: what goes in, the ``distill update`` command, its events,
+its verdict, and going live on a device. Plain Python (no Qt, no torch): the update dialog
+(:mod:`inspector.qt.update_view`) and the tests drive it.
+
+The update itself runs in its own process (``distill update``, torch stays out of the app's
+window); it reports JSON-lines events (:mod:`inspector.update_protocol`), which
+:class:`UpdateState` folds into what the dialog shows: stage states, progress, the loss and
+validation-MCC curves per epoch, the gate verdict, the result. :func:`update_command` is the one
+place the command line is built, so a bundle can swap in its own ``distill`` executable
+(:func:`distill_program`).
+
+Going live on a device: :func:`deploy_to_device` signs and uploads the INT8 candidate, activates
+it (the agent answers only after the model passed its first live inferences, or rolls back by
+itself and says why) and then polls the device's status until it reports that very model
+(name, version, sha256) in service with frames flowing (:func:`wait_until_live`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import update_protocol as U
+
+DISTILL_ENV = "CRACK_DISTILL"          # a `distill` executable to use instead of `python -m distill.cli`
+LIVE_TIMEOUT_S = 60.0                  # after activation: how long to wait for the device to report it live
+LIVE_POLL_S = 0.5
+
+# The time estimate (seconds): a simple model of distill update's stages, from a measured run on
+# the 2-core laptop (update.json "timings_s"); an estimate, and the dialog says so.
+EST_FIXED_S = 90.0                     # read, calibrate, export (ONNX + INT8 + checks), gate (golden set), write
+EST_TEACHER_OUTPUT_S_PER_TILE = 0.06   # the three teachers' outputs per tile (site and replay)
+EST_TEACHER_S_PER_TILE_EPOCH = 0.06    # adapting the three teachers, per tile and epoch
+EST_STUDENT_S_PER_TILE_EPOCH = 0.015   # one student step per tile and epoch
+EST_EPOCHS, EST_TEACHER_EPOCHS = 3, 4  # distill update's defaults (--fast: 1 and 2, 500 unlabelled tiles)
+REPLAY_RATIO = 0.5                     # base patches replayed per site patch (the job's default)
+
+
+class UpdateError(RuntimeError):
+    """An update could not be prepared, run or deployed; the message says what and why."""
+
+
+# ---------------------------------------------------------------------------- what goes in
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The model an update starts from: its ``name`` and ``version``, the package ``path`` on
+    this laptop (None: the device runs a model this laptop does not have), ``where`` it runs
+    ("this laptop" or the device's name) and ``note`` (why another base was chosen)."""
+
+    name: str
+    version: str
+    sha256: str
+    path: Path | None
+    where: str
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """What an update will use: ``review`` (:class:`~inspector.store.ReviewCounts`), ``patches``
+    (:func:`~inspector.flag_export.count_export` with unreviewed frames), the ``base`` model,
+    ``device`` (the paired device's name, or None) and ``estimate_s``."""
+
+    review: Any
+    patches: dict[str, int]
+    base: BaseModel
+    device: str | None
+    estimate_s: float
+
+    @property
+    def labelled_tiles(self) -> int:
+        return self.patches["crack"] + self.patches["no_crack"]
+
+    @property
+    def unlabelled_tiles(self) -> int:
+        return self.patches["unlabelled"]
+
+
+def make_plan(store, laptop_manifest, laptop_package: str | os.PathLike | None, *, pairing=None,
+              history=None, fast: bool = False) -> UpdatePlan:
+    """Count what the store gives and choose the base model: the paired device's active model when
+    a device is connected and this laptop has its package, else the laptop's own model (the
+    ``note`` says why). Reads the store and the device: call it off the GUI thread."""
+    from .flag_export import count_export
+
+    review = store.counts()
+    patches = count_export(store, include_unreviewed=True)
+    m = laptop_manifest
+    laptop = BaseModel(m.name, m.version, m.model_sha256, Path(laptop_package) if laptop_package else None,
+                       "this laptop")
+    base, device = laptop, None
+    if pairing is not None:
+        device = pairing.agent_name
+        base = _device_base(pairing, laptop, history)
+    est = estimate_seconds(patches["crack"] + patches["no_crack"], patches["unlabelled"], fast=fast)
+    return UpdatePlan(review, patches, base, device, est)
+
+
+def _device_base(pairing, laptop: BaseModel, history) -> BaseModel:
+    from .device import DeviceClient, DeviceError
+
+    try:
+        status = DeviceClient.from_pairing(pairing).status()
+    except DeviceError as exc:
+        return _replace_note(laptop, f"{pairing.agent_name} did not answer ({exc}): starting from this laptop's model")
+    model = status.model or {}
+    if not model:
+        return _replace_note(laptop, f"{status.agent_name} runs no model: starting from this laptop's model")
+    name, version, sha = str(model.get("name")), str(model.get("version")), str(model.get("sha256"))
+    if (name, version, sha) == (laptop.name, laptop.version, laptop.sha256):
+        return BaseModel(name, version, sha, laptop.path, status.agent_name)
+    known = history.find(name, version) if history is not None else None
+    for path in (known.int8, known.fp32) if known is not None else ():
+        if path and Path(path).is_file() and read_manifest(path).get("model_sha256") == sha:
+            return BaseModel(name, version, sha, Path(path), status.agent_name)
+    return _replace_note(laptop, f"{status.agent_name} runs {name} {version}, which this laptop does not have: "
+                                 f"starting from this laptop's model")
+
+
+def _replace_note(base: BaseModel, note: str) -> BaseModel:
+    return BaseModel(base.name, base.version, base.sha256, base.path, base.where, note)
+
+
+def estimate_seconds(labelled_tiles: int, unlabelled_tiles: int, *, fast: bool = False) -> float:
+    """A rough duration of ``distill update`` on this machine: fixed stages, then the teachers'
+    adaptation and outputs and the student's epochs over the reviewed, unlabelled and replayed tiles."""
+    epochs, teacher_epochs = (1, 2) if fast else (EST_EPOCHS, EST_TEACHER_EPOCHS)
+    unlabelled = min(unlabelled_tiles, 500) if fast else unlabelled_tiles
+    replay = REPLAY_RATIO * labelled_tiles
+    site = labelled_tiles + replay
+    return (EST_FIXED_S + EST_TEACHER_S_PER_TILE_EPOCH * site * teacher_epochs
+            + EST_TEACHER_OUTPUT_S_PER_TILE * (site + unlabelled) + EST_STUDENT_S_PER_TILE_EPOCH * (site + unlabelled)
+            * epochs)
+
+
+def replay_tiles(labelled_tiles: int) -> int:
+    """About how many base patches the job replays (its default ratio; it chooses them)."""
+    return round(REPLAY_RATIO * labelled_tiles)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """A package's manifest.json without loading the model (cheap: for lists and lineage)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return json.loads(zf.read("manifest.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise UpdateError(f"{path}: not a readable model package ({exc})") from None
+
+
+def training_base(package: str | os.PathLike) -> Path:
+    """The package to pass as ``--base``: an INT8 package's FP32 parent when it lies beside it
+    (``NAME-PARENT.crackpkg``; training starts from float weights), else the package itself."""
+    package = Path(package)
+    m = read_manifest(package)
+    if (m.get("quantization") or {}).get("type") == "int8-qdq" and m.get("parent_version"):
+        parent = package.with_name(f"{m['name']}-{m['parent_version']}.crackpkg")
+        if parent.is_file():
+            return parent
+    return package
+
+
+def distill_program() -> list[str]:
+    """How to start ``distill``: ``$CRACK_DISTILL`` (a bundle's own executable), a ``distill``
+    beside a frozen app's executable, else this interpreter with ``-m distill.cli`` (a checkout)."""
+    env = os.environ.get(DISTILL_ENV)
+    if env:
+        return [env]
+    if getattr(sys, "frozen", False):
+        beside = Path(sys.executable).with_name("distill" + (".exe" if os.name == "nt" else ""))
+        if beside.is_file():
+            return [str(beside)]
+        found = shutil.which("distill")
+        if found:
+            return [found]
+    return [sys.executable, "-m", "distill.cli"]
+
+
+def update_command(base: str | os.PathLike, labelled: str | os.PathLike, out: str | os.PathLike, *,
+                   unlabelled: str | os.PathLike | None = None, seed: int | None = None, fast: bool = False,
+                   override_reason: str | None = None, pushed_by: str | None = None,
+                   extra: list[str] | None = None, program: list[str] | None = None) -> list[str]:
+    """The ``distill update`` command line (argv), the one place it is built."""
+    cmd = [*(program or distill_program()), "update", "--base", str(base), "--labelled", str(labelled),
+           "--out", str(out)]
+    if unlabelled is not None:
+        cmd += ["--unlabelled", str(unlabelled)]
+    if seed is not None:
+        cmd += ["--seed", str(int(seed))]
+    if fast:
+        cmd.append("--fast")
+    if override_reason:
+        cmd += ["--override-gate", "--confirm", override_reason]
+    if pushed_by:
+        cmd += ["--pushed-by", pushed_by]
+    return cmd + list(extra or ())
+
+
+# ---------------------------------------------------------------------------- the events
+
+@dataclass
+class UpdateState:
+    """What the events of one run said so far (:meth:`apply` each event in order).
+
+    ``stages``: name → "pending" | "running" | "done" | "skipped" | "failed" | "cancelled";
+    ``curves``: model ("student", "teacher:<arch>") → [(epoch, loss, val_mcc or None)];
+    ``outcome``: "running", then "passed", "failed" (the gate said no), "error" or "cancelled".
+    """
+
+    stages: dict[str, str] = field(default_factory=lambda: {s: "pending" for s in U.STAGES})
+    stage_detail: dict[str, str] = field(default_factory=dict)
+    base: dict | None = None
+    out: str | None = None
+    current: str | None = None
+    progress: tuple[int, int] | None = None          # (done, total) of the current stage
+    eta_s: float | None = None
+    epochs: dict[str, int] = field(default_factory=dict)
+    curves: dict[str, list[tuple[int, float, float | None]]] = field(default_factory=dict)
+    logs: list[tuple[str, str]] = field(default_factory=list)
+    gate: dict | None = None
+    result: dict | None = None
+    error: str | None = None
+    cancelled_at: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def apply(self, event: dict) -> None:
+        kind = event["event"]
+        getattr(self, f"_on_{kind}")(event)
+
+    # each event kind ------------------------------------------------------------------
+    def _on_start(self, e: dict) -> None:
+        self.base, self.out = e["base"], e["out"]
+        self.stages = {str(s): "pending" for s in e["stages"]}
+
+    def _on_stage(self, e: dict) -> None:
+        name, status = e["stage"], e["status"]
+        self.stages[name] = {"start": "running", "done": "done", "skipped": "skipped"}[status]
+        if e.get("detail"):
+            self.stage_detail[name] = str(e["detail"])
+        if status == "start":
+            self.current, self.progress, self.eta_s = name, None, None
+
+    def _on_progress(self, e: dict) -> None:
+        self.current = e["stage"]
+        if self.stages.get(self.current) == "pending":
+            self.stages[self.current] = "running"
+        self.progress = (int(e["done"]), max(1, int(e["total"])))
+        eta = e.get("eta_s")
+        self.eta_s = float(eta) if isinstance(eta, (int, float)) and math.isfinite(eta) else None
+
+    def _on_epoch(self, e: dict) -> None:
+        val = e.get("val_mcc")
+        point = (int(e["epoch"]), float(e["loss"]), float(val) if isinstance(val, (int, float)) else None)
+        self.curves.setdefault(str(e["model"]), []).append(point)
+        self.epochs[str(e["model"])] = int(e["epochs"])
+
+    def _on_log(self, e: dict) -> None:
+        self.logs.append((e["level"], str(e["message"])))
+
+    def _on_gate(self, e: dict) -> None:
+        self.gate = e
+
+    def _on_result(self, e: dict) -> None:
+        self.result = e
+
+    def _on_error(self, e: dict) -> None:
+        self.error = str(e["message"])
+        stage = e.get("stage") or self.current
+        if stage in self.stages:
+            self.stages[stage] = "failed"
+
+    def _on_cancelled(self, e: dict) -> None:
+        self.cancelled_at = e["stage"]
+        for name, state in self.stages.items():
+            if state == "running":
+                self.stages[name] = "cancelled"
+
+    # derived -------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or self.error is not None or self.cancelled_at is not None
+
+    @property
+    def outcome(self) -> str:
+        if self.cancelled_at is not None:
+            return "cancelled"
+        if self.error is not None:
+            return "error"
+        if self.result is not None:
+            return "passed" if self.gate_passed else "failed"
+        return "running"
+
+    @property
+    def gate_passed(self) -> bool:
+        return bool(self.gate and self.gate.get("passed"))
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.result and self.result.get("promoted"))
+
+    def failed_rules(self) -> list[dict]:
+        return [r for r in (self.gate or {}).get("rules", []) if isinstance(r, dict) and not r.get("passed")]
+
+    def fraction(self) -> float:
+        """Share of the whole job done: finished stages plus the current stage's progress."""
+        names = list(self.stages)
+        if not names:
+            return 0.0
+        finished = sum(s in ("done", "skipped") for s in self.stages.values())
+        part = 0.0
+        if self.current in self.stages and self.stages[self.current] == "running" and self.progress:
+            done, total = self.progress
+            part = min(1.0, done / total)
+        return min(1.0, (finished + part) / len(names))
+
+    def time_left(self, now: float | None = None) -> tuple[float | None, str]:
+        """(seconds, how it was reckoned): the job's own ETA for the current stage when it gives
+        one, else the elapsed time scaled by the share still to do."""
+        if self.eta_s is not None:
+            return self.eta_s, f"left in {self.current}"
+        frac = self.fraction()
+        if frac <= 0.02:
+            return None, "left"
+        elapsed = (time.monotonic() if now is None else now) - self.started
+        return elapsed * (1 - frac) / frac, "left (from the time so far)"
+
+
+def parse_output_line(line: str) -> tuple[dict | None, str | None]:
+    """(event, None) for an event line, (None, text) for any other line worth logging
+    (a library's print, or an event that breaks the schema: said so), (None, None) for blank."""
+    try:
+        event = U.parse_line(line)
+    except U.UpdateProtocolError as exc:
+        return None, f"not a valid update event ({exc}): {line.strip()[:300]}"
+    if event is not None:
+        return event, None
+    text = line.strip()
+    return None, (text or None)
+
+
+# ---------------------------------------------------------------------------- the verdict
+
+# Metric rows of the before/after table, in order, with what the app calls them.
+TABLE_METRICS = (("mcc", "MCC"), ("f1", "F1"), ("accuracy", "accuracy"), ("recall", "recall"),
+                 ("precision", "precision"), ("agreement", "agreement"))
+
+
+def read_update_json(out_dir: str | os.PathLike) -> dict | None:
+    """``OUT/update.json`` (the job's record: gate verdict, metrics, lineage), or None."""
+    path = Path(out_dir) / "update.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UpdateError(f"{path}: cannot read the update record ({exc})") from None
+
+
+def gate_of(record: dict | None) -> dict | None:
+    """The gate verdict ({passed, rules, metrics}) inside an update.json, wherever it sits."""
+    if not isinstance(record, dict):
+        return None
+    gate = record.get("gate")
+    if isinstance(gate, dict) and "rules" in gate:
+        return gate
+    if "rules" in record and "passed" in record:
+        return record
+    return None
+
+
+def comparison_rows(gate: dict | None) -> list[tuple[str, str, float | None, float | None]]:
+    """Rows (set, metric, base, candidate) of the before/after table from a gate's ``metrics``:
+    every set (golden set, site validation, INT8 agreement, ...), the metrics of
+    :data:`TABLE_METRICS` that either side reports, numbers or None."""
+    rows = []
+    metrics = (gate or {}).get("metrics") or {}
+    for set_name, sides in metrics.items():
+        if not isinstance(sides, dict):
+            continue
+        base = sides.get("base") if isinstance(sides.get("base"), dict) else {}
+        cand = sides.get("candidate") if isinstance(sides.get("candidate"), dict) else {}
+        if not base and not cand and any(isinstance(v, (int, float)) for v in sides.values()):
+            cand = sides                     # a set measured on the candidate only (e.g. INT8 agreement)
+        keys = [k for k, _ in TABLE_METRICS if k in base or k in cand]
+        keys += [k for k in cand if k not in keys and k not in ("n",) and isinstance(cand[k], (int, float))][:2]
+        for k in keys:
+            rows.append((str(set_name), dict(TABLE_METRICS).get(k, k), _num(base.get(k)), _num(cand.get(k))))
+    return rows
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def rule_text(rule: dict) -> str:
+    """``name: detail`` (the job's own words, with its numbers), else ``name value (limit L)``."""
+    name = str(rule.get("name", "rule"))
+    if rule.get("detail"):
+        return f"{name}: {rule['detail']}"
+    value, limit = rule.get("value"), rule.get("limit")
+    return f"{name} {_fmt(value)} (limit {_fmt(limit)})" if value is not None or limit is not None else name
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------------------- going live on a device
+
+def wait_until_live(client, name: str, version: str, sha256: str, *, timeout: float = LIVE_TIMEOUT_S,
+                    poll: float = LIVE_POLL_S, progress: Callable[..., None] | None = None):
+    """Poll ``client.status()`` until the device reports model ``name`` ``version`` (``sha256``)
+    in service and its camera's frames being inferred; the :class:`~inspector.protocol.Status`.
+    UpdateError if another model is in service after an auto-rollback, or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        status = client.status()
+        model = status.model or {}
+        ours = model.get("name") == name and model.get("version") == version and model.get("sha256") == sha256
+        camera = status.camera.get("state") if isinstance(status.camera, dict) else None
+        if ours and (status.fps > 0 or camera not in ("live", "connecting")):
+            return status
+        rolled = [e for e in status.events if e.get("kind") == "auto-rollback" and f"{name}-{version}" in
+                  str(e.get("message", ""))]
+        if rolled and not ours:
+            raise UpdateError(f"{status.agent_name} rolled {name} {version} back: {rolled[-1].get('message')}")
+        if progress is not None and (model.get("version"), status.fps) != last:
+            last = (model.get("version"), status.fps)
+            progress("waiting", f"{status.agent_name}: {model.get('name', '?')} {model.get('version', '?')} "
+                                f"in service, {status.fps:.1f} fps")
+        if time.monotonic() > deadline:
+            raise UpdateError(f"{status.agent_name} did not report {name} {version} live within {timeout:.0f} s "
+                              f"(in service: {model.get('name', 'none')} {model.get('version', '')})")
+        time.sleep(poll)
+
+
+def deploy_to_device(pairing, signing_key, package: str | os.PathLike, *, timeout: float = LIVE_TIMEOUT_S,
+                     progress: Callable[..., None] | None = None):
+    """Sign, upload (skipped if the device already stores this very version), activate ``package``
+    on the paired device, then wait until it reports it live. Returns (ModelInfo, Status)."""
+    from .device import DeviceClient
+
+    client = DeviceClient.from_pairing(pairing)
+
+    def uploaded(sent: int, total: int) -> None:
+        if progress is not None:
+            progress("upload", sent, total)
+
+    info, _ = client.install(package, signing_key, uploaded, activate=True)
+    if progress is not None:
+        progress("activated", f"{info.id} activated on {pairing.agent_name}; waiting for it to run live")
+    status = wait_until_live(client, info.name, info.version, info.sha256, timeout=timeout,
+                             progress=None if progress is None else lambda *a: progress(*a))
+    return info, status
