@@ -218,7 +218,9 @@ def test_nothing_is_sent_before_the_certificate_is_checked(agent, paired):
 
 def test_status_and_stream_through_live_inspector_into_the_flag_store(agent, paired, tmp_path):
     client = DeviceClient.from_pairing(paired)
-    status = client.status()
+    deadline = time.monotonic() + 60
+    while (status := client.status()).model is None and time.monotonic() < deadline:
+        time.sleep(0.2)   # the agent reports its model and provider once the model passed its first frames
     assert status.agent_id == paired.agent_id and status.camera["source"] == "sample_inspection.avi"
     assert status.provider == "CPUExecutionProvider"
     models = client.models()
