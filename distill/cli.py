@@ -5,6 +5,7 @@
     distill distil --student mobilenet_v3_small --teacher runs/t0/best.pt --loss kd --data DATA --out runs/s
     distill eval MODEL DATA --out metrics.json
     distill export-teachers T0.pt T1.pt T2.pt --samples DATA --eval NAME=PATH --out models/
+    distill update --base PACKAGE --labelled DIR --out DIR     (JSON-line events on stdout)
     distill demo
 
 Every training command takes ``--config FILE`` (YAML); flags given on the command line win.
@@ -125,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the packages and the report")
     p.add_argument("--name", required=True, help="package name, e.g. crack-student")
     p.add_argument("--version", required=True, help="e.g. 1.0.0 (the INT8 child gets 1.0.0-int8)")
-    p.add_argument("--parent", help="version this model was fine-tuned from")
+    p.add_argument("--parent", help="what this model was fine-tuned from: a version, or its package (.crackpkg), "
+                                    "whose version and tiling the new packages inherit")
+    p.add_argument("--tiling", metavar="SIZE[:OVERLAP]",
+                   help="frame pixels per tile (and overlap fraction) for the app; default: the parent package's, "
+                        "else the checkpoint's")
     p.add_argument("--calibration", required=True, help="training data (folder or manifest) to calibrate INT8 on")
     p.add_argument("--eval", action="append", default=[], metavar="NAME=PATH",
                    help="evaluation set recorded in the manifest (repeat); the first is held out for the INT8 report")
@@ -152,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=160, help="frame pixels per tile: the student's (manifest)")
     p.add_argument("--tile-overlap", type=float, default=0.0, help="tile overlap: the student's (manifest)")
     p.add_argument("--patch-size", type=int, default=96)
+
+    from distill.update.command import add_parser as add_update_parser
+
+    add_update_parser(sub)
 
     p = sub.add_parser("demo", help="a few-minute end-to-end demo on the shared Özgenel data")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/ozgenel_ccic_subset"))
@@ -274,10 +283,14 @@ def cmd_export(args) -> int:
     training = [{"name": k, "licence": v} for k, v in _named(args.training_data, "--training-data").items()]
     if not training:
         raise ValueError("give --training-data NAME=LICENCE for every dataset the model was trained on")
+    parent_version, tiling = _export_lineage(args)
     report = build_packages(args.checkpoint, args.out, name=args.name, version=args.version,
-                            parent_version=args.parent, calibration=read_samples(args.calibration, patch_rule=rule),
+                            parent_version=parent_version, calibration=read_samples(args.calibration, patch_rule=rule),
                             eval_sets=eval_sets, training_data=training, int8=not args.no_int8,
-                            calibration_count=args.calibration_count, method=args.method)
+                            calibration_count=args.calibration_count, method=args.method, tiling=tiling)
+    if report["tiling"] is None:
+        print("warning: the packages have no tiling: the app will cut tiles of the model's input size with 25 % "
+              "overlap; give --tiling SIZE[:OVERLAP] or --parent PACKAGE", file=sys.stderr)
     for variant, path in report["packages"].items():
         mccs = "  ".join(f"{k} MCC {v['mcc']:.4f}" for k, v in report["metrics"][variant].items())
         print(f"{variant}: {path}  {mccs}")
@@ -287,6 +300,33 @@ def cmd_export(args) -> int:
               f"heat-map correlation {q['cam_corr_mean']:.3f}, speed-up {q['speedup_batch1']:.2f}x (batch 1), "
               f"{q['speedup_tile']:.2f}x (tile batch)")
     return 0
+
+
+def parse_tiling(text: str) -> dict:
+    size, _, overlap = text.partition(":")
+    try:
+        tiling = {"size": int(size), "overlap": float(overlap) if overlap else 0.0}
+    except ValueError:
+        raise ValueError(f"--tiling takes SIZE[:OVERLAP] (e.g. 160 or 160:0.25), got {text!r}") from None
+    if tiling["size"] < 1 or not 0.0 <= tiling["overlap"] < 1.0:
+        raise ValueError(f"--tiling: size must be >= 1 and overlap in [0, 1), got {text!r}")
+    return tiling
+
+
+def _export_lineage(args) -> tuple[str | None, dict | None]:
+    """(parent version, tiling) from --parent (a version or a package) and --tiling."""
+    parent, tiling = args.parent, parse_tiling(args.tiling) if args.tiling else None
+    if parent and parent.endswith(".crackpkg"):
+        from inspector.package import PackageError, load_package
+
+        try:
+            m = load_package(parent, verify_reference=False).manifest
+        except PackageError as exc:
+            raise ValueError(f"--parent {parent}: {exc}") from None
+        parent = m.version if m.quantization.type == "fp32" else m.parent_version
+        if tiling is None and m.tiling is not None:
+            tiling = m.tiling.to_dict()
+    return parent, tiling
 
 
 def cmd_export_teachers(args) -> int:
@@ -312,6 +352,12 @@ def cmd_export_teachers(args) -> int:
     return 0
 
 
+def cmd_update(args) -> int:
+    from distill.update.command import main as update_main
+
+    return update_main(args)
+
+
 def cmd_demo(args) -> int:
     from distill.demo import run_demo
 
@@ -319,7 +365,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"split": cmd_split, "train-teacher": cmd_train_teacher, "distil": cmd_distil,
-            "eval": cmd_eval, "export": cmd_export, "export-teachers": cmd_export_teachers, "demo": cmd_demo}
+            "eval": cmd_eval, "export": cmd_export, "export-teachers": cmd_export_teachers, "demo": cmd_demo,
+            "update": cmd_update}
 
 
 def main(argv: list[str] | None = None) -> int:

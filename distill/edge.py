@@ -72,12 +72,18 @@ def evaluate_package(package, samples: list[Sample]) -> dict:
 def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration: list[Sample],
                    eval_sets: dict[str, list[Sample]], training_data: list[dict],
                    parent_version: str | None = None, int8: bool = True, calibration_count: int = 256,
-                   method: str = "minmax", seed: int = 0, tiling: dict | None = None) -> dict:
+                   method: str = "minmax", seed: int = 0, tiling: dict | None = None,
+                   extra: dict | None = None, on_step=None) -> dict:
     """Write ``NAME-VERSION.crackpkg`` (FP32) and ``NAME-VERSION-int8.crackpkg`` (see the module docstring).
 
     Returns a report dict (paths, metrics per set and format, quantization comparison), also
     written as ``NAME-VERSION.report.json``. ``tiling`` ({"size", "overlap"}): how the app
-    should tile frames for this model, written into both manifests.
+    should tile frames for this model, written into both manifests; default: the tiling the
+    checkpoint carries (``meta.extra["tiling"]``, the package it was fine-tuned from). A model
+    fine-tuned from a package must keep its tiling: without one the engine cuts 96 px tiles
+    with 25 % overlap (63 per 640×480 frame instead of 12 of 160 px). ``extra``: the
+    manifests' free-form ``extra`` object (e.g. the lineage of ``distill update``). ``on_step``:
+    called with the name of each step before it starts (``distill update`` checks for a cancel there).
     """
     from distill.checkpoint import load_classifier
     from distill.export import export_onnx
@@ -86,6 +92,8 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_classifier(checkpoint)
+    if tiling is None:
+        tiling = model.meta.extra.get("tiling")
     size, labels = model.meta.input_size, list(model.meta.label_names)
     rng = np.random.default_rng(seed)
     picked = [calibration[i] for i in sorted(rng.choice(len(calibration), min(calibration_count, len(calibration)),
@@ -93,28 +101,33 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
     calib = uint8_patches(picked, size)
     reference_images = calib[:REFERENCE_IMAGES]
 
+    step = on_step or (lambda name: None)
     work = out_dir / f".{name}-{version}.build"
     work.mkdir(exist_ok=True)
     fp32_path = work / "fp32.onnx"
+    step("export")
     export = export_onnx(model, fp32_path, check_images=calib[:CHECK_IMAGES])
     variants = {"fp32": (fp32_path, {"type": "fp32", "per_channel": False, "calibration": None,
                                      "float_nodes": []})}
-    report: dict = {"export": export.to_dict(), "packages": {}, "metrics": {}}
+    report: dict = {"export": export.to_dict(), "packages": {}, "metrics": {}, "tiling": tiling}
     eval_images = {k: uint8_patches(v, size) for k, v in eval_sets.items()}  # decoded once for every variant
     if int8:
         from distill.quantize import compare_models, quantize_int8
 
         int8_path = work / "int8.onnx"
+        step("quantize")
         info = quantize_int8(fp32_path, int8_path, calib, method=method, calibration_note=(
             f"{len(calib)} real training patches ({', '.join(sorted({d['name'] for d in training_data}))}), "
             f"{method} ranges"))
         variants["int8"] = (int8_path, info.manifest_entry())
         held_out = next(iter(eval_sets))
+        step("compare")
         comparison = compare_models(fp32_path, int8_path, eval_images[held_out],
                                     [s.label for s in eval_sets[held_out]])
         report["quantization"] = comparison.to_dict()
 
     for variant, (onnx_path, quant) in variants.items():
+        step(f"evaluate {variant}")
         session = onnx_session(onnx_path)
         metrics = {set_name: evaluate_onnx(session, samples, size, labels, eval_images[set_name])
                    for set_name, samples in eval_sets.items()}
@@ -136,6 +149,8 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
         }
         if tiling is not None:
             manifest["tiling"] = dict(tiling)
+        if extra:
+            manifest["extra"] = dict(extra)
         path = write_package(out_dir / f"{name}-{pkg_version}.crackpkg", manifest, onnx_path.read_bytes(),
                              {"image": reference_images, **ref})
         report["packages"][variant] = str(path)

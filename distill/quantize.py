@@ -333,6 +333,27 @@ def _cam_agreement(cam_a: np.ndarray, cam_b: np.ndarray, size: int) -> tuple[flo
     return float(np.mean(rs)), float(np.min(rs)), len(rs), int((visible_a != visible_b).sum())
 
 
+def int8_drift(fp32_onnx: str | os.PathLike, int8_onnx: str | os.PathLike, images: np.ndarray, *,
+               cam_class: str = "crack", threads: int | None = None) -> dict:
+    """How far the INT8 graph drifts from its FP32 parent on ``images`` (uint8 N×S×S×3, real;
+    no labels needed): top-1 agreement, the largest probability difference and the agreement
+    of the ``cam_class`` heat-maps (``cam_corr_mean``/``min`` as in :class:`QuantReport`).
+    What the update gate checks (``distill/update/gate.py``)."""
+    images = np.ascontiguousarray(np.asarray(images))
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"images must be a non-empty uint8 N×S×S×3 array, got {images.dtype} {images.shape}")
+    (l32, p32, c32), (l8, p8, c8) = (_run(ort_session(p, threads), images) for p in (fp32_onnx, int8_onnx))
+    names = _label_names(Path(fp32_onnx), p32.shape[1])
+    if cam_class not in names:
+        raise ValueError(f"cam_class {cam_class!r} is not one of the model's labels {names}")
+    c = names.index(cam_class)
+    corr_mean, corr_min, n_scored, mismatch = _cam_agreement(c32[:, c], c8[:, c], images.shape[1])
+    return {"n_images": int(len(images)), "top1_agreement": float((p32.argmax(1) == p8.argmax(1)).mean()),
+            "probs_max_abs_diff": float(np.abs(p32 - p8).max()), "cam_class": cam_class,
+            "cam_corr_mean": corr_mean, "cam_corr_min": corr_min, "cam_n_scored": n_scored,
+            "cam_visibility_mismatch": mismatch}
+
+
 def compare_models(
     fp32_onnx: str | os.PathLike,
     int8_onnx: str | os.PathLike,

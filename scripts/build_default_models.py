@@ -42,10 +42,12 @@ TRAINING_DATA = [
 def prepare(work: Path, size: int):
     from distill.data.layouts import read_dataset
     from distill.data.patches import PatchRule
-    from distill.data.splits import split_by_source, write_manifest
+    from distill.data.splits import write_manifest
+    from distill.update.basedata import base_splits
 
-    oz = split_by_source(read_dataset(DATA / "ozgenel_ccic_subset", surface="wall"), seed=0)
-    quay = split_by_source(read_dataset(DATA / "omu_port_quay", surface="quay wall"), seed=0)
+    # The one definition of the base split: distill update's golden and replay sets come from it too.
+    parts = base_splits(DATA)
+    oz, quay = parts["ozgenel_ccic_subset"], parts["omu_port_quay"]
     splits = {k: oz[k] + quay[k] for k in oz}
     for name, part in splits.items():
         write_manifest(work / f"{name}.csv", part)

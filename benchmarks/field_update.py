@@ -1,0 +1,305 @@
+"""The field loop measured: does an update on N labelled patches of a new site make the student
+good there, without forgetting, and how long does it take?
+
+New sites: patches cut from ``crackforest_cfd`` (pavement) and ``uav75`` (bridges), which the
+shipped student never saw (mask rule of ``distill/data/patches.py``, 96 px). Each site's frames
+are split **by source frame** (stable hash) into a labelled pool (40 %), an unlabelled pool
+(30 %) and a test part (30 %). For each N labelled patches (drawn from the labelled pool by
+seed) and each seed, four recipes of ``distill update`` (``distill/update/config.py``):
+
+(a) ``threshold``: recalibrate the decision threshold only,
+(b) ``finetune``: fine-tune the student alone on the N labels (+ replay),
+(c) ``kd``: distil the student from the un-adapted teachers,
+(d) ``full``: the teachers learn the site, then the student is distilled from them on every
+    site frame (labelled + unlabelled) + replay.
+
+Columns: site test MCC of the candidate's INT8 package (mean ± sd over seeds; the gate does not
+decide what is measured here: every candidate is evaluated), the golden-set MCC change
+(forgetting, from the gate), time to candidate. N = 0 is the shipped student itself. Plus, with
+``--click-to-live``: the time from starting the update (recipe d, N = 200) to the new version
+live on a loopback device agent (push, verify, activate, first-inference checks).
+
+    python benchmarks/field_update.py --docs                          # the whole grid (hours on 2 cores)
+    python benchmarks/field_update.py --sites crackforest --n 25 100 --seeds 0 1 2 --fast --docs
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import select
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATA = Path(os.environ.get("CRACK_DATA_DIR", REPO.parent / "shared" / "data"))
+SITES = {"crackforest": "crackforest_cfd", "uav75": "uav75"}
+RECIPES = {"a": "threshold", "b": "finetune", "c": "kd", "d": "full"}
+POOLS = (("labelled", 0.4), ("unlabelled", 0.7), ("test", 1.0))   # cumulative fractions of the frames
+GOALS = {"site_mcc_n100": 0.8, "forgetting": 0.01, "click_to_live_s": 180.0}
+READY = re.compile(r"AGENT READY port=(\d+) tls=(\d) cert_sha256=(\S+) pairing_code=(\d+)")
+
+
+# --------------------------------------------------------------------------- site data
+
+
+def _pool_of(source: str) -> str:
+    u = int(hashlib.sha256(f"field-update:{source}".encode()).hexdigest()[:12], 16) / 16**12
+    return next(name for name, upto in POOLS if u < upto)
+
+
+def prepare_site(site: str, work: Path) -> dict:
+    """Cut the site's patches once into ``work/<site>/{labelled_pool,unlabelled,test}`` (crack/ and
+    no_crack/ folders with a flag-export-style metadata.json, so each patch's source is its frame)."""
+    import cv2
+
+    from distill.data.layouts import read_dataset
+
+    root = work / site
+    done = root / "pools.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    samples = read_dataset(DATA / SITES[site], layout="masks")
+    pools: dict[str, list] = {"labelled": [], "unlabelled": [], "test": []}
+    for s in samples:
+        pools[_pool_of(s.source)].append(s)
+    info = {}
+    for name, members in pools.items():
+        folder = root / ("labelled_pool" if name == "labelled" else name)
+        rows = []
+        for i, s in enumerate(members):
+            label = "crack" if s.label == 1 else "no_crack"
+            img = cv2.imread(s.path, cv2.IMREAD_COLOR)
+            x0, y0, x1, y1 = s.box
+            # the unlabelled pool is a flat folder of images, as an inspector's would be
+            rel = f"{s.source}_{i:05d}.png" if name == "unlabelled" else f"{label}/{s.source}_{i:05d}.png"
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / rel), img[y0:y1, x0:x1])
+            rows.append({"file": rel, "source": s.source, "label": label})
+        if name != "unlabelled":
+            _write_meta(folder, rows)
+        info[name] = {"patches": len(rows), "frames": len({r["source"] for r in rows}),
+                      "crack": sum(r["label"] == "crack" for r in rows)}
+    done.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def _write_meta(folder: Path, rows: list[dict]) -> None:
+    doc = {"format": "crack-inspector-flags-export/2", "labels": ["crack", "no_crack"], "source": "flag_uid",
+           "patches": rows}
+    (folder / "metadata.json").write_text(json.dumps(doc))
+
+
+def draw_labelled(site_root: Path, n: int, seed: int, out: Path) -> Path:
+    """N patches of the labelled pool (a seeded draw, at least a fifth of each class when the
+    pool has them), linked into ``out`` with their sources."""
+    import random
+
+    meta = json.loads((site_root / "labelled_pool" / "metadata.json").read_text())["patches"]
+    rng = random.Random(seed)
+    crack = [r for r in meta if r["label"] == "crack"]
+    clean = [r for r in meta if r["label"] == "no_crack"]
+    k = min(len(crack), max(n // 5, round(n * len(crack) / len(meta))))
+    chosen = rng.sample(crack, k) + rng.sample(clean, min(len(clean), n - k))
+    for r in chosen:
+        dst = out / r["file"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            os.link(site_root / "labelled_pool" / r["file"], dst)
+    _write_meta(out, chosen)
+    return out
+
+
+def site_mcc(package: Path, test_dir: Path) -> float:
+    from distill.runs import evaluate_model_path
+
+    return evaluate_model_path(package, test_dir)["metrics"]["mcc"]
+
+
+# --------------------------------------------------------------------------- one update
+
+
+def run_recipe(site_root: Path, n: int, seed: int, recipe: str, work: Path, fast: bool) -> dict:
+    from distill.update.config import UpdateConfig
+    from distill.update.pipeline import run_update
+    from inspector.paths import default_model
+
+    run_dir = work / "runs" / f"{site_root.name}-n{n}-s{seed}-{recipe}"
+    labelled = draw_labelled(site_root, n, seed, work / "draws" / f"{site_root.name}-n{n}-s{seed}")
+    cfg = UpdateConfig(base=str(default_model()), labelled=str(labelled), out=str(run_dir),
+                       unlabelled=str(site_root / "unlabelled"), recipe=recipe, seed=seed, fast=fast,
+                       override_gate=True, confirm="benchmark: every candidate is measured", pushed_by="field_update")
+    t0 = time.perf_counter()
+    result = run_update(cfg, emit=lambda event: None)
+    seconds = time.perf_counter() - t0
+    update = json.loads((run_dir / "update.json").read_text())
+    int8 = run_dir / Path(result["candidate"]["int8"]).name   # update.json names files in run_dir
+    golden = _golden_change(update)
+    return {"recipe": recipe, "n": n, "seed": seed, "seconds": seconds,
+            "site_mcc": site_mcc(int8, site_root / "test"), "golden_change": golden,
+            "gate_passed": update.get("gate", {}).get("passed")}
+
+
+def _golden_change(update: dict) -> float | None:
+    metrics = update.get("gate", {}).get("metrics", {})
+    golden = metrics.get("golden") or next((v for k, v in metrics.items() if "golden" in k), None)
+    try:
+        return golden["candidate"]["mcc"] - golden["base"]["mcc"]
+    except (TypeError, KeyError):
+        return None
+
+
+# --------------------------------------------------------------------------- click to live
+
+
+def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
+    """From the click (the update starts) to the new version live on a loopback agent."""
+    import tempfile
+
+    from distill.update.config import UpdateConfig
+    from distill.update.pipeline import run_update
+    from inspector.device import DeviceClient
+    from inspector.paths import default_model
+    from inspector.signing import SigningKey
+
+    with tempfile.TemporaryDirectory(prefix="field-update-agent-") as tmp:
+        cmd = [sys.executable, "-m", "inspector.agent", "--port", "0", "--host", "127.0.0.1", "--data",
+               str(Path(tmp) / "agent"), "--no-mdns", "--model", str(default_model())]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            m = READY.match(proc.stdout.readline().strip()) if ready else None
+            if not m:
+                return {"error": "the agent did not start"}
+            key = SigningKey.generate()
+            client = DeviceClient("127.0.0.1", int(m[1]), tls=m[2] == "1", cert_sha256=m[3] if m[2] == "1" else None)
+            client = DeviceClient.from_pairing(client.pair(m[4], "field-update", key))
+            labelled = draw_labelled(site_root, 200, 0, work / "draws" / f"{site_root.name}-n200-live")
+            out = work / "runs" / f"{site_root.name}-click-to-live"
+            cfg = UpdateConfig(base=str(default_model()), labelled=str(labelled), out=str(out),
+                               unlabelled=str(site_root / "unlabelled"), recipe="full", seed=0, fast=fast,
+                               override_gate=True, confirm="benchmark: push whatever the gate says",
+                               pushed_by="field_update")
+            t0 = time.perf_counter()
+            run_update(cfg, emit=lambda event: None)
+            t_candidate = time.perf_counter()
+            int8 = next(out.glob("crack-student-*-int8.crackpkg"))
+            info = client.push(int8, key)
+            t_pushed = time.perf_counter()
+            client.activate(info.id)
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                status = client.status()
+                if status.model and status.model.get("id") == info.id:
+                    break
+                time.sleep(0.2)
+            else:
+                return {"error": f"{info.id} not live within 120 s"}
+            t_live = time.perf_counter()
+            return {"update_s": t_candidate - t0, "push_s": t_pushed - t_candidate, "activate_s": t_live - t_pushed,
+                    "click_to_live_s": t_live - t0, "version": info.id}
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def summarise(rows: list[dict], base: dict[str, float]) -> list[dict]:
+    out = []
+    for site in sorted({r["site"] for r in rows}):
+        out.append({"site": site, "n": 0, "recipe": "shipped student", "mcc_mean": base[site], "mcc_sd": 0.0,
+                    "golden_change": 0.0, "seconds": 0.0, "seeds": 0})
+        for n in sorted({r["n"] for r in rows if r["site"] == site}):
+            for letter, recipe in RECIPES.items():
+                group = [r for r in rows if r["site"] == site and r["n"] == n and r["recipe"] == recipe]
+                if not group:
+                    continue
+                mccs = [r["site_mcc"] for r in group]
+                golden = [r["golden_change"] for r in group if r["golden_change"] is not None]
+                out.append({"site": site, "n": n, "recipe": f"({letter}) {recipe}", "mcc_mean": statistics.fmean(mccs),
+                            "mcc_sd": statistics.stdev(mccs) if len(mccs) > 1 else 0.0,
+                            "golden_change": statistics.fmean(golden) if golden else None,
+                            "seconds": statistics.fmean(r["seconds"] for r in group), "seeds": len(group)})
+    return out
+
+
+def table(r: dict) -> str:
+    lines = [f"{platform.machine()} CPU ({os.cpu_count()} cores); recipes {'fast' if r['fast'] else 'default'} "
+             f"settings; seeds {r['seeds']}; pools: {json.dumps(r['pools'])}.", "",
+             "| site | N labelled | recipe | site test MCC (mean ± sd) | golden MCC change | time to candidate (s) | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for s in r["summary"]:
+        golden = "–" if s["golden_change"] is None else f"{s['golden_change']:+.3f}"
+        lines.append(f"| {s['site']} | {s['n']} | {s['recipe']} | {s['mcc_mean']:.3f} ± {s['mcc_sd']:.3f} | {golden} | "
+                     f"{s['seconds']:.0f} | {s['seeds']} |")
+    live = r.get("click_to_live")
+    if live:
+        lines += ["", "Click to live, recipe (d) with N = 200, on a loopback agent: " + (
+            f"{live['click_to_live_s']:.0f} s (update {live['update_s']:.0f} s, push {live['push_s']:.1f} s, "
+            f"activate until live {live['activate_s']:.1f} s; goal ≤ {GOALS['click_to_live_s']:.0f} s)"
+            if "error" not in live else f"not measured: {live['error']}")]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sites", nargs="+", default=list(SITES), choices=list(SITES))
+    ap.add_argument("--n", nargs="+", type=int, default=[25, 50, 100, 200])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--fast", action="store_true", help="distill update --fast settings (fewer epochs)")
+    ap.add_argument("--click-to-live", action="store_true")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "field_update")
+    ap.add_argument("--json", default=str(REPO / "runs" / "field_update.json"))
+    ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/field_update.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="no new runs: the table from the rows already measured in --work (rows.jsonl)")
+    args = ap.parse_args()
+    from inspector.paths import default_model
+
+    result: dict = {"fast": args.fast, "seeds": args.seeds, "pools": {}, "rows": []}
+    base: dict[str, float] = {}
+    done_path = args.work / "rows.jsonl"
+    done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.is_file() else []
+    for site in args.sites:
+        result["pools"][site] = prepare_site(site, args.work)
+        base[site] = site_mcc(default_model(), args.work / site / "test")
+        for n in args.n:
+            for seed in args.seeds:
+                for letter in args.recipes:
+                    key = {"site": site, "n": n, "seed": seed, "recipe": RECIPES[letter], "fast": args.fast}
+                    row = next((d for d in done if all(d.get(k) == v for k, v in key.items())), None)
+                    if row is None and args.report_only:
+                        continue
+                    if row is None:
+                        row = {**key, **run_recipe(args.work / site, n, seed, RECIPES[letter], args.work, args.fast)}
+                        with open(done_path, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                    print(f"  {site} N={n} seed={seed} {row['recipe']}: site MCC {row['site_mcc']:.3f}, "
+                          f"golden {row['golden_change']}, {row['seconds']:.0f} s", flush=True)
+                    result["rows"].append(row)
+    result["summary"] = summarise(result["rows"], base)
+    if args.click_to_live:
+        result["click_to_live"] = click_to_live(args.work / args.sites[0], args.work, args.fast)
+    text = table(result)
+    print(text)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.docs:
+        (REPO / "docs" / "benchmarks" / "field_update.md").write_text(
+            "# Field update benchmark (`benchmarks/field_update.py`)\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
