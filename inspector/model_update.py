@@ -363,8 +363,9 @@ def parse_output_line(line: str) -> tuple[dict | None, str | None]:
 # ---------------------------------------------------------------------------- the verdict
 
 # Metric rows of the before/after table, in order, with what the app calls them.
-TABLE_METRICS = (("mcc", "MCC"), ("f1", "F1"), ("accuracy", "accuracy"), ("recall", "recall"),
-                 ("precision", "precision"), ("agreement", "agreement"))
+# MCC is what the gate judges, F1 the number inspectors know; sets measured on the candidate only
+# (INT8 vs FP32) show their own numbers.
+TABLE_METRICS = (("mcc", "MCC"), ("f1", "F1"), ("agreement", "agreement"))
 
 
 def read_update_json(out_dir: str | os.PathLike) -> dict | None:
@@ -404,9 +405,11 @@ def comparison_rows(gate: dict | None) -> list[tuple[str, str, float | None, flo
         if not base and not cand and any(isinstance(v, (int, float)) for v in sides.values()):
             cand = sides                     # a set measured on the candidate only (e.g. INT8 agreement)
         keys = [k for k, _ in TABLE_METRICS if k in base or k in cand]
-        keys += [k for k in cand if k not in keys and k not in ("n",) and isinstance(cand[k], (int, float))][:2]
+        if not base:
+            keys += [k for k in cand if k not in keys and k != "n" and isinstance(cand[k], (int, float))][:2]
         for k in keys:
-            rows.append((str(set_name), dict(TABLE_METRICS).get(k, k), _num(base.get(k)), _num(cand.get(k))))
+            rows.append((str(set_name), dict(TABLE_METRICS).get(k, k.replace("_", " ")), _num(base.get(k)),
+                         _num(cand.get(k))))
     return rows
 
 

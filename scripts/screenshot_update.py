@@ -89,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
 
         def tick():
             if dialog.state is None and dialog.start_button.isEnabled():
-                dialog.grab().save(str(args.out / "update-plan.png"))
                 dialog.start()
             if dialog.state is None:
                 return

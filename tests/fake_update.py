@@ -129,7 +129,7 @@ def main() -> int:
     p.add_argument("--override-gate", action="store_true")
     p.add_argument("--confirm")
     p.add_argument("--pushed-by")
-    args = p.parse_args(argv)
+    args, _ = p.parse_known_args(argv)     # the real job's tuning options mean nothing here
     signal.signal(signal.SIGTERM, on_term)
     args.out.mkdir(parents=True, exist_ok=True)
     base_v = base_version(args.base)

@@ -201,12 +201,14 @@ class UpdateDialog(QDialog):
         self.stage_list = QListWidget()
         self.stage_list.setSelectionMode(QAbstractItemView.NoSelection)
         self.stage_list.setFocusPolicy(Qt.NoFocus)
-        self.stage_list.setMinimumWidth(230)
+        self.stage_list.setMinimumWidth(250)
+        self.stage_list.setWordWrap(True)
+        self.stage_list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.curves = TrainingCurves()
         top.addWidget(self.stage_list)
         top.addWidget(self.curves)
         top.setStretchFactor(1, 1)
-        top.setSizes([250, 900])
+        top.setSizes([270, 880])
         lay.addWidget(top, 3)
         row = QHBoxLayout()
         self.bar = QProgressBar(textVisible=True, minimum=0, maximum=1000)
@@ -247,6 +249,8 @@ class UpdateDialog(QDialog):
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["Set", "Metric", "Before (base)", "After (candidate)", "Change"])
         self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)     # sized to its rows, never scrolled
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setSelectionMode(QAbstractItemView.NoSelection)
         self.table.setFocusPolicy(Qt.NoFocus)
@@ -280,6 +284,7 @@ class UpdateDialog(QDialog):
         self.result_box.hide()
         self.override_button.hide()
         self.log_view.clear()
+        self.log_view.setMaximumHeight(130)
         self.curves.clear()
         self.cancel_button.setEnabled(True)
         self.close_button.setEnabled(False)
@@ -379,6 +384,10 @@ class UpdateDialog(QDialog):
         self.verdict.setStyleSheet(f"font-size: 12pt; font-weight: 600; color: {colour};")
         self.verdict.setText(text)
         self._status(text)
+        version = (state.result or {}).get("candidate", {}).get("version")
+        self.title.setText(f"Update of {self.plan.base.label}" + (f" → {version}" if version else "")
+                           + f": {OUTCOME_TEXT[outcome].split(' ', 1)[1].split(':')[0].lower()}")
+        self.log_view.setMaximumHeight(80)
         has_candidate = bool(self.candidate and self.candidate.get("int8"))
         if outcome == "failed" and has_candidate and not state.promoted:
             self.override_button.show()
@@ -521,7 +530,8 @@ class UpdateDialog(QDialog):
             return
         self.bar.setValue(int(1000 * state.fraction()))
         if state.finished:
-            self.bar.setFormat(state.outcome)
+            self.bar.setFormat({"passed": "done: the gate passed", "failed": "done: the gate failed",
+                                "error": "failed", "cancelled": "cancelled"}[state.outcome])
             self.time_left.setText(f"took {MU.format_duration(time.monotonic() - self._started)}")
             return
         stage = STAGE_NAMES.get(state.current or "", "preparing")
@@ -547,7 +557,8 @@ class UpdateDialog(QDialog):
                 if j == 4 and delta is not None and abs(delta) >= 5e-4:
                     item.setForeground(QColor("#78c88c" if delta > 0 else "#ff8a80"))
                 self.table.setItem(i, j, item)
-        self.table.setFixedHeight(min(300, 30 + 26 * max(1, len(rows))))
+        header = self.table.horizontalHeader().sizeHint().height()
+        self.table.setFixedHeight(header + 22 * max(1, len(rows)) + 2 * self.table.frameWidth() + 2)
         rules = (gate or {}).get("rules") or []
         self.rules.setText("Gate rules:  " + "   ·   ".join(("✓ " if r.get("passed") else "✗ ") + MU.rule_text(r)
                                                              for r in rules) if rules else "")
