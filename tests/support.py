@@ -78,6 +78,27 @@ def engine():
     return InferenceEngine(default_model(), threads=1)
 
 
+def sample_video_results(engine, n: int, step: int) -> list:
+    """``n`` frames of the shipped sample video (every ``step``-th), RGB, with ``engine``'s result."""
+    import cv2
+
+    from inspector.paths import sample_video
+
+    cap = cv2.VideoCapture(str(sample_video()))
+    out, i = [], 0
+    while len(out) < n:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        if i % step == 0:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            out.append((rgb, engine.inspect(rgb)))
+        i += 1
+    cap.release()
+    assert len(out) == n, f"the sample video has fewer than {n * step} frames"
+    return out
+
+
 @pytest.fixture
 def store(tmp_path):
     """An empty flag store in ``tmp_path / "flags"``, closed after the test."""

@@ -13,7 +13,6 @@ import sys
 import threading
 from pathlib import Path
 
-import cv2
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QFileDialog
@@ -26,7 +25,7 @@ from inspector.qt.review_view import ReviewWorkspace, merge_new_ids
 from inspector.qt.window import MainWindow
 from inspector.sources import parse_source
 from inspector.store import FlagStore, ModelRef, StoreError
-from support import engine, store  # noqa: F401  (fixtures)
+from support import engine, sample_video_results, store  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = ModelRef("crack-teachers", "1.0.0", "ef" * 32)
@@ -36,19 +35,7 @@ LOCATIONS = ("pier 1", "pier 2", None)
 @pytest.fixture(scope="module")
 def frames(engine):
     """24 frames of the sample video (every 20th) with the shipped model's result."""
-    cap = cv2.VideoCapture(str(sample_video()))
-    out, i = [], 0
-    while len(out) < 24:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        if i % 20 == 0:
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            out.append((rgb, engine.inspect(rgb)))
-        i += 1
-    cap.release()
-    assert len(out) == 24
-    return out
+    return sample_video_results(engine, 24, 20)
 
 
 def fill(store, frames, n: int, engine) -> list:

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import pytest
 
 from inspector import model_update as MU
@@ -32,7 +31,7 @@ from inspector.qt.window import MainWindow
 from inspector.sources import parse_source
 from inspector.store import FlagStore, ModelRef
 from agent_support import Agent
-from support import SHIPPED_VERSION, engine  # noqa: F401  (fixtures)
+from support import SHIPPED_VERSION, engine, sample_video_results  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = [sys.executable, str(REPO / "tests" / "fake_update.py")]
@@ -49,19 +48,7 @@ def one_thread_engine(path):
 @pytest.fixture(scope="module")
 def frames(engine):
     """36 frames of the sample video (every 15th) with the shipped model's result."""
-    cap = cv2.VideoCapture(str(sample_video()))
-    out, i = [], 0
-    while len(out) < 36:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        if i % 15 == 0:
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            out.append((rgb, engine.inspect(rgb)))
-        i += 1
-    cap.release()
-    assert len(out) == 36
-    return out
+    return sample_video_results(engine, 36, 15)
 
 
 def reviewed_store(root: Path, frames, engine) -> FlagStore:
