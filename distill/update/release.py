@@ -25,7 +25,7 @@ def stage_export(run: Run) -> None:
     work = run.work / "export"
     if work.exists():
         shutil.rmtree(work)
-    calibration = d["site_train"] + d["replay_student"] if d["replay_student"] else d["site_train"] + d["replay_teachers"]
+    calibration = d["site_train"] + d["replay_student"]   # INT8 ranges from what the model will see and saw
     run.report = build_packages(
         run.work / "candidate.pt", work, name=base.name, version=run.version, calibration=calibration,
         eval_sets={GOLDEN: d["golden"], SITE_VAL: d["val"]}, training_data=[dict(t) for t in base.manifest.training_data],
@@ -88,11 +88,17 @@ def _recipe(run: Run) -> dict:
                         "teacher_views": c.teacher_views, "batch_norm": c.student_bn}}
 
 
+def _replay_used(run: Run) -> list:
+    """The base patches the candidate's student saw (the teachers' share is in the recipe)."""
+    recipe, d = run.cfg.recipe, run.data
+    return [] if recipe == "threshold" else d["replay_teachers"] if recipe == "finetune" else d["replay_student"]
+
+
 def stage_write(run: Run) -> None:
     cfg, rep, base, d = run.cfg, run.rep, run.base, run.data
     rep.begin("write")   # the last cancel check: from here on the run finishes (renames only)
     record = lin.data_record(cfg, d["labelled"], d["adapt"], d["val"], d["unlabelled_used"],
-                             d["replay_student"] or d["replay_teachers"], d["golden"])
+                             _replay_used(run), d["golden"])
     recipe = _recipe(run)
     promoted = run.gate["promoted"]
     lineage = lin.lineage(base, record, recipe, run.threshold, run.gate, promoted=promoted,
