@@ -315,6 +315,58 @@ def test_a_passed_gate_goes_live_on_the_device(qtbot, store, history, engine, pa
     assert device_model(pairing)["version"] == SHIPPED_VERSION
 
 
+def test_the_base_is_the_devices_model_when_this_laptop_has_it_else_the_laptops_with_the_reason(
+        store, history, engine, paired, agent, tmp_path):
+    """The dialog's base model follows the device: the same model as the laptop's; a version only
+    the device has (no weights here: the laptop's model, and the note says why); that version
+    once the laptop's history holds it; a device that does not answer."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fake_update import write_candidates
+
+    pairing, pairings = paired
+    m = engine.manifest
+    plan = MU.make_plan(store, m, default_model(), pairing=pairing, history=history)
+    assert (plan.base.version, plan.base.where, plan.base.note) == (m.version, "test-agent", "")
+    assert plan.device == "test-agent"
+
+    (tmp_path / "candidates").mkdir()
+    made = write_candidates(default_model(), tmp_path / "candidates", NEW_VERSION)
+    MU.deploy_to_device(pairing, pairings.signing_key(), made["int8"])
+    plan = MU.make_plan(store, m, default_model(), pairing=pairing, history=history)
+    assert plan.base.version == m.version and plan.base.path == default_model()
+    assert f"runs crack-student {NEW_VERSION}-int8, which this laptop does not have" in plan.base.note
+
+    history.add(ModelVersion(m.name, NEW_VERSION, m.version, "2026-12-03T00:00:00+00:00", int8=made["int8"],
+                             fp32=made["fp32"], checkpoint=made["checkpoint"]))
+    plan = MU.make_plan(store, m, default_model(), pairing=pairing, history=history)
+    assert (plan.base.version, plan.base.where, plan.base.note) == (f"{NEW_VERSION}-int8", "test-agent", "")
+    assert plan.base.path == Path(made["int8"])
+
+    agent.stop()
+    plan = MU.make_plan(store, m, default_model(), pairing=pairing, history=history)
+    assert plan.base.version == m.version and plan.base.where == "this laptop"
+    assert plan.base.note.startswith("test-agent did not answer")
+
+
+def test_cancel_kills_a_job_that_ignores_sigterm(qtbot):
+    """Cancel is SIGTERM; a job that ignores it is killed after the grace period, and says so."""
+    from inspector.qt.update_process import UpdateProcess
+
+    job = UpdateProcess(kill_after_ms=500)
+    logs = []
+    job.log.connect(lambda level, text: logs.append((level, text)))
+    code = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)")
+    with qtbot.waitSignal(job.log, timeout=30000):            # 'ready' (not an event) reaches the log
+        job.start([sys.executable, "-c", code])
+    with qtbot.waitSignal(job.ended, timeout=30000) as ended:
+        job.cancel()
+    assert ended.args == [-1, True]
+    assert ("stdout", "ready") in logs
+    assert any(level == "warning" and "killed" in text for level, text in logs)
+    assert not job.running
+
+
 def test_the_window_update_button_and_laptop_rollback_from_the_history(qtbot, tmp_path, frames, engine):
     store = reviewed_store(tmp_path / "flags", frames, engine)
     history = ModelHistory(tmp_path / "user-data")
