@@ -167,10 +167,12 @@ class PairDialog(QDialog):
 
 class DevicePanel(QFrame):
     """Signals: ``connectRequested(Pairing)``, ``disconnectRequested()``, ``paired(Pairing)``,
-    ``message(text, level)`` (level "info" | "warning" | "error"), ``statusShown(Status)``."""
+    ``message(text, level)`` (level "info" | "warning" | "error"), ``statusShown(Status)``,
+    ``demoRequested()`` (start or stop the demo device; the window says which with :meth:`set_demo_state`)."""
 
     connectRequested = Signal(object)
     disconnectRequested = Signal()
+    demoRequested = Signal()
     paired = Signal(object)
     message = Signal(str, str)
     statusShown = Signal(object)
@@ -249,8 +251,12 @@ class DevicePanel(QFrame):
         lay.addWidget(self.progress)
         self.info = QLabel(objectName="dim", wordWrap=True)
         lay.addWidget(self.info)
+        self.demo_button = QPushButton("▶ Start demo device",
+                                       toolTip="No device at hand? Run a device agent on this laptop (loopback) on "
+                                               "the sample video with the shipped model, pair with it and view it")
+        lay.addWidget(self.demo_button)
 
-        for b in (self.find, self.pair_button, self.connect_button, self.disconnect_button, self.push_button,
+        for b in (self.demo_button, self.find, self.pair_button, self.connect_button, self.disconnect_button, self.push_button,
                   self.rollback_button):
             b.setFocusPolicy(Qt.NoFocus)
         self.find.clicked.connect(self.find_devices)
@@ -261,7 +267,15 @@ class DevicePanel(QFrame):
         self.disconnect_button.clicked.connect(self.disconnectRequested)
         self.push_button.clicked.connect(self.choose_package)
         self.rollback_button.clicked.connect(self.rollback)
+        self.demo_button.clicked.connect(self.demoRequested)
         self._update_buttons()
+
+    def set_demo_state(self, state: str) -> None:
+        """The demo device is "off", "starting", "on" or "stopping": the button says what it will do."""
+        text = {"off": "▶ Start demo device", "starting": "Starting the demo device…", "on": "■ Stop demo device",
+                "stopping": "Stopping the demo device…"}.get(state, state)
+        self.demo_button.setText(text)
+        self.demo_button.setEnabled(state in ("off", "on"))
 
     def _update_buttons(self) -> None:
         on = self.connected is not None

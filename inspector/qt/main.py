@@ -3,6 +3,7 @@
     inspector [--source CAMERA|FILE|URL|PIPELINE] [--model PKG.crackpkg] [--store DIR]
               [--threads N] [--teachers PKG | --no-teachers] [--selftest]
     inspector --device HOST:PORT [...]
+    inspector --demo [...]
     inspector [--store DIR] --export-flags OUT_DIR [--include-unreviewed]
     inspector [--store DIR] --report OUT.pdf|OUT.html [--report-location L]
               [--report-since DATE] [--report-until DATE] [--report-title TITLE]
@@ -10,7 +11,10 @@
 Without ``--source`` the first camera found is used, else the shipped sample video (the window
 then says so and offers the source chooser). ``--device`` opens on a device paired earlier
 (Device panel → Pair…): its stream, verdicts and model; "Disconnect" goes to ``--source`` or the
-sample video. Stored flags are scored by the teacher ensemble on a low-priority background thread
+sample video. ``--demo`` starts a device agent on this laptop (loopback, the sample video, the
+shipped model; :mod:`inspector.demo`), pairs with it with the code it wrote to its data folder and
+opens on it, as ``--device`` would; it is stopped when the window closes. Stored flags are
+scored by the teacher ensemble on a low-priority background thread
 (``inspector/teacher_scorer.py``; the shipped ``models/crack-teachers-X.Y.Z.crackpkg`` unless
 ``--teachers`` or ``--no-teachers``), for the review's disagreement ranking.
 """
@@ -43,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(default: the first camera, else the sample video)")
     p.add_argument("--device", metavar="HOST:PORT",
                    help="open on this paired device agent (pair first in the Device panel)")
+    p.add_argument("--demo", action="store_true",
+                   help="no device at hand: start a demo device agent on this laptop (loopback, the sample video, "
+                        "the shipped model), pair with it and open on it; it stops with the app")
     p.add_argument("--model", type=Path, help="model package (.crackpkg; default: the shipped INT8 student)")
     p.add_argument("--store", type=Path, help="flag store folder (default: per-user data folder)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the usable cores, max 4)")
@@ -250,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{', '.join(report_options)} only go with --report")
     if args.report is not None and args.export_flags is not None:
         parser.error("--report and --export-flags are separate runs: give one of them")
+    if args.demo and args.device:
+        parser.error("--demo and --device: give one of them (the demo device is a device on this laptop)")
     if args.export_flags is not None:
         return export_flags(args)
     if args.report is not None:
@@ -275,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device) if args.device else None
         engine = load_engine(args.model, args.threads)
         teachers = resolve_teachers(args.teachers, args.no_teachers)
-        if device is not None and args.source is None:
+        if (device is not None or args.demo) and args.source is None:
             from ..paths import sample_video
             from ..sources import parse_source
 
@@ -295,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         window = make_window(engine, store, source, notice, device=device, scorer=make_scorer(store, teachers))
         window.show()
         window.start()
+        if args.demo:
+            window.start_demo()       # on a job thread; the window opens meanwhile
         _quit_on_signals(app)
         rc = app.exec()
         window.shutdown()

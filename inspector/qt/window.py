@@ -15,6 +15,10 @@ then shows the device's model, provider and the link latency.
 **Update model…** in the review workspace opens :class:`~inspector.qt.update_view.UpdateDialog`
 (``distill update`` in its own process; the new model goes live on the device on screen, or in
 this window through :meth:`MainWindow.set_engine`); **Models…** the model history.
+
+**Start demo device** in the Device panel (``inspector --demo``: :meth:`MainWindow.start_demo`)
+runs the device agent on this laptop (:class:`~inspector.qt.demo_control.DemoControl`), pairs
+with it and views it; it is stopped with the window.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from . import theme
 from .banner import Banner, SourceBanner
 from .bridge import LiveBridge, RenderSettings
 from .controls import DisplayControls, FlagFields
+from .demo_control import DemoControl
 from .device_panel import DevicePanel
 from .flags_panel import FlagsPanel
 from .hud import Hud
@@ -129,6 +134,7 @@ class MainWindow(QMainWindow):
 
             pairings = PairingStore()
         self.device_panel = DevicePanel(pairings, browse=browse)
+        self.demo = DemoControl(pairings, self)    # a device agent on loopback (inspector --demo)
         self.display = DisplayControls(overlay=overlay, opacity=opacity, threshold=threshold,
                                        uncertain_low=uncertain_low)
         self.fields = FlagFields()
@@ -224,6 +230,10 @@ class MainWindow(QMainWindow):
         self.device_panel.connectRequested.connect(self.use_device)
         self.device_panel.disconnectRequested.connect(self.disconnect_device)
         self.device_panel.message.connect(self.show_message)
+        self.device_panel.demoRequested.connect(self.toggle_demo)
+        self.demo.stateChanged.connect(self.device_panel.set_demo_state)
+        self.demo.started.connect(self._on_demo_started)
+        self.demo.failed.connect(self._on_demo_failed)
         self.review.updateRequested.connect(self.open_update)
         self.review.historyRequested.connect(self.open_model_history)
         self.status_banner.actionTriggered.connect(self.focus_source_chooser)
@@ -254,6 +264,7 @@ class MainWindow(QMainWindow):
             if self.scorer is not None:
                 self.scorer.stop()  # first: the flag it is on; it must not compete with the drain below
             self.inspector.stop()
+            self.demo.shutdown()    # after the feed: it must not see its device vanish
             self.review.shutdown()  # deleted flags are removed for good now
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
@@ -282,6 +293,32 @@ class MainWindow(QMainWindow):
         self.notice.dismiss()
         self.status_banner.dismiss()
         self._enter_device(pairing, feed)
+
+    def start_demo(self, **options) -> None:
+        """Start the demo device on a job thread, then pair with it and view it (``options`` go to
+        :class:`~inspector.demo.DemoDevice`, e.g. ``data=``)."""
+        self.source_tabs.setCurrentIndex(1)
+        self.notice.show_message("Starting the demo device on this laptop…", "info")
+        self.demo.start(**options)
+
+    def toggle_demo(self) -> None:
+        """The Device panel's demo button: start the demo device, or leave and stop it."""
+        if self.demo.state == "off":
+            self.start_demo()
+        elif self.demo.state == "on":
+            if self.device is not None and self.demo.device is not None and self.device == self.demo.device.pairing:
+                self.disconnect_device()
+            self.demo.stop()
+
+    def _on_demo_started(self, pairing) -> None:
+        self.device_panel.reload_devices()
+        self.use_device(pairing)
+        self.notice.show_message(f"Demo device: the device agent runs on this laptop ({pairing.address}) on the sample "
+                                 f"video, paired with the code it wrote to {self.demo.device.data}.", "info")
+
+    def _on_demo_failed(self, text: str) -> None:
+        self.notice.dismiss()
+        self.show_message(text, "error")
 
     def disconnect_device(self) -> None:
         """Back to the local source that was on screen before the device."""
