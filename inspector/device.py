@@ -352,13 +352,66 @@ class DeviceClient:
     def models(self) -> P.ModelList:
         return self._parse(P.ModelList, self._call("GET", f"{P.API}/models")[0])
 
-    def activate(self, model_id: str) -> P.ModelList:
-        body = P.ActivateRequest(id=model_id)
+    def activate(self, model_id: str, *, timeout: float = P.ACTIVATION_TIMEOUT,
+                 progress: Callable[[P.Activation], None] | None = None) -> P.ModelList:
+        """Activate stored version ``model_id`` and wait until it is live: :meth:`start_activation`,
+        then :meth:`wait_activation` (``progress(Activation)`` at every change it sees). The
+        models on the device afterwards. DeviceError (``api`` 422 ``model_failed``) if the model
+        failed on the device, which then serves the previous one again."""
+        self.start_activation(model_id)
+        self.wait_activation(model_id, timeout=timeout, progress=progress)
+        return self.models()
+
+    def start_activation(self, model_id: str) -> P.Activation:
+        """Ask the device to activate ``model_id`` and return at once (it answers 202 with the
+        activation in progress; loading may take minutes where TensorRT builds its engine)."""
+        body = P.ActivateRequest(id=model_id, wait=False)
         try:
             body.validate()
         except P.ProtocolError as exc:
             raise DeviceError(str(exc)) from None
-        return self._parse(P.ModelList, self._call("POST", f"{P.API}/models/activate", body.to_json())[0])
+        return self._parse(P.Activation, self._call("POST", f"{P.API}/models/activate", body.to_json())[0])
+
+    def wait_activation(self, model_id: str, *, timeout: float = P.ACTIVATION_TIMEOUT,
+                        poll: float = P.ACTIVATION_POLL,
+                        progress: Callable[[P.Activation], None] | None = None) -> P.Status:
+        """Poll the status until the activation of ``model_id`` is live (the Status) or failed
+        (DeviceError with ``api`` 422 ``model_failed`` and the device's reason). A device that
+        does not answer for a while (busy building, restarting) is asked again until
+        ``timeout``; one that lost the activation (restarted) counts as live only if it serves
+        ``model_id``."""
+        deadline = time.monotonic() + timeout
+        last: tuple | None = None
+        while True:
+            try:
+                status = self.status()
+            except DeviceError as exc:
+                if exc.api is not None or time.monotonic() > deadline:
+                    raise
+                log.info("%s: status during the activation of %s: %s; asking again", self.address, model_id, exc)
+                status = None
+            act = status.current_activation() if status is not None else None
+            if status is not None:
+                if act is not None and act.model_id == model_id:
+                    if progress is not None and (act.state, act.message) != last:
+                        last = (act.state, act.message)
+                        progress(act)
+                    if act.state == "live":
+                        return status
+                    if act.state == "failed":
+                        raise DeviceError(f"{self.address}: {act.message}",
+                                          api=P.ApiError(422, "model_failed", act.message))
+                elif act is not None and not act.done:
+                    raise DeviceError(f"{self.address}: {act.model_id} is being activated instead of {model_id}")
+                elif (status.model or {}).get("id") == model_id:
+                    return status   # the device restarted (or another client activated it again): it serves it
+                else:
+                    raise DeviceError(f"{self.address}: the activation of {model_id} is gone (restarted agent?); "
+                                      f"it serves {(status.model or {}).get('id', 'nothing')}")
+            if time.monotonic() > deadline:
+                state = f"{act.state} for {act.elapsed_s:.0f} s" if act is not None else "no answer"
+                raise DeviceError(f"{self.address}: {model_id} not live within {timeout:.0f} s ({state})")
+            time.sleep(poll)
 
     def rollback(self) -> P.ModelList:
         return self._parse(P.ModelList, self._call("POST", f"{P.API}/models/rollback", b"")[0])

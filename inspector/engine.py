@@ -57,6 +57,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from . import engine_cache
 from .package import INPUT_NAME, ModelPackage, PackageError, load_package, verify_reference_outputs
 
 log = logging.getLogger(__name__)
@@ -206,19 +207,23 @@ class InferenceEngine:
     with ``verify_reference`` the shipped reference patches are re-run on *this* engine's
     session, i.e. on the provider actually used, and must match within the manifest's atol).
     ``providers``: preference list for :func:`select_providers` (default TensorRT, CUDA, CPU).
-    If the session cannot be created with an accelerator the engine falls back to CPU and
-    says why in ``provider_fallback``. ``.providers`` is what the session really uses.
+    If the session cannot be created with an accelerator the engine falls back (TensorRT to
+    the rest of the list, CUDA to the CPU) and says why in ``provider_fallback``. ``.providers`` is what the session really uses.
     ``tile_size`` / ``tile_overlap``: frame pixels per tile and overlap; default: the package's
     ``tiling`` (manifest), else S and 0.25.
     ``threads``: ORT intra-op threads (default: usable cores); ``cv2_threads`` and ``spinning``
     (ORT busy-waiting, off by default): see the module doc.
     ``crack_label``: the label whose probability and CAM make the heat-map.
+    ``trt_cache``: the folder for this model's TensorRT engines when TensorRT is used (see
+    :mod:`inspector.engine_cache`; ``trt_cache_state`` says whether it was reused);
+    ``frame_size`` (H, W): the frames it will see, so that one engine profile covers them.
     """
 
     def __init__(self, package: ModelPackage | str | os.PathLike, *, providers: Sequence[str] | None = None,
                  tile_overlap: float | None = None, tile_size: int | None = None, threads: int | None = None,
                  crack_label: str = "crack", verify_reference: bool = True, cv2_threads: int | None = 1,
-                 spinning: bool = False):
+                 spinning: bool = False, trt_cache: str | os.PathLike | None = None,
+                 frame_size: tuple[int, int] | None = None):
         import onnxruntime as ort
 
         if not isinstance(package, ModelPackage):
@@ -261,14 +266,22 @@ class InferenceEngine:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         requested = select_providers(providers)
         self.provider_fallback: str | None = None
+        self.trt_cache_state: str | None = None    # engine_cache.prepare's answer when TensorRT is asked for
+        asked: list = list(requested)
+        if trt_cache is not None and engine_cache.TENSORRT in requested:
+            trt_options = self._tensorrt_options(Path(trt_cache), frame_size, ort.__version__)
+            asked[requested.index(engine_cache.TENSORRT)] = (engine_cache.TENSORRT, trt_options)
         try:
-            session = ort.InferenceSession(package.onnx_bytes, sess_options=opts, providers=requested)
+            session = ort.InferenceSession(package.onnx_bytes, sess_options=opts, providers=asked)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
             if requested == [CPU]:
                 raise
-            self.provider_fallback = f"{requested[0]} failed ({type(exc).__name__}: {exc}); using CPU"
+            # the next best: without TensorRT (CUDA, if asked for), else the CPU
+            rest = [p for p in requested if p != engine_cache.TENSORRT] if requested[0] == engine_cache.TENSORRT \
+                else [CPU]
+            self.provider_fallback = f"{requested[0]} failed ({type(exc).__name__}: {exc}); using {rest[0]}"
             log.warning("inference engine: %s", self.provider_fallback)
-            session = ort.InferenceSession(package.onnx_bytes, sess_options=opts, providers=[CPU])
+            session = ort.InferenceSession(package.onnx_bytes, sess_options=opts, providers=rest)
         self.session = session
         self.providers: list[str] = list(session.get_providers())
         if requested[0] != CPU and self.providers[0] != requested[0] and self.provider_fallback is None:
@@ -277,6 +290,20 @@ class InferenceEngine:
         if verify_reference:
             probs, cam = self._run(np.ascontiguousarray(package.reference["image"]))
             verify_reference_outputs(self.manifest, package.reference, probs, cam)
+
+    def _tensorrt_options(self, cache_dir: Path, frame_size: tuple[int, int] | None, ort_version: str) -> dict:
+        """TensorRT options with the engine cache in ``cache_dir`` (emptied first if it holds
+        engines of another model, onnxruntime or profile: :func:`engine_cache.prepare`). The
+        profile covers a ``frame_size`` (H, W) frame's tiles and the reference batch."""
+        n_ref = int(np.asarray(self.package.reference["image"]).shape[0])
+        n_tiles = len(tile_grid(*frame_size, self.tile_size, self.tile_overlap)) if frame_size else n_ref
+        options = engine_cache.tensorrt_options(
+            cache_dir, input_name=INPUT_NAME, input_size=self.input_size, opt_batch=n_tiles,
+            max_batch=max(n_tiles, n_ref), int8=self.manifest.quantization.type.startswith("int8"))
+        key = engine_cache.cache_key(self.manifest.model_sha256, ort_version, options)
+        self.trt_cache_state = engine_cache.prepare(cache_dir, key)
+        log.info("TensorRT engine cache %s: %s", cache_dir, self.trt_cache_state)
+        return options
 
     def __repr__(self) -> str:
         m = self.manifest

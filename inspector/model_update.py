@@ -464,7 +464,7 @@ def deploy_to_device(pairing, signing_key, package: str | os.PathLike, *, timeou
                      progress: Callable[..., None] | None = None):
     """Sign, upload (skipped if the device already stores this very version), activate ``package``
     on the paired device, then wait until it reports it live. Returns (ModelInfo, Status)."""
-    from .device import DeviceClient
+    from .device import DeviceClient, DeviceError
 
     client = DeviceClient.from_pairing(pairing)
 
@@ -472,7 +472,16 @@ def deploy_to_device(pairing, signing_key, package: str | os.PathLike, *, timeou
         if progress is not None:
             progress("upload", sent, total)
 
-    info, _ = client.install(package, signing_key, uploaded, activate=True)
+    info, _ = client.install(package, signing_key, uploaded, activate=False)
+
+    def activating(act) -> None:
+        if progress is not None:
+            progress("activating", f"{pairing.agent_name}: {act.message} ({act.state}, {act.elapsed_s:.0f} s)")
+
+    try:  # polls the device's status: a first TensorRT build takes minutes on a Jetson Nano
+        client.activate(info.id, progress=activating)
+    except DeviceError as exc:
+        raise UpdateError(f"{pairing.agent_name} did not take {info.name} {info.version}: {exc}") from exc
     if progress is not None:
         progress("activated", f"{info.id} activated on {pairing.agent_name}; waiting for it to run live")
     status = wait_until_live(client, info.name, info.version, info.sha256, timeout=timeout,

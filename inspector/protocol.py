@@ -67,6 +67,10 @@ HEAT_SCALE = 4                                  # heat-map sent at 1/4 of the fr
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 30.0
 STREAM_READ_TIMEOUT = 10.0                      # no frame for this long: the link is lost
+# An activation is followed by polling the status, not by one long request: the first load of a
+# model on TensorRT builds its engine, minutes on a Jetson Nano (docs/deploy/jetson.md).
+ACTIVATION_TIMEOUT = 30 * 60.0
+ACTIVATION_POLL = 1.0
 
 # ------------------------------------------------------------------ endpoints
 # (method, path): (summary, request body kind, response kind). The OpenAPI document below is
@@ -78,11 +82,15 @@ ENDPOINTS: dict[tuple[str, str], tuple[str, str | None, str]] = {
     ("GET", f"{API}/models"): ("Model versions stored on the device", None, "ModelList"),
     ("POST", f"{API}/models"): ("Upload a signed .crackpkg (body: the file); verified, stored, not activated",
                                 "package", "ModelInfo"),
-    ("POST", f"{API}/models/activate"): ("Activate a stored version", "ActivateRequest", "ModelList"),
+    ("POST", f"{API}/models/activate"): ("Activate a stored version: with wait (the default) answer when it is "
+                                         "live or failed; without, answer 202 with the Activation at once and "
+                                         "report its progress in the status", "ActivateRequest", "ModelList"),
     ("POST", f"{API}/models/rollback"): ("Go back to the previously active version", None, "ModelList"),
     ("GET", f"{API}/openapi.json"): ("This description", None, "openapi"),
 }
 OPEN_ENDPOINTS = frozenset({("POST", f"{API}/pair"), ("GET", f"{API}/openapi.json")})
+# endpoints that may also answer 202 Accepted, and with what
+ACCEPTED: dict[tuple[str, str], str] = {("POST", f"{API}/models/activate"): "Activation"}
 
 
 class ProtocolError(ValueError):
@@ -215,10 +223,47 @@ class ModelList(Message):
 @dataclass(frozen=True)
 class ActivateRequest(Message):
     id: str
+    wait: bool = True          # False: answer 202 + Activation at once, progress in Status.activation
 
     def validate(self) -> None:
         _require(isinstance(self.id, str) and bool(_VERSION_ID.fullmatch(self.id)), type(self).__name__,
                  "id must be 1–128 letters, digits, '.', '_' or '-'")
+        _require(isinstance(self.wait, bool), type(self).__name__, "wait must be true or false")
+
+
+ACTIVATION_STATES = ("building", "verifying", "live", "failed")
+ACTIVATION_DONE = ("live", "failed")
+
+
+@dataclass(frozen=True)
+class Activation(Message):
+    """The latest model change on the device (activation, rollback, the start-up load).
+
+    ``building``: the new model is loaded, checked on its reference patches and run once, off
+    the serving path (TensorRT builds its engine here); the old model still serves the stream.
+    ``verifying``: swapped in, on probation on live frames. ``live``: it serves. ``failed``:
+    it did not load or failed its first frames; the model that served before is back
+    (``message`` says why and which). ``since``/``started`` are the agent's UTC clock (a Jetson
+    without network time may be off); ``elapsed_s`` is the time in this state by its monotonic
+    clock, the one to show."""
+    model_id: str
+    state: str
+    since: str                 # ISO-8601 UTC: entered this state
+    started: str               # ISO-8601 UTC: the change was asked for
+    elapsed_s: float           # seconds in this state
+    message: str
+
+    def validate(self) -> None:
+        n = type(self).__name__
+        _require(isinstance(self.model_id, str) and bool(_VERSION_ID.fullmatch(self.model_id)), n, "bad model_id")
+        _require(self.state in ACTIVATION_STATES, n, f"state must be one of {ACTIVATION_STATES}, got {self.state!r}")
+        _require(isinstance(self.elapsed_s, (int, float)) and not isinstance(self.elapsed_s, bool), n,
+                 "elapsed_s must be a number")
+        _require(isinstance(self.message, str), n, "message must be a string")
+
+    @property
+    def done(self) -> bool:
+        return self.state in ACTIVATION_DONE
 
 
 @dataclass(frozen=True)
@@ -232,6 +277,10 @@ class Status(Message):
     clients: int               # connected stream clients
     events: list[dict]         # recent [{"time", "kind", "message"}], newest last (activation, rollback, ...)
     uptime_s: float
+    activation: dict | None = None   # Activation.to_dict() of the latest model change, None before any
+
+    def current_activation(self) -> "Activation | None":
+        return None if self.activation is None else Activation.from_dict(self.activation)
 
 
 @dataclass(frozen=True)
@@ -317,13 +366,15 @@ _SCHEMAS = {
                                    "client_name": {"type": "string", "minLength": 1, "maxLength": 100},
                                    "public_key": {"type": "string", "minLength": 1, "maxLength": 100}}},
     "ActivateRequest": {"type": "object", "additionalProperties": False, "required": ["id"],
-                        "properties": {"id": {"type": "string", "pattern": _VERSION_ID.pattern}}},
+                        "properties": {"id": {"type": "string", "pattern": _VERSION_ID.pattern},
+                                       "wait": {"type": "boolean"}}},
     "Error": {"type": "object", "required": ["error"],
               "properties": {"error": {"type": "object", "required": ["code", "message"],
                                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
 }
-for _cls in (PairResponse, ModelInfo, ModelList, Status, StreamHeader):
-    _SCHEMAS[_cls.__name__] = {"type": "object", "required": [f.name for f in fields(_cls)],
+for _cls in (PairResponse, ModelInfo, ModelList, Status, StreamHeader, Activation):
+    _SCHEMAS[_cls.__name__] = {"type": "object",
+                               "required": [f.name for f in fields(_cls) if f.default is MISSING],
                                "properties": {f.name: {} for f in fields(_cls)}}
 
 
@@ -352,6 +403,9 @@ def openapi() -> dict[str, Any]:
             ok = {"description": "ok", "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{response}"}}}}
         op["responses"]["200"] = ok
+        if (method, path) in ACCEPTED:
+            op["responses"]["202"] = {"description": "accepted, in progress", "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{ACCEPTED[(method, path)]}"}}}}
         paths.setdefault(path, {})[method.lower()] = op
     return {"openapi": "3.0.3",
             "info": {"title": "Crack inspector device agent", "version": "1"},

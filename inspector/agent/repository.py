@@ -3,6 +3,8 @@
 Layout under ``root``::
 
     packages/<sha256 of the file>.crackpkg   immutable, content-addressed
+    engines/<sha256 of the file>/            what the runtime builds from that version (its
+                                             TensorRT engine cache, :mod:`inspector.engine_cache`)
     incoming/<random>.part                   an upload or import being received
     state.json                               {"active", "previous", "models", "failed"}
     .lock                                    one repository per folder (flock)
@@ -50,6 +52,7 @@ from inspector.protocol import MAX_PACKAGE_BYTES, ApiError, ModelInfo, ModelList
 STATE_FILE = "state.json"
 PACKAGES_DIR = "packages"
 INCOMING_DIR = "incoming"
+ENGINES_DIR = "engines"
 KEEP_PREVIOUS = 5
 MAX_EVENTS = 200
 CHUNK = 1 << 20
@@ -122,6 +125,7 @@ class ModelRepository:
         self.root = Path(root)
         self._packages = self.root / PACKAGES_DIR
         self._incoming = self.root / INCOMING_DIR
+        self._engines = self.root / ENGINES_DIR
         self._state_path = self.root / STATE_FILE
         self._trusted_keys = trusted_keys
         self.max_bytes = int(max_bytes)
@@ -177,6 +181,12 @@ class ModelRepository:
     def path_of(self, model_id: str) -> Path:
         with self._lock:
             return self._packages / self._entry(model_id)["file"]
+
+    def engine_dir(self, package_path: str | os.PathLike) -> Path:
+        """The folder for what is built from the stored package ``package_path`` (a path this
+        repository gave: :meth:`active_path`, :meth:`path_of`): one per version, next to it,
+        removed at the next opening once no stored version refers to the package."""
+        return self._engines / Path(package_path).name.split(".")[0]
 
     def info(self, model_id: str) -> ModelInfo:
         with self._lock:
@@ -511,6 +521,11 @@ class ModelRepository:
             if f.name not in referenced:
                 _remove(f)
                 self._recover(f"removed {PACKAGES_DIR}/{f.name}: no stored model refers to it")
+        if self._engines.is_dir():
+            for d in sorted(self._engines.iterdir()):
+                if f"{d.name}.crackpkg" not in referenced:
+                    _remove(d)
+                    self._recover(f"removed {ENGINES_DIR}/{d.name}: no stored model refers to it")
         if changed:
             self._write_state(state)
         return self._state

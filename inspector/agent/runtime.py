@@ -11,10 +11,15 @@ Threads
   newest published frame it has not had yet: a slow client skips frames, it never builds a
   backlog, and a fast one costs no extra encoding;
 * model changes (:meth:`AgentRuntime.activate`, :meth:`AgentRuntime.rollback`, the start-up
-  load) run on the *caller's* thread, one at a time (``_admin`` lock): the new engine is
-  loaded there, reference outputs verified (``verify_reference=True``), and only the engine
-  reference is swapped, between two frames. The stream goes on; at most the frame in flight
-  still comes from the old model.
+  load) run on the *caller's* thread, one at a time (``_admin`` lock);
+  :meth:`AgentRuntime.start_activation` runs the same change on a worker thread and returns at
+  once. The new engine is loaded off the serving path (a low-priority thread), reference outputs
+  verified (``verify_reference=True``) and run once on a frame of the camera's size -- where
+  TensorRT builds its engine, cached per version in the repository (:mod:`inspector.engine_cache`)
+  -- and only then is the engine reference swapped, between two frames. The stream goes on with
+  the old model meanwhile; at most the frame in flight still comes from the old model.
+  :meth:`AgentRuntime.activation` (the status's ``activation``) follows the latest change:
+  building → verifying (probation) → live, or failed with the reason.
 
 Probation and auto-rollback
 ---------------------------
@@ -58,6 +63,8 @@ EVENTS_KEPT = 100
 JOIN_S = 10.0                 # stop(): wait for the frame in flight
 ERROR_LOG_EVERY_S = 10.0      # repeated inference errors are logged at most this often
 PROB_TOLERANCE = 1e-3         # INT8 outputs may overshoot [0, 1] by rounding
+ADMIN_WAIT_S = 0.5            # start_activation: how long to wait for another model change to end
+FIRST_FRAME_WAIT_S = 10.0     # loading a model: wait this long for a frame to size the TensorRT profile
 
 Event = dict[str, Any]
 
@@ -71,6 +78,22 @@ def _now_iso() -> str:
 class _Loaded:
     engine: Any              # InferenceEngine (duck-typed for tests)
     info: ModelInfo
+
+
+@dataclass
+class _ActivationRecord:
+    """The latest model change (see :class:`~inspector.protocol.Activation`); ``t_state`` is
+    the monotonic time it entered ``state``."""
+    model_id: str
+    state: str
+    since: str
+    started: str
+    t_state: float
+    message: str
+
+    def to_protocol(self, now: float) -> protocol.Activation:
+        return protocol.Activation(model_id=self.model_id, state=self.state, since=self.since, started=self.started,
+                                   elapsed_s=round(max(0.0, now - self.t_state), 1), message=self.message)
 
 
 class _Probation:
@@ -220,13 +243,33 @@ class AgentRuntime:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._startup: threading.Thread | None = None
+        self._worker: threading.Thread | None = None      # start_activation's background change
+        self._activation: _ActivationRecord | None = None
+        self._last_load: tuple[str, float, str | None] | None = None   # (model id, load s, TRT cache state)
         self._last_error_log = 0.0
         self.errors = 0
 
     def _default_factory(self, path: Path) -> Any:
+        """The engine for a stored package: TensorRT (when this onnxruntime has it) caches its
+        engine in the version's folder of the repository, with a profile for the camera's frames."""
         from ..engine import InferenceEngine
+        from ..engine_cache import CACHE_DIR
 
-        return InferenceEngine(path, threads=self.threads, verify_reference=True)
+        engine_dir = getattr(self.repository, "engine_dir", None)
+        frame = self._probe_frame(FIRST_FRAME_WAIT_S)
+        return InferenceEngine(path, threads=self.threads, verify_reference=True,
+                               trt_cache=engine_dir(path) / CACHE_DIR if engine_dir is not None else None,
+                               frame_size=tuple(frame.rgb.shape[:2]) if frame is not None else None)
+
+    def _probe_frame(self, timeout: float = 0.0) -> Any:
+        """The camera's newest frame (waiting up to ``timeout`` s), or None."""
+        latest = getattr(self.grabber, "latest", None)
+        if latest is None:
+            return None
+        try:
+            return latest(0, timeout)
+        except Exception:  # noqa: BLE001 - a frame is only a hint here
+            return None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -256,10 +299,10 @@ class AgentRuntime:
                 sub.closed = True
             self._subs.clear()
             self._cond.notify_all()
-        for t in (self._thread, self._startup):
+        for t in (self._thread, self._startup, self._worker):
             if t is not None and t is not threading.current_thread():
                 t.join(JOIN_S)
-        self._thread = self._startup = None
+        self._thread = self._startup = self._worker = None
         self.grabber.stop()
 
     # ------------------------------------------------------------------ stream slots
@@ -284,8 +327,16 @@ class AgentRuntime:
         with self._lock:
             return list(self._events)
 
+    def activation(self) -> protocol.Activation | None:
+        """The latest model change and how far it got (None before the first)."""
+        with self._lock:
+            record = self._activation
+            return None if record is None else record.to_protocol(time.monotonic())
+
     def status(self) -> dict[str, Any]:
-        """``camera``, ``model`` (dict or None), ``provider``, ``fps``, ``clients`` for protocol.Status."""
+        """``camera``, ``model`` (dict or None), ``provider``, ``fps``, ``clients``, ``activation``
+        (dict or None) for protocol.Status."""
+        activation = self.activation()
         with self._lock:
             current = self._current
             fps = self._rate.rate(time.perf_counter())
@@ -297,7 +348,8 @@ class AgentRuntime:
                            "fps": round(float(self.grabber.fps), 2)},
                 "model": current.info.to_dict() if current else None,
                 "provider": providers[0] if providers else "",
-                "fps": round(fps, 2), "clients": clients}
+                "fps": round(fps, 2), "clients": clients,
+                "activation": activation.to_dict() if activation is not None else None}
 
     def _event(self, kind: str, message: str, *, record: bool = True) -> None:
         """Log, tell ``on_event`` and (``record``) keep for the status. Auto-rollbacks are not
@@ -322,11 +374,87 @@ class AgentRuntime:
         first frames raises ApiError 422 ``model_failed`` after the previous one is back."""
         with self._admin:
             listing = self.repository.activate(model_id)
+            self._track(model_id, "building", f"loading {model_id}", new=True)
             failures = self._serve_active(f"activated {model_id}")
+            self._track_outcome(model_id, failures)
             if failures and failures[0][0] == model_id:
                 raise ApiError(422, "model_failed", f"{model_id} failed and was rolled back: {failures[0][1]}; "
                                f"active now: {self.repository.list().active}")
             return listing if not failures else self.repository.list()
+
+    def start_activation(self, model_id: str) -> protocol.Activation:
+        """Activate ``model_id`` in the background; returns at once, the Activation in state
+        ``building``. The repository's switch is made here (RepositoryError for an unknown or
+        damaged version, as :meth:`activate`); loading (a TensorRT engine build: minutes on a
+        Nano), the swap and the probation run on a worker thread while the old model serves, and
+        :meth:`activation` / the status follow it to ``live`` or ``failed`` (then the previous
+        model is back, as with :meth:`activate`). One model change at a time: while another is in
+        progress, asking for the same version returns it, another raises ApiError 409 ``busy``."""
+        if not self._admin.acquire(timeout=ADMIN_WAIT_S):
+            current = self.activation()
+            if current is not None and current.model_id == model_id and not current.done:
+                return current
+            doing = f"{current.model_id} {current.state} for {current.elapsed_s:.0f} s" if current else "start-up"
+            raise ApiError(409, "busy", f"another model change is in progress ({doing}); "
+                                        f"activate {model_id} when the status shows it ended")
+        try:
+            if self._stopping.is_set():
+                raise ApiError(503, "stopping", "the agent is stopping")
+            self.repository.activate(model_id)
+            activation = self._track(model_id, "building", f"loading {model_id}", new=True)
+            self._worker = threading.Thread(target=self._activate_in_background, args=(model_id,),
+                                            name="agent-activation", daemon=True)
+            self._worker.start()
+        except BaseException:
+            self._admin.release()
+            raise
+        return activation
+
+    def _activate_in_background(self, model_id: str) -> None:
+        """start_activation's worker: owns ``_admin`` (taken by the caller) until the end."""
+        try:
+            self._track_outcome(model_id, self._serve_active(f"activated {model_id}"))
+        except Exception as exc:  # noqa: BLE001 - the status must say why, the agent goes on
+            log.exception("activating %s failed", model_id)
+            self._track(model_id, "failed", f"{model_id}: {type(exc).__name__}: {exc}")
+        finally:
+            self._admin.release()
+
+    def _track(self, model_id: str, state: str, message: str, *, new: bool = False) -> protocol.Activation:
+        """Move the activation record to ``state`` (``new``: start a record for ``model_id``).
+        Without ``new`` only the record of ``model_id`` moves, and only until it is done (a
+        fall-back to the previous model at a failure loads that one without touching it)."""
+        now, iso = time.monotonic(), _now_iso()
+        with self._lock:
+            record = self._activation
+            if new or record is None:
+                record = self._activation = _ActivationRecord(model_id, state, iso, iso, now, message)
+            elif record.model_id == model_id and record.state not in protocol.ACTIVATION_DONE:
+                if record.state != state:
+                    record.state, record.since, record.t_state = state, iso, now
+                record.message = message
+            return record.to_protocol(now)
+
+    def _track_outcome(self, model_id: str, failures: list[tuple[str, str]]) -> None:
+        serving = self.model
+        mine = [why for failed, why in failures if failed == model_id]
+        if mine:
+            self._track(model_id, "failed", f"{model_id} failed: {mine[0]}; serving "
+                                            f"{serving.id if serving is not None else 'nothing'}")
+        elif serving is not None and serving.id == model_id:
+            self._track(model_id, "live", self._live_message(model_id))
+        else:
+            self._track(model_id, "failed", f"{model_id} not in service (serving "
+                                            f"{serving.id if serving is not None else 'nothing'})")
+
+    def _live_message(self, model_id: str) -> str:
+        with self._lock:
+            current, load = self._current, self._last_load
+        providers = list(getattr(current.engine, "providers", []) or []) if current is not None else []
+        text = f"{model_id} live on {providers[0] if providers else '?'}"
+        if load is not None and load[0] == model_id:
+            text += f" (loaded in {load[1]:.1f} s" + (f"; TensorRT engine cache {load[2]})" if load[2] else ")")
+        return text
 
     def rollback(self) -> ModelList:
         """Go back to the previously active version (repository.rollback), then swap engines."""
@@ -334,7 +462,10 @@ class AgentRuntime:
             before = self.model
             listing = self.repository.rollback()
             target = listing.active
+            self._track(target, "building", f"rolling back from {before.id if before else None} to {target}",
+                        new=True)
             failures = self._serve_active(f"rolled back from {before.id if before else None}")
+            self._track_outcome(target, failures)
             if failures and failures[0][0] == target:
                 raise ApiError(422, "model_failed", f"rollback target {target} failed: {failures[0][1]}; "
                                f"active now: {self.repository.list().active}")
@@ -343,8 +474,13 @@ class AgentRuntime:
     def _serve_at_start(self) -> None:
         try:
             with self._admin:
+                active = self.repository.active()
                 if not self._stopping.is_set():
-                    self._serve_active("agent started")
+                    if active is not None:
+                        self._track(active.id, "building", f"agent started: loading {active.id}", new=True)
+                    failures = self._serve_active("agent started")
+                    if active is not None:
+                        self._track_outcome(active.id, failures)
         except Exception as exc:  # noqa: BLE001 - the agent keeps running and says why
             log.exception("putting the active model in service failed")
             self._event("error", f"no model in service: {type(exc).__name__}: {exc}")
@@ -414,14 +550,20 @@ class AgentRuntime:
         if before is not None and before.info.id == info.id and before.info.sha256 == info.sha256:
             return None
         t0 = time.perf_counter()
+        self._track(info.id, "building", f"loading {info.id} and running it once off the serving path "
+                                         f"(a TensorRT engine is built here the first time)")
         try:
             loaded = self._engine_for(info)
         except Exception as exc:  # noqa: BLE001 - PackageError, ORT errors, OSError: all mean "not this one"
             return f"does not load ({type(exc).__name__}: {exc})"
         load_s = time.perf_counter() - t0
+        with self._lock:
+            self._last_load = (info.id, load_s, getattr(loaded.engine, "trt_cache_state", None))
         probation = _Probation(loaded, self.probation_frames)
         with self._lock:
             self._current, self._probation = loaded, probation
+        self._track(info.id, "verifying", f"{info.id} swapped in after {load_s:.1f} s; checking its first "
+                                          f"{self.probation_frames} live frames")
         # stop() sets _stopping before it looks for a probation to cancel: seen here or there
         live = self.grabber.status.state in ("live", "connecting") and not self._stopping.is_set()
         decided, failure = probation.wait(self.probation_timeout if live and self.probation_frames > 0 else 0.0)

@@ -317,7 +317,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def activate(self) -> None:
         req = self._read_json(protocol.ActivateRequest)
-        self._send_json(self.server.agent.runtime.activate(req.id))
+        runtime = self.server.agent.runtime
+        if req.wait:
+            self._send_json(runtime.activate(req.id))
+        else:  # the client polls the status (a TensorRT build outlasts any request timeout)
+            self._send_json(runtime.start_activation(req.id), status=202)
 
     def rollback(self) -> None:
         self._no_body()
@@ -490,7 +494,8 @@ class AgentServer:
         return protocol.Status(agent_id=self.identity.agent_id, agent_name=self.identity.name,
                                camera=st["camera"], model=st["model"], provider=st["provider"],
                                fps=st["fps"], clients=st["clients"], events=self._events(),
-                               uptime_s=round(time.monotonic() - self._started, 3))
+                               uptime_s=round(time.monotonic() - self._started, 3),
+                               activation=st.get("activation"))
 
     def _events(self) -> list[dict]:
         # repository first: within one second (the resolution of both), its "activated" comes
