@@ -129,8 +129,13 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
     if "source" not in merged or "model" not in merged:
         from .. import paths
 
-        merged.setdefault("source", str(paths.sample_video()))
-        merged.setdefault("model", str(paths.default_model()))
+        try:
+            merged.setdefault("source", str(paths.sample_video()))
+            merged.setdefault("model", str(paths.default_model()))
+        except FileNotFoundError as exc:
+            # a wheel install (pip install ".[agent]") carries the code, not models/ and resources/
+            raise ConfigError(f"{exc}; an installed agent has no shipped files next to it: give --model PACKAGE "
+                              f"and --source (camera, file or pipeline), or run it from a checkout") from None
     if "data" not in merged:
         merged["data"] = _default_data_dir()
     merged.setdefault("port", protocol.DEFAULT_PORT)
