@@ -22,6 +22,7 @@ from inspector.flagging import Flagger, FlagPolicy
 from inspector.paths import sample_video
 from inspector.sources import parse_source
 from inspector.store import FlagStore
+from agent_support import signed_variant
 from support import SHIPPED_ID, SHIPPED_VERSION, engine  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,11 @@ def test_demo_device_starts_pairs_streams_and_stops_without_a_trace(tmp_path):
         assert header.tiles and 0.0 <= header.crack_prob_max <= 1.0 and header.model_id == SHIPPED_ID
         assert "sample_inspection.avi" in status.camera["source"]
         assert (data / PID_FILE).read_text().split() == [str(pid), str(os.getpid())]
+        # the app's key was paired: a model it signs and pushes is accepted and goes live
+        client = DeviceClient.from_pairing(pairing)
+        info = client.push(signed_variant(tmp_path / "v.crackpkg", None, version="1.1.1-int8"), pairings.signing_key())
+        client.activate(info.id)
+        assert client.status().model["version"] == "1.1.1-int8"
     assert not demo.running and gone(pid) and agents_on(data) == []
     assert not (data / PID_FILE).exists() and demo.failure() is None
     log = (data / "agent.log").read_text()
@@ -95,7 +101,8 @@ def test_demo_device_starts_pairs_streams_and_stops_without_a_trace(tmp_path):
         second = again.start()
         assert second.agent_id == pairing.agent_id and second.cert_sha256 == pairing.cert_sha256
         assert pairings.all() == [second] and second.token != pairing.token
-        assert DeviceClient.from_pairing(second).status().agent_id == pairing.agent_id
+        status = again.wait_live(60)
+        assert status.agent_id == pairing.agent_id and status.model["version"] == "1.1.1-int8"   # still active
     finally:
         assert again.stop() == 0
 
@@ -224,6 +231,7 @@ def test_the_window_with_the_demo_shows_its_verdicts_and_stops_it(window, qtbot,
     assert w.hud.source.value.text().startswith("device demo-device")
     assert "Demo device" in w.notice.text.text() and str(data) in w.notice.text.text()
     assert w.device_panel.demo_button.text() == "■ Stop demo device"
+    assert w.device_panel.devices.currentText().startswith("✓ demo-device")
 
     w.view.setFocus()
     with qtbot.waitSignal(w.flagShown, timeout=10000) as blocker:   # flags carry the device's verdict

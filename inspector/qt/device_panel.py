@@ -447,6 +447,9 @@ class DevicePanel(QFrame):
                 v.setText("—")
             return
         self.address.setText(pairing.address)
+        for i in range(self.devices.count()):         # the list shows which saved device is on screen
+            if (self.devices.itemData(i) or {}).get("agent_id") == pairing.agent_id:
+                self.devices.setCurrentIndex(i)
         self.fields["device"].setText(f"{pairing.agent_name} ({pairing.address})")
         self._poll.start()
         self.refresh_status()
