@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from inspector.demo import PID_FILE, DemoDevice, DemoError, demo_data_dir
+from inspector.demo import PID_FILE, DemoDevice, DemoError, agent_program, demo_data_dir
 from inspector.device import DeviceClient, PairingStore, client_name
 from inspector.flagging import Flagger, FlagPolicy
 from inspector.paths import sample_video
@@ -116,6 +116,12 @@ def test_the_default_data_folder_is_per_user_and_the_agent_runs_on_loopback(tmp_
     assert opts["--host"] == "127.0.0.1" and opts["--port"] == "0" and opts["--name"] == "demo-device"
     assert opts["--data"] == str(demo_data_dir()) and opts["--source"] == str(sample_video())
     assert opts["--model"].endswith("-int8.crackpkg")
+
+
+def test_a_frozen_app_runs_the_agent_executable_beside_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bundle" / "inspector"))
+    assert agent_program() == [str(tmp_path / "bundle" / "inspector-agent")]
 
 
 def test_an_agent_that_exits_at_start_is_reported_with_its_log(tmp_path):
@@ -281,3 +287,42 @@ def test_demo_and_device_are_one_or_the_other(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--demo", "--device", "127.0.0.1:8443"])
     assert exc.value.code == 2 and "--demo and --device" in capsys.readouterr().err
+
+
+def test_update_model_goes_live_on_the_demo_device(qtbot, engine, tmp_path, monkeypatch):  # noqa: F811
+    """Update model… (the fake job of test_update_view in place of ``distill update``): the gate
+    passes, the new model is signed, pushed and activated on the demo device, the view follows."""
+    from test_update_view import FAKE, NEW_VERSION, RUN_MS, one_thread_engine, reviewed_store
+
+    from inspector.model_history import ModelHistory
+    from inspector.qt.window import MainWindow
+    from support import sample_video_results
+
+    monkeypatch.setenv("FAKE_UPDATE_MODE", "pass")
+    store = reviewed_store(tmp_path / "flags", sample_video_results(engine, 36, 15), engine)
+    w = MainWindow(engine, store, Flagger(FlagPolicy(auto=False)), parse_source(sample_video()),
+                   pairings=PairingStore(tmp_path / "app-config"), browse=lambda timeout: [],
+                   history=ModelHistory(tmp_path / "user-data"))
+    w.update_options = {"program": FAKE, "make_engine": one_thread_engine}
+    qtbot.addWidget(w)
+    w.show()
+    w.start()
+    try:
+        w.start_demo(data=tmp_path / "demo", threads=1)
+        wait_demo_on_screen(w, qtbot)
+        w.workspaces.setCurrentIndex(1)
+        w.review.filters.update_model.click()
+        d = w.update_dialog
+        qtbot.waitUntil(lambda: d.start_button.isEnabled(), timeout=30000)
+        with qtbot.waitSignal(d.deployed, timeout=RUN_MS) as deployed:
+            d.start_button.click()
+        assert deployed.args[0] == f"crack-student {NEW_VERSION} live on demo-device"
+        assert w.engine.manifest.version == SHIPPED_VERSION                 # the device was updated, not the laptop
+        status = DeviceClient.from_pairing(w.device).status()
+        assert status.model["version"] == f"{NEW_VERSION}-int8" and status.model["signed_by"]
+        qtbot.waitUntil(lambda: w.view.live is not None and w.view.live.model.version == f"{NEW_VERSION}-int8",
+                        timeout=30000)
+        d.close()
+    finally:
+        w.shutdown()
+        store.close()
