@@ -49,7 +49,7 @@ for tool in bash cat date du sort head tail grep sed awk mkdir ls sleep kill fin
     [ -n "$path" ] && ln -s "$path" "$WORK/bin/$tool"
 done
 set +e
-env -i HOME="$WORK/home" PATH="$WORK/bin" QT_QPA_PLATFORM=offscreen LANG=C.UTF-8 TMPDIR="$WORK" \
+nice -n 19 env -i HOME="$WORK/home" PATH="$WORK/bin" QT_QPA_PLATFORM=offscreen LANG=C.UTF-8 TMPDIR="$WORK" \
     "$WORK/bin/bash" scripts/bundle/selftest.sh "$DIST" "$WORK/run" "$REPORT.part"
 rc=$?
 set -e

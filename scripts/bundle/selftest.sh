@@ -19,7 +19,7 @@ failures=()
 fail() { failures+=("$1"); echo "selftest: FAILED: $1" >&2; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-json_str() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+json_str() { printf '"%s"' "$(printf '%s' "$1" | tr '\n\t' '  ' | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
 # wait_for FILE REGEX SECONDS PID: until a line of FILE matches, the process ends or time is up
 wait_for() {
     local deadline
@@ -32,6 +32,7 @@ wait_for() {
 }
 
 echo "selftest: bundle $DIST" >&2
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 if command -v python3 >/dev/null 2>&1 || command -v python >/dev/null 2>&1; then
     fail "a Python is on PATH ($(command -v python3 python | head -1)): the test would not prove the bundle is self-contained"
 fi
@@ -97,7 +98,7 @@ if wait_for "$WORK/agent.log" '^AGENT READY ' 120 "$pid"; then
     ready=$(grep -E '^AGENT READY ' "$WORK/agent.log" | head -1)
     echo "selftest: $ready (after ${agent_s} s)" >&2
     port=$(echo "$ready" | sed -n -E 's/.*port=([0-9]+).*/\1/p')
-    tls=$(echo "$ready" | sed -n -E 's/.*tls=([a-z]+).*/\1/p')
+    tls=$(echo "$ready" | sed -n -E 's/.*tls=([a-z0-9]+).*/\1/p')
     scheme=https; [ "$tls" = 1 ] || scheme=http
     if command -v curl >/dev/null 2>&1; then
         # the open endpoint; the certificate is the agent's own (pinned by cert_sha256 when pairing)
@@ -117,6 +118,7 @@ wait "$pid" 2>/dev/null
     printf '  "selftest": {\n'
     printf '    "ok": %s,\n' "$([ ${#failures[@]} = 0 ] && echo true || echo false)"
     printf '    "failures": ['; sep=""; for f in "${failures[@]}"; do printf '%s%s' "$sep" "$(json_str "$f")"; sep=", "; done; printf '],\n'
+    printf '    "load_average": {"before": "%s", "after": "%s"},\n' "$load_before" "$(cut -d' ' -f1-3 /proc/loadavg)"
     printf '    "size_bytes": %s,\n' "$total"
     printf '    "largest_files": [%s\n    ],\n' "$(echo "$files" | as_json_list)"
     printf '    "largest_parts": [%s\n    ],\n' "$(echo "$parts" | as_json_list)"
