@@ -179,7 +179,7 @@ class DemoDevice:
             client = DeviceClient(HOST, ready.port, tls=ready.tls, cert_sha256=ready.cert_sha256)
             pairing = client.pair(code, client_name(), self.pairings.signing_key())
             self.pairings.save(pairing)
-        except DeviceError as exc:
+        except (DeviceError, OSError, ValueError) as exc:     # ValueError: a damaged signing key
             self.stop()
             raise DemoError(f"could not pair with the demo device: {exc}{self.log_tail()}") from None
         self.pairing = pairing
