@@ -439,10 +439,12 @@ class DeviceClient:
 
     def install(self, package_path: str | os.PathLike, signing_key,
                 progress: Callable[[int, int], None] | None = None, *,
-                activate: bool = True) -> tuple[P.ModelInfo, bool]:
+                activate: bool = True,
+                activation_progress: Callable[[P.Activation], None] | None = None) -> tuple[P.ModelInfo, bool]:
         """:meth:`push` unless the device already stores this version of the same model, then
-        (by default) :meth:`activate` it. Returns (info, uploaded). A version on the device is
-        immutable: the same version with another model is refused by the device (with why)."""
+        (by default) :meth:`activate` it, polling until it is live (``activation_progress``: see
+        :meth:`activate`). Returns (info, uploaded). A version on the device is immutable: the
+        same version with another model is refused by the device (with why)."""
         from .package import PackageError, load_package
 
         try:
@@ -454,7 +456,7 @@ class DeviceClient:
         if uploaded:
             info = self.push(package_path, signing_key, progress)
         if activate:
-            self.activate(info.id)
+            self.activate(info.id, progress=activation_progress)
         return info, uploaded
 
     def stream(self) -> DeviceStream:
