@@ -108,6 +108,27 @@ def test_engine_folders_are_per_version_and_orphans_are_removed(repo_with_two_ve
         again.close()
 
 
+def test_the_runtime_builds_each_versions_engine_into_its_own_folder(repo_with_two_versions, monkeypatch):
+    """The agent's own factory, offered TensorRT: the cache of the start-up model and of an
+    activated one land in their versions' folders, with a profile for the camera's 640×480."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, CPU])
+    repo, first, second = repo_with_two_versions
+    rt = AgentRuntime(repo, FrameGrabber(parse_source(sample_video()), loop=True, realtime=True), threads=1)
+    rt.start(wait_model=True)
+    try:
+        assert rt.activation().state == "live" and "TensorRT engine cache new" in rt.activation().message
+        rt.activate(second.id)
+        assert "TensorRT engine cache new" in rt.activation().message
+        for model in (first, second):
+            key = json.loads((repo.engine_dir(repo.path_of(model.id)) / engine_cache.CACHE_DIR
+                              / engine_cache.KEY_FILE).read_text())
+            assert key["options"]["trt_profile_opt_shapes"] == f"{INPUT_NAME}:12x96x96x3"
+            assert key["model_sha256"] == model.sha256
+        assert rt.rollback().active == first.id           # the engine is still loaded: nothing prepared
+    finally:
+        rt.stop()
+
+
 def test_an_engine_offered_tensorrt_gets_the_cache_options(tmp_path, monkeypatch):
     """On this CPU build onnxruntime skips TensorRT with a warning; what matters is what it was
     asked: the TensorRT options with this version's folder, a profile for 640×480 frames (12

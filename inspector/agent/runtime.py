@@ -252,13 +252,15 @@ class AgentRuntime:
     def _default_factory(self, path: Path) -> Any:
         """The engine for a stored package: TensorRT (when this onnxruntime has it) caches its
         engine in the version's folder of the repository, with a profile for the camera's frames."""
-        from ..engine import InferenceEngine
-        from ..engine_cache import CACHE_DIR
+        from ..engine import InferenceEngine, select_providers
+        from ..engine_cache import CACHE_DIR, TENSORRT
 
         engine_dir = getattr(self.repository, "engine_dir", None)
-        frame = self._probe_frame(FIRST_FRAME_WAIT_S)
+        tensorrt = engine_dir is not None and TENSORRT in select_providers()
+        # only TensorRT needs the frame size before the session exists (its profile)
+        frame = self._probe_frame(FIRST_FRAME_WAIT_S) if tensorrt else None
         return InferenceEngine(path, threads=self.threads, verify_reference=True,
-                               trt_cache=engine_dir(path) / CACHE_DIR if engine_dir is not None else None,
+                               trt_cache=engine_dir(path) / CACHE_DIR if tensorrt else None,
                                frame_size=tuple(frame.rgb.shape[:2]) if frame is not None else None)
 
     def _probe_frame(self, timeout: float = 0.0) -> Any:
