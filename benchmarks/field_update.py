@@ -132,7 +132,7 @@ def run_recipe(site_root: Path, n: int, seed: int, recipe: str, work: Path, fast
     from distill.update.pipeline import run_update
     from inspector.paths import default_model
 
-    run_dir = work / "runs" / f"{site_root.name}-n{n}-s{seed}-{recipe}"
+    run_dir = work / "runs" / f"{site_root.name}-n{n}-s{seed}-{recipe}{'' if fast else '-default'}"
     labelled = draw_labelled(site_root, n, seed, work / "draws" / f"{site_root.name}-n{n}-s{seed}")
     cfg = UpdateConfig(base=str(default_model()), labelled=str(labelled), out=str(run_dir),
                        unlabelled=str(site_root / "unlabelled"), recipe=recipe, seed=seed, fast=fast,
@@ -161,11 +161,15 @@ def _golden_change(update: dict) -> float | None:
 
 
 def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
-    """From the click (the update starts) to the new version live on a loopback agent."""
+    """From the click to the new version live on a loopback agent, the app's way: the
+    ``distill update`` command line the app builds (a separate process: torch is imported there),
+    then :func:`inspector.model_update.deploy_to_device` (sign, upload, activate, poll until the
+    device reports the version live after its first-inference checks). The agent shares this
+    machine's cores with the job all along, as a demo device on the laptop would."""
+    import shutil
     import tempfile
 
-    from distill.update.config import UpdateConfig
-    from distill.update.pipeline import run_update
+    from inspector import model_update as MU
     from inspector.device import DeviceClient
     from inspector.paths import default_model
     from inspector.signing import SigningKey
@@ -181,30 +185,26 @@ def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
                 return {"error": "the agent did not start"}
             key = SigningKey.generate()
             client = DeviceClient("127.0.0.1", int(m[1]), tls=m[2] == "1", cert_sha256=m[3] if m[2] == "1" else None)
-            client = DeviceClient.from_pairing(client.pair(m[4], "field-update", key))
+            pairing = client.pair(m[4], "field-update", key)
             labelled = draw_labelled(site_root, 200, 0, work / "draws" / f"{site_root.name}-n200-live")
             out = work / "runs" / f"{site_root.name}-click-to-live"
-            cfg = UpdateConfig(base=str(default_model()), labelled=str(labelled), out=str(out),
-                               unlabelled=str(site_root / "unlabelled"), recipe="full", seed=0, fast=fast,
-                               override_gate=True, confirm="benchmark: push whatever the gate says",
-                               pushed_by="field_update")
+            shutil.rmtree(out, ignore_errors=True)
+            argv = MU.update_command(MU.training_base(default_model()), labelled, out,
+                                     unlabelled=site_root / "unlabelled", seed=0, fast=fast,
+                                     override_reason="benchmark: push whatever the gate says",
+                                     pushed_by="field_update")
             t0 = time.perf_counter()
-            run_update(cfg, emit=lambda event: None)
+            job = subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if job.returncode != 0:
+                return {"error": f"distill update exited {job.returncode}: {job.stderr[-500:]}"}
             t_candidate = time.perf_counter()
             int8 = next(out.glob("crack-student-*-int8.crackpkg"))
-            info = client.push(int8, key)
-            t_pushed = time.perf_counter()
-            client.activate(info.id)
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                status = client.status()
-                if status.model and status.model.get("id") == info.id:
-                    break
-                time.sleep(0.2)
-            else:
-                return {"error": f"{info.id} not live within 120 s"}
+            marks = {}
+            info, _ = MU.deploy_to_device(pairing, key, int8, timeout=300,
+                                          progress=lambda what, *a: marks.setdefault(what, time.perf_counter()))
             t_live = time.perf_counter()
-            return {"update_s": t_candidate - t0, "push_s": t_pushed - t_candidate, "activate_s": t_live - t_pushed,
+            pushed = marks.get("activated", t_live)
+            return {"update_s": t_candidate - t0, "push_s": pushed - t_candidate, "activate_s": t_live - pushed,
                     "click_to_live_s": t_live - t0, "version": info.id}
         finally:
             proc.terminate()
@@ -215,27 +215,32 @@ def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
 
 
 def summarise(rows: list[dict], base: dict[str, float]) -> list[dict]:
+    """Mean ± sd over seeds per site, N, recipe and settings (``fast`` or the app's default)."""
     out = []
     for site in sorted({r["site"] for r in rows}):
         out.append({"site": site, "n": 0, "recipe": "shipped student", "mcc_mean": base[site], "mcc_sd": 0.0,
                     "golden_change": 0.0, "seconds": 0.0, "seeds": 0})
         for n in sorted({r["n"] for r in rows if r["site"] == site}):
-            for letter, recipe in RECIPES.items():
-                group = [r for r in rows if r["site"] == site and r["n"] == n and r["recipe"] == recipe]
-                if not group:
-                    continue
-                mccs = [r["site_mcc"] for r in group]
-                golden = [r["golden_change"] for r in group if r["golden_change"] is not None]
-                out.append({"site": site, "n": n, "recipe": f"({letter}) {recipe}", "mcc_mean": statistics.fmean(mccs),
-                            "mcc_sd": statistics.stdev(mccs) if len(mccs) > 1 else 0.0,
-                            "golden_change": statistics.fmean(golden) if golden else None,
-                            "seconds": statistics.fmean(r["seconds"] for r in group), "seeds": len(group)})
+            for fast in (True, False):
+                for letter, recipe in RECIPES.items():
+                    group = [r for r in rows if r["site"] == site and r["n"] == n and r["recipe"] == recipe
+                             and bool(r.get("fast")) == fast]
+                    if not group:
+                        continue
+                    mccs = [r["site_mcc"] for r in group]
+                    golden = [r["golden_change"] for r in group if r["golden_change"] is not None]
+                    out.append({"site": site, "n": n, "recipe": f"({letter}) {recipe}" + ("" if fast else ", default"),
+                                "mcc_mean": statistics.fmean(mccs),
+                                "mcc_sd": statistics.stdev(mccs) if len(mccs) > 1 else 0.0,
+                                "golden_change": statistics.fmean(golden) if golden else None,
+                                "seconds": statistics.fmean(r["seconds"] for r in group), "seeds": len(group)})
     return out
 
 
 def table(r: dict) -> str:
-    lines = [f"{platform.machine()} CPU ({os.cpu_count()} cores); recipes {'fast' if r['fast'] else 'default'} "
-             f"settings; seeds {r['seeds']}; pools: {json.dumps(r['pools'])}.", "",
+    lines = [f"{platform.machine()} CPU ({os.cpu_count()} cores); seeds {r['seeds']}; pools: {json.dumps(r['pools'])}.",
+             "Recipes with `--fast` settings (at most 1 student / 2 teacher epochs, 500 unlabelled patches) unless "
+             "marked *default* (the app's Update model: 3 student / 4 teacher epochs, up to 3000 unlabelled).", "",
              "| site | N labelled | recipe | site test MCC (mean ± sd) | golden MCC change | time to candidate (s) | seeds |",
              "|---|---|---|---|---|---|---|"]
     for s in r["summary"]:
@@ -268,6 +273,7 @@ def main() -> int:
     from inspector.paths import default_model
 
     result: dict = {"fast": args.fast, "seeds": args.seeds, "pools": {}, "rows": []}
+    modes = (True, False) if args.report_only else (args.fast,)   # a report shows both settings it has
     base: dict[str, float] = {}
     done_path = args.work / "rows.jsonl"
     done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.is_file() else []
@@ -276,21 +282,25 @@ def main() -> int:
         base[site] = site_mcc(default_model(), args.work / site / "test")
         for n in args.n:
             for seed in args.seeds:
-                for letter in args.recipes:
-                    key = {"site": site, "n": n, "seed": seed, "recipe": RECIPES[letter], "fast": args.fast}
+                for letter, fast in ((x, f) for x in args.recipes for f in modes):
+                    key = {"site": site, "n": n, "seed": seed, "recipe": RECIPES[letter], "fast": fast}
                     row = next((d for d in done if all(d.get(k) == v for k, v in key.items())), None)
                     if row is None and args.report_only:
                         continue
                     if row is None:
-                        row = {**key, **run_recipe(args.work / site, n, seed, RECIPES[letter], args.work, args.fast)}
+                        row = {**key, **run_recipe(args.work / site, n, seed, RECIPES[letter], args.work, fast)}
                         with open(done_path, "a") as f:
                             f.write(json.dumps(row) + "\n")
                     print(f"  {site} N={n} seed={seed} {row['recipe']}: site MCC {row['site_mcc']:.3f}, "
                           f"golden {row['golden_change']}, {row['seconds']:.0f} s", flush=True)
                     result["rows"].append(row)
     result["summary"] = summarise(result["rows"], base)
+    live_path = args.work / "click_to_live.json"     # kept, so that --report-only tables show it
     if args.click_to_live:
         result["click_to_live"] = click_to_live(args.work / args.sites[0], args.work, args.fast)
+        live_path.write_text(json.dumps(result["click_to_live"], indent=2))
+    elif live_path.is_file():
+        result["click_to_live"] = json.loads(live_path.read_text())
     text = table(result)
     print(text)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
