@@ -210,7 +210,7 @@ def window(qtbot, engine, tmp_path):  # noqa: F811 - the fixture from support
     store.close()
 
 
-def wait_demo_on_screen(w, qtbot, timeout_ms: int = 60000) -> None:
+def wait_demo_on_screen(w, qtbot, timeout_ms: int = 120000) -> None:
     """Until the window shows results from the demo device; on a timeout, what the window says."""
     def on_screen():
         return w.device is not None and w.view.live is not None and w.view.live.link is not None
