@@ -516,9 +516,15 @@ class DevicePanel(QFrame):
 
         def job(progress):
             client = DeviceClient.from_pairing(pairing)
-            return client.install(path, self.pairings.signing_key(), progress, activate=activate)
+            return client.install(path, self.pairings.signing_key(), progress, activate=activate,
+                                  activation_progress=lambda act: progress(act, None))
 
         def on_progress(sent, total):
+            if total is None:   # sent is an Activation: the device loads it (a TensorRT build takes minutes)
+                self.progress.setRange(0, 0)
+                self.progress.setFormat(f"{sent.state} on the device… ({sent.elapsed_s:.0f} s)")
+                self.progress.setToolTip(sent.message)
+                return
             self.progress.setValue(int(100 * sent / max(total, 1)))
             self.progress.setFormat(f"uploading… {sent / 2**20:.1f} / {total / 2**20:.1f} MB")
 
