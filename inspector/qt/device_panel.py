@@ -256,8 +256,8 @@ class DevicePanel(QFrame):
                                                "the sample video with the shipped model, pair with it and view it")
         lay.addWidget(self.demo_button)
 
-        for b in (self.demo_button, self.find, self.pair_button, self.connect_button, self.disconnect_button, self.push_button,
-                  self.rollback_button):
+        for b in (self.demo_button, self.find, self.pair_button, self.connect_button, self.disconnect_button,
+                  self.push_button, self.rollback_button):
             b.setFocusPolicy(Qt.NoFocus)
         self.find.clicked.connect(self.find_devices)
         self.devices.activated.connect(self._on_device_chosen)
