@@ -256,6 +256,8 @@ def test_the_window_reports_a_crashed_demo_device(window, qtbot, tmp_path):
     w, data = window, tmp_path / "demo"
     w.start_demo(data=data, threads=1)
     wait_demo_on_screen(w, qtbot)
+    w.device_panel.disconnect_button.click()                         # off screen, still running: says so
+    assert w.device is None and "keeps running" in w.notice.text.text() and w.demo.state == "on"
     os.kill(w.demo.device.pid, signal.SIGKILL)
     qtbot.waitUntil(lambda: w.error_banner.isVisible() and "stopped unexpectedly" in w.error_banner.text.text(),
                     timeout=10000)

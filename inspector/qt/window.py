@@ -231,6 +231,7 @@ class MainWindow(QMainWindow):
         self.device_panel.disconnectRequested.connect(self.disconnect_device)
         self.device_panel.message.connect(self.show_message)
         self.device_panel.demoRequested.connect(self.toggle_demo)
+        self.device_panel.disconnectRequested.connect(self._remind_demo_running)
         self.demo.stateChanged.connect(self.device_panel.set_demo_state)
         self.demo.started.connect(self._on_demo_started)
         self.demo.failed.connect(self._on_demo_failed)
@@ -315,6 +316,11 @@ class MainWindow(QMainWindow):
         self.use_device(pairing)
         self.notice.show_message(f"Demo device: the device agent runs on this laptop ({pairing.address}) on the sample "
                                  f"video, paired with the code it wrote to {self.demo.device.data}.", "info")
+
+    def _remind_demo_running(self) -> None:
+        if self.demo.state == "on":     # it infers on this laptop's cores all the time
+            self.notice.show_message("The demo device keeps running on this laptop; ■ Stop demo device in the Device "
+                                     "panel stops it.", "info")
 
     def _on_demo_failed(self, text: str) -> None:
         self.notice.dismiss()
