@@ -377,7 +377,11 @@ class AgentRuntime:
         with self._admin:
             listing = self.repository.activate(model_id)
             self._track(model_id, "building", f"loading {model_id}", new=True)
-            failures = self._serve_active(f"activated {model_id}")
+            try:
+                failures = self._serve_active(f"activated {model_id}")
+            except Exception as exc:  # e.g. the state write of an auto-rollback: no record left "building"
+                self._track(model_id, "failed", f"{model_id}: {type(exc).__name__}: {exc}")
+                raise
             self._track_outcome(model_id, failures)
             if failures and failures[0][0] == model_id:
                 raise ApiError(422, "model_failed", f"{model_id} failed and was rolled back: {failures[0][1]}; "
