@@ -16,7 +16,10 @@ Authentication
 pairing code the agent shows (console, log, ``pairing-code.txt`` in its data folder) and its
 Ed25519 public key (the key that signs model packages); it receives a bearer token. Every other
 request carries ``Authorization: Bearer <token>``; anything else is refused with 401. Wrong
-codes are limited (``PAIRING_ATTEMPTS``), then the agent makes a new code.
+codes are throttled per client address and for the agent as a whole (429 with
+``Retry-After``); they never replace the code (``inspector/agent/throttle.py``). A client can
+swap its token for a new one (``POST /api/v1/pairing/token``) and unpair itself
+(``DELETE /api/v1/pairing``); the operator revokes clients with ``inspector-agent --revoke``.
 
 The stream
 ----------
@@ -56,7 +59,6 @@ PACKAGE_CONTENT_TYPE = "application/x-crackpkg"
 MAX_PACKAGE_BYTES = 200 * 2**20
 MAX_JSON_BYTES = 64 * 2**10                     # any JSON request body
 PAIRING_CODE_DIGITS = 6
-PAIRING_ATTEMPTS = 5                            # wrong codes before the code is replaced
 TOKEN_BYTES = 32
 STREAM_MAGIC = b"CRK1"
 MAX_STREAM_HEADER = 256 * 2**10
@@ -87,6 +89,9 @@ ENDPOINTS: dict[tuple[str, str], tuple[str, str | None, str]] = {
                                          "report its progress in the status", "ActivateRequest", "ModelList"),
     ("POST", f"{API}/models/rollback"): ("Go back to the previously active version", None, "ModelList"),
     ("GET", f"{API}/openapi.json"): ("This description", None, "openapi"),
+    ("DELETE", f"{API}/pairing"): ("Unpair this client: its token stops working at once", None, "ClientInfo"),
+    ("POST", f"{API}/pairing/token"): ("A new token for this client; the old one stops working at once",
+                                       None, "PairResponse"),
 }
 OPEN_ENDPOINTS = frozenset({("POST", f"{API}/pair"), ("GET", f"{API}/openapi.json")})
 # endpoints that may also answer 202 Accepted, and with what
@@ -100,9 +105,10 @@ class ProtocolError(ValueError):
 class ApiError(Exception):
     """An error response: HTTP ``status``, a stable ``code`` and a human ``message``."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None):
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
+        self.retry_after = retry_after     # seconds, sent as Retry-After (429, 503)
 
     def to_json(self) -> bytes:
         return json.dumps({"error": {"code": self.code, "message": self.message}}).encode()
@@ -194,6 +200,14 @@ class PairResponse(Message):
     agent_id: str
     agent_name: str
     cert_sha256: str | None    # fingerprint of the TLS certificate (None over plain HTTP)
+
+
+@dataclass(frozen=True)
+class ClientInfo(Message):
+    """A paired client as the agent knows it (the token itself is never stored)."""
+    name: str
+    key_id: str                # of its package-signing key
+    paired: str                # ISO-8601 UTC
 
 
 @dataclass(frozen=True)
@@ -372,7 +386,7 @@ _SCHEMAS = {
               "properties": {"error": {"type": "object", "required": ["code", "message"],
                                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
 }
-for _cls in (PairResponse, ModelInfo, ModelList, Status, StreamHeader, Activation):
+for _cls in (PairResponse, ClientInfo, ModelInfo, ModelList, Status, StreamHeader, Activation):
     _SCHEMAS[_cls.__name__] = {"type": "object",
                                "required": [f.name for f in fields(_cls) if f.default is MISSING],
                                "properties": {f.name: {} for f in fields(_cls)}}

@@ -220,25 +220,31 @@ class TestPlainHTTP:
         kinds = [e["kind"] for e in st.events]
         assert {"stored", "activated", "rollback"} <= set(kinds)
 
-    def test_wrong_pairing_code_and_attempt_limit(self, agent, token):
+    def test_wrong_codes_are_throttled_and_never_replace_the_code(self, agent, token):
+        from inspector.agent import throttle
+
         first = agent.pairing_code_file()
         wrong = f"{(int(first) + 1) % 10**6:06d}"
         status, _, body = pair(agent, code=first, key="bm90IGEga2V5")
         assert (status, error_code(body)) == (400, "bad_public_key")
         assert agent.pairing_code_file() == first  # a bad key is not a guess
-        for i in range(protocol.PAIRING_ATTEMPTS):
+        for i in range(throttle.FREE_FAILURES):
             status, _, body = pair(agent, code=wrong)
             assert (status, error_code(body)) == (403, "wrong_pairing_code"), i
-            if i < protocol.PAIRING_ATTEMPTS - 1:
-                assert agent.pairing_code_file() == first
-        second = agent.pairing_code_file()
-        assert second != first and re.fullmatch(r"\d{6}", second)
-        status, _, body = pair(agent, code=first)
-        assert status == 403  # the old code is dead
-        status, _, body = pair(agent, code=second, name="second laptop")
+        # the third wrong code costs a second: the next try is refused at once, not slept on
+        t0 = time.monotonic()
+        status, headers, body = pair(agent, code=first)
+        assert (status, error_code(body)) == (429, "too_many_attempts")
+        assert int(headers["Retry-After"]) >= 1 and time.monotonic() - t0 < 5.0
+        assert agent.pairing_code_file() == first  # strangers cannot rotate the code a person reads
+        time.sleep(int(headers["Retry-After"]) + 0.2)
+        status, _, body = pair(agent, code=first, name="second laptop")
         assert status == 200, body
         new_token = protocol.PairResponse.from_json(body).token
-        assert new_token != token and agent.pairing_code_file() != second  # a used code is replaced too
+        second = agent.pairing_code_file()
+        assert new_token != token and second != first  # a used code is replaced
+        status, _, body = pair(agent, code=first)
+        assert (status, error_code(body)) == (403, "wrong_pairing_code")  # the old code is dead
         assert agent.request("GET", f"{API}/status", token=new_token)[0] == 200
         assert agent.request("GET", f"{API}/status", token=token)[0] == 200  # the first client still works
         clients = json.loads((agent.data / "identity" / "clients.json").read_text())["clients"]
@@ -358,7 +364,9 @@ def test_config_file_and_command_line(tmp_path):
     opts = resolve_options(["--config", str(cfg), "--port", "9100", "--data", str(tmp_path)])
     assert opts["port"] == 9100 and opts["no-mdns"] and opts["insecure-http"] and opts["source"] == "0"
     assert opts["name"] == "from file" and opts["data"] == str(tmp_path)
-    assert opts["model"].endswith(".crackpkg") and opts["host"] == "0.0.0.0"
+    # plain HTTP defaults to loopback (tokens travel in clear); TLS to every interface
+    assert opts["model"].endswith(".crackpkg") and opts["host"] == "127.0.0.1"
+    assert resolve_options(["--port", "9100", "--data", str(tmp_path)])["host"] == "0.0.0.0"
 
     (tmp_path / "bad.json").write_text(json.dumps({"port": 1, "colour": "red"}))
     with pytest.raises(ConfigError, match="unknown key 'colour'"):
@@ -367,6 +375,22 @@ def test_config_file_and_command_line(tmp_path):
     with pytest.raises(ConfigError, match="port must be int"):
         resolve_options(["--config", str(tmp_path / "bad.yaml")])
     assert main(["--config", str(tmp_path / "bad.json")]) == 2
+
+
+@pytest.mark.parametrize("host,ok", [("127.0.0.1", True), ("127.0.0.53", True), ("::1", True),
+                                     ("localhost", True), ("0.0.0.0", False), ("::", False),
+                                     ("192.168.1.20", False), ("jetson.local", False)])
+def test_plain_http_only_on_loopback(tmp_path, capsys, host, ok):
+    from inspector.agent.main import ConfigError, main, resolve_options
+
+    argv = ["--insecure-http", "--host", host, "--data", str(tmp_path)]
+    if ok:
+        assert resolve_options(argv)["host"] == host
+        return
+    with pytest.raises(ConfigError, match="loopback"):
+        resolve_options(argv)
+    assert main(argv) == 2
+    assert "--insecure-http" in capsys.readouterr().err and not (tmp_path / "identity").exists()
 
 
 def test_example_config_and_unit_file():

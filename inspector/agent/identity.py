@@ -6,6 +6,7 @@ Files (``DATA`` = the agent's data folder)::
     DATA/identity/cert.pem       self-signed EC P-256 certificate (10 years)
     DATA/identity/key.pem        its private key (mode 0600)
     DATA/identity/clients.json   paired clients: name, Ed25519 public key, key id, sha256 of the token
+    DATA/identity/clients.lock   flock held while clients.json is changed (agent and command line)
     DATA/pairing-code.txt        the current pairing code (mode 0600)
 
 The certificate's SHA-256 (of its DER bytes, :attr:`Identity.cert_sha256`) is what clients pin;
@@ -15,14 +16,26 @@ pin no longer matches, which is the point of pinning).
 Pairing
 -------
 The code is 6 random digits (``secrets``), made at every start, after every successful pairing
-and after :data:`~inspector.protocol.PAIRING_ATTEMPTS` wrong tries. A wrong try also costs
-:data:`PAIRING_FAIL_DELAY_S` while holding the pairing lock, so guesses are serialised: with 5
-tries per code and 10^6 codes an attacker needs ~10^5 codes (≈ 3 days of uninterrupted
-guessing) for an even chance, and every new code is logged.
+and when the operator asks (``kill -HUP`` on the agent, see :meth:`Identity.new_code`). A wrong
+code does **not** replace it: that let any stranger rotate the code a person was reading and so
+keep everyone from pairing. Wrong codes are throttled instead, per client address and for all
+addresses together, without any sleeping under a lock (:mod:`inspector.agent.throttle`: the
+limits and the brute-force arithmetic, ≈ 57 years for one address, ≈ 2.9 years on average
+for an attacker with any number of addresses).
 
 Tokens are 32 random bytes (url-safe base64); only their SHA-256 is stored, so a stolen
 ``clients.json`` gives no access. Comparisons are constant-time (``hmac.compare_digest``).
 Pairing again with the same public key replaces that client's entry (and token).
+
+Unpairing
+---------
+A client is removed by the operator (``inspector-agent --revoke NAME``, which edits
+``clients.json`` while the agent runs) or by itself (``DELETE /api/v1/pairing``); a client can
+swap its token for a new one (``POST /api/v1/pairing/token``), the old one dies at once. Every
+change to ``clients.json`` is a read-modify-write under ``identity/clients.lock`` (flock), so the
+command line and the running agent never lose each other's changes, and the agent re-reads
+the file whenever it changed on disk (one ``stat`` per authentication): a revoked token gets 401
+from the next request on, and an open stream of it ends within a second.
 """
 from __future__ import annotations
 
@@ -33,12 +46,12 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
 import socket
 import ssl
 import threading
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,14 +60,13 @@ from typing import Any
 from .. import protocol
 from ..fsio import fsync_dir, write_atomic
 from ..protocol import ApiError
+from .throttle import PairingThrottle, TooManyAttempts
 
 log = logging.getLogger(__name__)
 
 IDENTITY_DIR = "identity"
 PAIRING_CODE_FILE = "pairing-code.txt"
 CERT_VALID_DAYS = 3650
-# A wrong code costs this long, serialised under the pairing lock (see the module doc).
-PAIRING_FAIL_DELAY_S = 0.5
 
 
 class IdentityError(RuntimeError):
@@ -130,16 +142,90 @@ def make_certificate(hostname: str) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+class ClientRegistry:
+    """``clients.json``: the paired clients, shared by the running agent and the command line.
+
+    :meth:`current` re-reads the file when it changed on disk (inode, size, mtime);
+    :meth:`change` is a read-modify-write under an exclusive ``flock`` on ``clients.lock``.
+    Thread-safe.
+    """
+
+    def __init__(self, identity_dir: str | os.PathLike):
+        self.dir = Path(identity_dir)
+        self.path = self.dir / "clients.json"
+        self.lock_path = self.dir / "clients.lock"
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self._clients: list[PairedClient] = []
+        self.current()
+
+    def _file_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load(self) -> list[PairedClient]:
+        if not self.path.exists():
+            return []
+        raw = _read_json(self.path)
+        try:
+            return [PairedClient(**c) for c in raw["clients"]]
+        except (KeyError, TypeError) as exc:
+            raise IdentityError(f"{self.path}: not a list of paired clients ({exc})") from None
+
+    def current(self) -> list[PairedClient]:
+        """The paired clients as the file says now."""
+        with self._lock:
+            stamp = self._file_stamp()
+            if stamp != self._stamp:
+                try:
+                    self._clients = self._load()
+                except IdentityError:
+                    if self._stamp is None:
+                        raise
+                    # a damaged file while running: trust nobody new, keep nobody revoked
+                    log.error("%s cannot be read; no client is trusted until it is fixed", self.path)
+                    self._clients = []
+                self._stamp = stamp
+            return list(self._clients)
+
+    def change(self, edit) -> list[PairedClient]:
+        """``edit(clients) -> new clients`` under the file lock; the new list is saved."""
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock, open(self.lock_path, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            clients = edit(self._load())
+            doc = {"clients": [asdict(c) for c in clients]}
+            atomic_write(self.path, json.dumps(doc, indent=1).encode(), 0o600)
+            self._clients, self._stamp = list(clients), self._file_stamp()
+            return list(clients)
+
+    def revoke(self, name_or_key_id: str) -> list[PairedClient]:
+        """Remove every client with this name or key id; the removed ones."""
+        gone: list[PairedClient] = []
+
+        def edit(clients: list[PairedClient]) -> list[PairedClient]:
+            gone.extend(c for c in clients if name_or_key_id in (c.name, c.key_id))
+            return [c for c in clients if c not in gone]
+
+        self.change(edit)
+        return gone
+
+
 class Identity:
     """The agent's identity in ``data_dir`` (created on first use; see the module doc).
 
     ``name``: the agent's display name; given, it replaces the stored one; default the
-    stored name, else the host name. ``fail_delay``: seconds a wrong pairing code costs.
+    stored name, else the host name. ``throttle``: the limits on wrong pairing codes.
     Thread-safe.
     """
 
     def __init__(self, data_dir: str | os.PathLike, *, name: str | None = None,
-                 fail_delay: float = PAIRING_FAIL_DELAY_S):
+                 throttle: PairingThrottle | None = None):
         self.data_dir = Path(data_dir)
         self.dir = self.data_dir / IDENTITY_DIR
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -147,20 +233,18 @@ class Identity:
         self.key_path = self.dir / "key.pem"
         self.clients_path = self.dir / "clients.json"
         self.pairing_code_path = self.data_dir / PAIRING_CODE_FILE
-        self.fail_delay = float(fail_delay)
-        self._lock = threading.Lock()          # clients and the code
-        self._pair_lock = threading.Lock()     # serialises pairing attempts (see fail_delay)
+        self.throttle = throttle or PairingThrottle()
+        self._lock = threading.Lock()          # the code
         self.hostname = socket.gethostname()
         self.agent_id, self.name = self._load_agent(name)
         self.cert_der = self._load_or_make_cert()
         self.cert_sha256 = _sha256_hex(self.cert_der)
-        self._clients = self._load_clients()
+        self.registry = ClientRegistry(self.dir)
         self._code = ""
-        self._wrong = 0
-        self._new_code("agent started")
+        self.new_code("agent started")
 
     def __repr__(self) -> str:
-        return f"Identity({self.name!r}, id={self.agent_id}, cert={self.cert_sha256[:16]}…, clients={len(self._clients)})"
+        return f"Identity({self.name!r}, id={self.agent_id}, cert={self.cert_sha256[:16]}…, clients={len(self.clients())})"
 
     # ------------------------------------------------------------------ files
 
@@ -192,23 +276,11 @@ class Identity:
         log.info("made a new TLS certificate %s", self.cert_path)
         return ssl.PEM_cert_to_DER_cert(cert_pem.decode("ascii"))
 
-    def _load_clients(self) -> list[PairedClient]:
-        if not self.clients_path.exists():
-            return []
-        raw = _read_json(self.clients_path)
-        try:
-            return [PairedClient(**c) for c in raw["clients"]]
-        except (KeyError, TypeError) as exc:
-            raise IdentityError(f"{self.clients_path}: not a list of paired clients ({exc})") from None
-
-    def _save_clients(self) -> None:
-        doc = {"clients": [asdict(c) for c in self._clients]}
-        atomic_write(self.clients_path, json.dumps(doc, indent=1).encode(), 0o600)
-
-    def _new_code(self, why: str) -> None:
+    def new_code(self, why: str) -> None:
+        """Replace the pairing code (start, a successful pairing, the operator's SIGHUP)."""
         code = "".join(secrets.choice("0123456789") for _ in range(protocol.PAIRING_CODE_DIGITS))
         with self._lock:
-            self._code, self._wrong = code, 0
+            self._code = code
         atomic_write(self.pairing_code_path, (code + "\n").encode(), 0o600)
         log.warning("pairing code %s (%s; also in %s)", code, why, self.pairing_code_path)
 
@@ -220,8 +292,7 @@ class Identity:
             return self._code
 
     def clients(self) -> list[PairedClient]:
-        with self._lock:
-            return list(self._clients)
+        return self.registry.current()
 
     def ssl_context(self) -> ssl.SSLContext:
         """A server context with this certificate, TLS 1.2 or newer."""
@@ -233,8 +304,9 @@ class Identity:
     def pair(self, code: str, client_name: str, public_key_b64: str, *, peer: str = "?") -> str:
         """The pairing code and the client's Ed25519 public key → a new bearer token.
 
-        Raises :class:`ApiError`: 400 ``bad_public_key``; 403 ``wrong_pairing_code`` (after
-        :data:`~inspector.protocol.PAIRING_ATTEMPTS` of them the code is replaced).
+        Raises :class:`ApiError`: 400 ``bad_public_key``; 429 ``too_many_attempts`` (with
+        ``retry_after``) while this address or the agent as a whole must wait, before the code
+        is compared; 403 ``wrong_pairing_code`` (the code stays; see the module doc).
         """
         from .. import signing
 
@@ -243,46 +315,78 @@ class Identity:
         except signing.SigningError as exc:
             raise ApiError(400, "bad_public_key", f"public_key: {exc}") from None
         key_id = signing.key_id_of(raw)
-        with self._pair_lock:
-            with self._lock:
-                ok = hmac.compare_digest(str(code).encode(), self._code.encode())
-                if not ok:
-                    self._wrong += 1
-                    left = protocol.PAIRING_ATTEMPTS - self._wrong
-            if not ok:
-                log.warning("wrong pairing code from %s (%r)", peer, client_name)
-                time.sleep(self.fail_delay)
-                if left <= 0:
-                    self._new_code(f"{protocol.PAIRING_ATTEMPTS} wrong codes")
-                    raise ApiError(403, "wrong_pairing_code",
-                                   "wrong pairing code; too many wrong codes, the agent has made a new one "
-                                   "(see its console, log or pairing-code.txt)")
-                raise ApiError(403, "wrong_pairing_code",
-                               f"wrong pairing code ({left} more wrong code(s) and the agent makes a new one)")
-            token = secrets.token_urlsafe(protocol.TOKEN_BYTES)
-            client = PairedClient(name=client_name, public_key=base64.b64encode(raw).decode("ascii"), key_id=key_id,
-                                  token_sha256=_sha256_hex(token.encode()), paired=_now_iso())
-            with self._lock:
-                self._clients = [c for c in self._clients if c.key_id != key_id] + [client]
-                self._save_clients()
-            log.info("paired with %r from %s (signing key %s)", client_name, peer, key_id)
-            self._new_code(f"used by {client_name!r}")
+        try:
+            self.throttle.check(peer)
+        except TooManyAttempts as exc:
+            raise ApiError(429, "too_many_attempts", f"pairing refused for now: {exc}",
+                           retry_after=exc.retry_after) from None
+        with self._lock:
+            expected = self._code
+            ok = hmac.compare_digest(str(code).encode(), expected.encode())
+            if ok:
+                self._code = ""   # used: nobody else pairs with it while the new one is made
+        if not ok:
+            wait = self.throttle.failed(peer)
+            log.warning("wrong pairing code from %s (%r); %d wrong in a row from there", peer, client_name,
+                        self.throttle.failures(peer))
+            raise ApiError(403, "wrong_pairing_code", "wrong pairing code (see the agent's console, log or "
+                           "pairing-code.txt)" + (f"; the next try from this address in {math.ceil(wait)} s"
+                                                  if wait else ""))
+        self.throttle.succeeded(peer)
+        token = secrets.token_urlsafe(protocol.TOKEN_BYTES)
+        client = PairedClient(name=client_name, public_key=base64.b64encode(raw).decode("ascii"), key_id=key_id,
+                              token_sha256=_sha256_hex(token.encode()), paired=_now_iso())
+        self.registry.change(lambda clients: [c for c in clients if c.key_id != key_id] + [client])
+        log.info("paired with %r from %s (signing key %s)", client_name, peer, key_id)
+        self.new_code(f"used by {client_name!r}")
         return token
 
     def authenticate(self, token: str | None) -> PairedClient | None:
-        """The client this bearer token belongs to, or None. Constant-time per client."""
+        """The client this bearer token belongs to, or None. Constant-time per client; sees
+        changes of ``clients.json`` made by the command line at once."""
         if not token:
             return None
         digest = _sha256_hex(token.encode("utf-8", "surrogateescape")).encode()
         found = None
-        with self._lock:
-            for c in self._clients:
-                if hmac.compare_digest(digest, c.token_sha256.encode()):
-                    found = c
+        for c in self.registry.current():
+            if hmac.compare_digest(digest, c.token_sha256.encode()):
+                found = c
         return found
+
+    def unpair(self, client: PairedClient) -> bool:
+        """Remove this client (its token dies at once); False if it was already gone."""
+        gone = []
+
+        def edit(clients: list[PairedClient]) -> list[PairedClient]:
+            gone.extend(c for c in clients if c.token_sha256 == client.token_sha256)
+            return [c for c in clients if c.token_sha256 != client.token_sha256]
+
+        self.registry.change(edit)
+        if gone:
+            log.warning("client %r (signing key %s) unpaired itself", client.name, client.key_id)
+        return bool(gone)
+
+    def rotate_token(self, client: PairedClient) -> str:
+        """A new token for this client; the old one dies at once. ApiError 401 if it is gone."""
+        token = secrets.token_urlsafe(protocol.TOKEN_BYTES)
+        found = []
+
+        def edit(clients: list[PairedClient]) -> list[PairedClient]:
+            out = []
+            for c in clients:
+                if c.token_sha256 == client.token_sha256:
+                    c = PairedClient(**{**asdict(c), "token_sha256": _sha256_hex(token.encode())})
+                    found.append(c)
+                out.append(c)
+            return out
+
+        self.registry.change(edit)
+        if not found:
+            raise ApiError(401, "unauthorized", "this token was revoked meanwhile: pair with the agent again")
+        log.info("client %r has a new token", client.name)
+        return token
 
     def trusted_keys(self) -> dict[str, bytes]:
         """``{key_id: raw Ed25519 public key}`` of every paired client (for the model repository)."""
-        with self._lock:
-            clients = list(self._clients)
+        clients = self.clients()
         return {c.key_id: base64.b64decode(c.public_key) for c in clients}

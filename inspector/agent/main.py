@@ -2,12 +2,22 @@
 
     inspector-agent [--source SOURCE] [--model PACKAGE] [--port PORT] [--data DIR] [--config FILE]
                     [--name NAME] [--host HOST] [--insecure-http] [--no-mdns] [--threads N]
+                    [--max-connections N]
+    inspector-agent [--data DIR] --list-clients
+    inspector-agent [--data DIR] --revoke NAME_OR_KEY_ID
 
 A config file (YAML or JSON) holds the same long options as keys (``insecure-http: true``;
 ``insecure_http`` works too); the command line wins over the file, the file over the defaults;
 an unknown key is refused. Defaults: the shipped sample video, the shipped model, the data
 folder ``platformdirs.user_data_dir("crack-inspector-agent")``, port
 :data:`~inspector.protocol.DEFAULT_PORT` on all interfaces, TLS on, mDNS on.
+``--insecure-http`` (tokens in clear) is allowed on a loopback address only (127.0.0.0/8,
+``::1``, ``localhost``; it is then the default host); any other host is refused (exit 2).
+
+``--list-clients`` and ``--revoke`` work on the data folder and exit, also while an agent runs
+on it: the running agent re-reads the paired clients when the file changes, so a revoked
+client's next request gets 401 and its open stream ends (:mod:`inspector.agent.identity`).
+SIGHUP makes the running agent replace its pairing code (the operator's rotation).
 
 ``--model`` is imported into the agent's model repository at every start (a no-op when it is
 already stored) and becomes active only if nothing is active: a version pushed from the app
@@ -48,6 +58,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "insecure-http": (bool, "plain HTTP instead of HTTPS (loopback tests only: tokens travel in clear)"),
     "no-mdns": (bool, "do not advertise the agent over mDNS"),
     "threads": (int, "inference threads (default: the usable cores)"),
+    "max-connections": (int, "connections served at once; when all do real work, others get 503 (default 64)"),
     "log-level": (str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
 }
 
@@ -60,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inspector-agent",
                                 description="Crack inspector device agent: camera → model → stream to the app.")
     p.add_argument("--config", help="YAML or JSON file with any of the options below as keys")
+    p.add_argument("--list-clients", action="store_true", help="list the paired clients (of --data) and exit")
+    p.add_argument("--revoke", metavar="NAME_OR_KEY_ID",
+                   help="unpair every client with this name or signing-key id and exit (works while the agent runs)")
     for name, (typ, text) in OPTIONS.items():
         if typ is bool:
             p.add_argument(f"--{name}", action="store_true", default=None, help=text)
@@ -139,12 +153,20 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
     if "data" not in merged:
         merged["data"] = _default_data_dir()
     merged.setdefault("port", protocol.DEFAULT_PORT)
-    merged.setdefault("host", "0.0.0.0")
+    merged.setdefault("host", "127.0.0.1" if merged.get("insecure-http") else "0.0.0.0")
     merged.setdefault("name", None)
     merged.setdefault("insecure-http", False)
     merged.setdefault("no-mdns", False)
     merged.setdefault("threads", None)
     merged.setdefault("log-level", "INFO")
+    merged.setdefault("max-connections", None)
+    merged["list-clients"], merged["revoke"] = args.list_clients, args.revoke
+    if merged["insecure-http"] and not is_loopback(merged["host"]):
+        raise ConfigError(f"--insecure-http sends tokens and frames in clear: it is allowed on a loopback "
+                          f"address only (127.0.0.0/8, ::1, localhost), not on {merged['host']!r}; "
+                          f"drop --insecure-http to serve HTTPS there")
+    if merged["max-connections"] is not None and merged["max-connections"] < 1:
+        raise ConfigError(f"max-connections must be 1 or more, got {merged['max-connections']}")
     if not 0 <= merged["port"] <= 65535:
         raise ConfigError(f"port must be 0..65535, got {merged['port']}")
     if merged["threads"] is not None and merged["threads"] < 1:
@@ -152,6 +174,45 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
     if str(merged["log-level"]).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log-level must be DEBUG, INFO, WARNING or ERROR, got {merged['log-level']!r}")
     return merged
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``."""
+    import ipaddress
+
+    if str(host).strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(str(host).strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def manage_clients(opts: dict[str, Any]) -> int:
+    """``--list-clients`` / ``--revoke``: on the data folder, with or without a running agent."""
+    from .identity import IDENTITY_DIR, ClientRegistry, IdentityError
+
+    data = Path(opts["data"]).expanduser().resolve()
+    try:
+        registry = ClientRegistry(data / IDENTITY_DIR)
+        if opts["revoke"] is None:
+            clients = registry.current()
+            for c in clients:
+                print(f"{c.name}\tkey {c.key_id}\tpaired {c.paired}")
+            if not clients:
+                print(f"no paired clients in {data}", file=sys.stderr)
+            return 0
+        gone = registry.revoke(opts["revoke"])
+    except (IdentityError, OSError) as exc:
+        print(f"inspector-agent: {exc}", file=sys.stderr)
+        return 1
+    if not gone:
+        print(f"inspector-agent: no paired client named {opts['revoke']!r} in {data} "
+              f"(--list-clients shows them)", file=sys.stderr)
+        return 1
+    for c in gone:
+        print(f"revoked {c.name} (key {c.key_id}); a running agent refuses its token from now on")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=str(opts["log-level"]).upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if opts["list-clients"] or opts["revoke"] is not None:
+        return manage_clients(opts)
     try:
         return run(opts)
     except StartError as exc:
@@ -192,13 +255,18 @@ def run(opts: dict[str, Any]) -> int:
     from ..sources import SourceError, parse_source
 
     stop = threading.Event()
+    new_code = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
         stop.set()
 
+    def on_hup(_signum: int, _frame: Any) -> None:
+        new_code.set()   # the main loop makes it (no file writing in a signal handler)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     try:
         spec = parse_source(opts["source"])
     except SourceError as exc:
@@ -210,7 +278,7 @@ def run(opts: dict[str, Any]) -> int:
         raise StartError(f"data folder {data}: {exc.strerror or exc}") from None
     lock = _lock_data_dir(data)
     try:
-        _serve(opts, spec, data, stop)
+        _serve(opts, spec, data, stop, new_code)
     finally:
         lock.close()
     return 0
@@ -239,7 +307,7 @@ def _open_store(opts: dict[str, Any], data: Path) -> tuple[Any, Any]:
     return identity, repository
 
 
-def _serve(opts: dict[str, Any], spec: Any, data: Path, stop: threading.Event) -> None:
+def _serve(opts: dict[str, Any], spec: Any, data: Path, stop: threading.Event, new_code: threading.Event) -> None:
     from ..sources import FrameGrabber
     from .runtime import AgentRuntime
     from .server import AgentServer
@@ -248,7 +316,8 @@ def _serve(opts: dict[str, Any], spec: Any, data: Path, stop: threading.Event) -
     identity, repository = _open_store(opts, data)
     runtime = AgentRuntime(repository, FrameGrabber(spec, loop=True, realtime=True), threads=opts["threads"])
     try:
-        server = AgentServer(identity, repository, runtime, host=opts["host"], port=opts["port"], tls=tls)
+        server = AgentServer(identity, repository, runtime, host=opts["host"], port=opts["port"], tls=tls,
+                             **({"max_connections": opts["max-connections"]} if opts["max-connections"] else {}))
     except OSError as exc:
         repository.close()
         raise StartError(f"cannot listen on {opts['host']}:{opts['port']} ({exc.strerror or exc})") from None
@@ -266,7 +335,9 @@ def _serve(opts: dict[str, Any], spec: Any, data: Path, stop: threading.Event) -
             advertiser = start_advertising(name=identity.name, port=server.port, agent_id=identity.agent_id,
                                            tls=tls, cert_sha256=identity.cert_sha256, host=opts["host"])
         while not stop.wait(1.0):
-            pass
+            if new_code.is_set():
+                new_code.clear()
+                identity.new_code("asked for with SIGHUP")
     finally:
         if advertiser is not None:
             advertiser.stop()

@@ -25,7 +25,25 @@ an unexpected exception is logged with its traceback and answered 500 ``internal
 one. Sockets time out (:data:`~inspector.protocol.REQUEST_TIMEOUT` while reading a request,
 :data:`~inspector.protocol.STREAM_READ_TIMEOUT` while writing the stream), so a stalled client
 frees its thread; a stream with no frame for STREAM_READ_TIMEOUT (camera gone) is ended by the
-agent, as the client would; at most :data:`MAX_CONNECTIONS` connections are served at once.
+agent, as the client would.
+
+Connections: nobody on the network can lock the others out
+-------------------------------------------------------------
+At most ``max_connections`` (:data:`MAX_CONNECTIONS`) connections have a thread at once. A
+connection gets :data:`HEAD_TIMEOUT_S` in all for its TLS handshake and a complete request head
+(the same again while idle between keep-alive requests), and an unauthenticated request
+:data:`OPEN_REQUEST_S` from head to answer: a reaper thread shuts down whoever is late, so idle
+sockets, slowloris heads (a byte a second resets no per-read timeout, but not this deadline)
+and stalled handshakes free their slot within seconds. When every slot is taken, a new
+connection takes the slot of a connection still waiting for its request head (the oldest one
+of the address with the most of them), so a flood of idle connections cannot keep a real
+request out. Only when every slot is doing real work (authenticated requests, streams, which
+are never dropped for a newcomer) is the newcomer answered ``503`` with ``Retry-After`` (over
+TLS too: up to :data:`MAX_REFUSING` such answers at once, each bounded by
+:data:`REFUSE_TIMEOUT_S`; beyond that it is closed).
+
+A stream whose token is revoked (``inspector-agent --revoke``, ``DELETE /api/v1/pairing``, a
+new token) ends within :data:`REVOKE_CHECK_S`.
 """
 from __future__ import annotations
 
@@ -46,6 +64,13 @@ from ..protocol import API, ApiError, Message, ProtocolError
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64          # a Jetson has better uses for its memory than a thread per attacker
+HEAD_TIMEOUT_S = 5.0          # TLS handshake + complete request head (and idle keep-alive); see the doc
+OPEN_REQUEST_S = 10.0         # an unauthenticated request from its head to the end of its answer
+REAPER_PERIOD_S = 0.25
+MAX_REFUSING = 8              # 503 answers in progress at once; beyond, new connections are just closed
+REFUSE_TIMEOUT_S = 2.0        # per socket operation of a 503 answer (handshake, read, write)
+RETRY_AFTER_S = 5
+REVOKE_CHECK_S = 0.5          # an open stream checks its token this often
 STREAM_POLL_S = 0.5           # stream loop: how often it notices stop() while no frame comes
 STOP_JOIN_S = 3.0
 DRAIN_S = protocol.REQUEST_TIMEOUT   # longest an error answer waits for the rest of a refused body
@@ -63,6 +88,15 @@ def _json_bytes(obj: Message | dict) -> bytes:
     if isinstance(obj, Message):
         return obj.to_json()
     return json.dumps(obj, allow_nan=False).encode("utf-8")
+
+
+def _busy_response() -> bytes:
+    body = ApiError(503, "busy", f"the agent is serving as many connections as it can; try again in "
+                    f"{RETRY_AFTER_S} s").to_json()
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER_S}\r\nCache-Control: no-store\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode("ascii") + body
 
 
 class _CountingReader:
@@ -90,6 +124,9 @@ class _Handler(BaseHTTPRequestHandler):
     _expect_100 = False
     _responded = False
     _unread = 0                          # body bytes of this request not read yet
+    _served = 0                          # requests on this connection so far
+    _client: Any = None                  # the PairedClient of the request (None: open endpoint)
+    _token = ""
 
     # ------------------------------------------------------------------ plumbing
 
@@ -102,9 +139,19 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
+    def handle_one_request(self) -> None:
+        if self._served:  # idle between keep-alive requests: the head deadline again
+            self.server.set_deadline(self.request, HEAD_TIMEOUT_S, waiting=True)
+        self._served += 1
+        super().handle_one_request()
+
     def parse_request(self) -> bool:
         self._responded, self._unread, self._expect_100 = False, 0, False
-        return super().parse_request()
+        self._client, self._token = None, ""
+        ok = super().parse_request()
+        if ok:  # the head is complete; until authenticated, the whole request is bounded
+            self.server.set_deadline(self.request, OPEN_REQUEST_S, waiting=False)
+        return ok
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
@@ -184,7 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
             path = urlsplit(self.path).path
             key = (self.command, path)
             if key not in protocol.OPEN_ENDPOINTS:
-                self._authenticate()
+                self._client = self._authenticate()
+                self.server.set_deadline(self.request, None, waiting=False)
                 if key not in protocol.ENDPOINTS:
                     allowed = sorted(m for (m, p) in protocol.ENDPOINTS if p == path)
                     if allowed:
@@ -210,6 +258,8 @@ class _Handler(BaseHTTPRequestHandler):
         if err.status == 405:
             allowed = sorted(m for (m, p) in protocol.ENDPOINTS if p == urlsplit(self.path).path)
             headers = {"Allow": ", ".join(allowed)}
+        if err.retry_after is not None:
+            headers = {**(headers or {}), "Retry-After": str(int(err.retry_after))}
         try:
             self._send_api_error(err, headers)
         except _NETWORK_ERRORS:
@@ -220,7 +270,8 @@ class _Handler(BaseHTTPRequestHandler):
         scheme, _, token = value.strip().partition(" ")
         client = None
         if scheme.lower() == "bearer" and token.strip():
-            client = self.server.agent.identity.authenticate(token.strip())
+            self._token = token.strip()
+            client = self.server.agent.identity.authenticate(self._token)
         if client is None:
             raise ApiError(401, "unauthorized", "missing or wrong bearer token: pair with the agent first"
                            if not value else "wrong bearer token: pair with the agent again")
@@ -331,6 +382,20 @@ class _Handler(BaseHTTPRequestHandler):
         self._no_body()
         self._send_json(protocol.openapi())
 
+    def unpair(self) -> None:
+        self._no_body()
+        c = self._client
+        self.server.agent.identity.unpair(c)
+        self._send_json(protocol.ClientInfo(name=c.name, key_id=c.key_id, paired=c.paired))
+
+    def new_token(self) -> None:
+        self._no_body()
+        agent = self.server.agent
+        token = agent.identity.rotate_token(self._client)
+        self._send_json(protocol.PairResponse(token=token, agent_id=agent.identity.agent_id,
+                                              agent_name=agent.identity.name,
+                                              cert_sha256=agent.identity.cert_sha256 if agent.tls else None))
+
     def stream(self) -> None:
         self._no_body()
         agent = self.server.agent
@@ -346,9 +411,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._responded = True
             # A client that stops reading blocks sendall; after this long it counts as gone.
             self.connection.settimeout(protocol.STREAM_READ_TIMEOUT)
-            last = time.monotonic()
+            last = checked = time.monotonic()
             while not agent.stopping:
-                blob = sub.next(timeout=STREAM_POLL_S)
+                if time.monotonic() - checked > REVOKE_CHECK_S:
+                    checked = time.monotonic()
+                    if agent.identity.authenticate(self._token) is None:
+                        log.warning("%s: token revoked, stream ended", self.address_string())
+                        break
+                blob = sub.next(timeout=min(STREAM_POLL_S, REVOKE_CHECK_S))
                 if blob is None:
                     # No frame for as long as a client waits before it calls the link lost
                     # (camera gone): end the response, or a client that left meanwhile would
@@ -374,6 +444,8 @@ _ROUTES = {
     ("POST", f"{API}/models/activate"): "activate",
     ("POST", f"{API}/models/rollback"): "rollback",
     ("GET", f"{API}/openapi.json"): "openapi",
+    ("DELETE", f"{API}/pairing"): "unpair",
+    ("POST", f"{API}/pairing/token"): "new_token",
 }
 # Routing comes from the protocol's table: an endpoint added there without a handler here (or
 # the reverse) fails at import, not at the first request.
@@ -381,15 +453,29 @@ if set(_ROUTES) != set(protocol.ENDPOINTS):
     raise ImportError(f"agent routes {sorted(set(_ROUTES) ^ set(protocol.ENDPOINTS))} do not match protocol.ENDPOINTS")
 
 
+class _Conn:
+    """A served connection: its thread, whether it waits for a request head, its deadline."""
+
+    __slots__ = ("sock", "peer", "thread", "since", "deadline", "waiting", "dropped")
+
+    def __init__(self, sock: Any, peer: str, now: float):
+        self.sock, self.peer, self.thread = sock, peer, None
+        self.since, self.deadline, self.waiting, self.dropped = now, now + HEAD_TIMEOUT_S, True, False
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], agent: "AgentServer", ssl_context: ssl.SSLContext | None):
+    def __init__(self, address: tuple[str, int], agent: "AgentServer", ssl_context: ssl.SSLContext | None,
+                 max_connections: int = MAX_CONNECTIONS):
         self.agent = agent
         self.ssl_context = ssl_context
-        self.conns: dict[Any, threading.Thread] = {}
+        self.max_connections = int(max_connections)
+        self.conns: dict[Any, _Conn] = {}
         self.conns_lock = threading.Lock()
+        self._refusing = threading.BoundedSemaphore(MAX_REFUSING)
+        self._logged_full = 0.0
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -407,18 +493,94 @@ class _HTTPServer(ThreadingHTTPServer):
             sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    # ------------------------------------------------------------------ slots and deadlines
+
+    def set_deadline(self, sock: Any, seconds: float | None, *, waiting: bool) -> None:
+        """From now on ``sock`` must be done within ``seconds`` (None: no limit); ``waiting``:
+        it waits for a request head (and may give its slot to a newcomer)."""
+        now = time.monotonic()
         with self.conns_lock:
-            full = len(self.conns) >= MAX_CONNECTIONS
+            c = self.conns.get(sock)
+            if c is not None:
+                c.deadline = None if seconds is None else now + seconds
+                if waiting and not c.waiting:
+                    c.since = now
+                c.waiting = waiting
+
+    def _drop_locked(self, c: _Conn, why: str) -> None:
+        # Under conns_lock: shutdown_request pops the entry under the same lock before it closes
+        # the socket, so this file descriptor is still this connection's.
+        c.dropped = True
+        log.debug("dropping the connection from %s: %s", c.peer, why)
+        try:
+            socket.socket.shutdown(c.sock, socket.SHUT_RDWR)  # wakes its thread's blocked read
+        except OSError:
+            pass
+
+    def _victim_locked(self) -> _Conn | None:
+        """The connection that gives its slot to a newcomer: one still waiting for its request
+        head, from the address with the most of them, the longest waiting first."""
+        waiting = [c for c in self.conns.values() if c.waiting and not c.dropped]
+        if not waiting:
+            return None
+        per_peer: dict[str, int] = {}
+        for c in waiting:
+            per_peer[c.peer] = per_peer.get(c.peer, 0) + 1
+        return min(waiting, key=lambda c: (-per_peer[c.peer], c.since))
+
+    def reap(self) -> None:
+        """Drop every connection past its deadline (the reaper thread calls this)."""
+        now = time.monotonic()
+        with self.conns_lock:
+            for c in self.conns.values():
+                if not c.dropped and c.deadline is not None and now > c.deadline:
+                    self._drop_locked(c, "too slow" if not c.waiting else "no request head in time")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        c = _Conn(request, str(client_address[0]), time.monotonic())
+        with self.conns_lock:
+            busy = sum(1 for x in self.conns.values() if not x.dropped)
+            victim = self._victim_locked() if busy >= self.max_connections else None
+            if victim is not None:
+                self._drop_locked(victim, "its slot went to a new connection")
+            full = busy >= self.max_connections and victim is None
             if not full:
-                t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
-                                     name=f"agent-conn {client_address[0]}:{client_address[1]}", daemon=True)
-                self.conns[request] = t
+                c.thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                            name=f"agent-conn {client_address[0]}:{client_address[1]}",
+                                            daemon=True)
+                self.conns[request] = c
         if full:
-            log.warning("refusing a connection from %s: %d connections open", client_address[0], MAX_CONNECTIONS)
+            self._refuse(request, client_address)
+            return
+        c.thread.start()
+
+    def _refuse(self, request: Any, client_address: Any) -> None:
+        now = time.monotonic()
+        if now - self._logged_full > 10.0:
+            self._logged_full = now
+            log.warning("%d connections busy: answering 503 to %s (and others for 10 s)",
+                        self.max_connections, client_address[0])
+        if not self._refusing.acquire(blocking=False):
             self.shutdown_request(request)
             return
-        t.start()
+        threading.Thread(target=self._answer_busy, args=(request,), name="agent-503", daemon=True).start()
+
+    def _answer_busy(self, sock: Any) -> None:
+        """503 + Retry-After as a real HTTP answer (after the TLS handshake); every step bounded."""
+        try:
+            sock.settimeout(REFUSE_TIMEOUT_S)
+            if isinstance(sock, ssl.SSLSocket):
+                sock.do_handshake()
+            try:  # the request, so that closing with it unread does not reset our answer away
+                sock.recv(1 << 16)
+            except (OSError, ValueError):
+                pass
+            sock.sendall(_busy_response())
+        except (OSError, ValueError) as exc:
+            log.debug("503 answer not delivered: %s", exc)
+        finally:
+            self.shutdown_request(sock)
+            self._refusing.release()
 
     def shutdown_request(self, request: Any) -> None:
         with self.conns_lock:
@@ -429,7 +591,7 @@ class _HTTPServer(ThreadingHTTPServer):
         import sys
 
         exc = sys.exc_info()[1]
-        if isinstance(exc, _NETWORK_ERRORS):
+        if isinstance(exc, (*_NETWORK_ERRORS, OSError)):
             log.debug("connection from %s ended: %s", client_address[0], exc)
         else:
             log.error("connection from %s failed", client_address[0], exc_info=True)
@@ -439,7 +601,7 @@ class AgentServer:
     """The API server (see the module doc). ``port=0`` picks a free port; :attr:`port` says which."""
 
     def __init__(self, identity: Any, repository: Any, runtime: Any, *, host: str = "127.0.0.1",
-                 port: int = protocol.DEFAULT_PORT, tls: bool = True):
+                 port: int = protocol.DEFAULT_PORT, tls: bool = True, max_connections: int = MAX_CONNECTIONS):
         from .repository import RepositoryError
 
         self.identity, self.repository, self.runtime = identity, repository, runtime
@@ -450,8 +612,10 @@ class AgentServer:
         self._streams: set[Any] = set()
         self._lock = threading.Lock()
         self._started = time.monotonic()
-        self._httpd = _HTTPServer((host, int(port)), self, identity.ssl_context() if self.tls else None)
+        self._httpd = _HTTPServer((host, int(port)), self, identity.ssl_context() if self.tls else None,
+                                  max_connections)
         self._thread: threading.Thread | None = None
+        self._reaper_stop = threading.Event()
 
     @property
     def port(self) -> int:
@@ -461,11 +625,20 @@ class AgentServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="agent-http", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._reap, name="agent-reaper", daemon=True).start()
         log.info("serving %s on %s:%d", "HTTPS" if self.tls else "plain HTTP (insecure)", self.host, self.port)
+
+    def _reap(self) -> None:
+        while not self._reaper_stop.wait(REAPER_PERIOD_S):
+            try:
+                self._httpd.reap()
+            except Exception:  # noqa: BLE001 - the reaper must outlive any one bad connection
+                log.exception("connection reaper")
 
     def stop(self) -> None:
         """Stop accepting, end stream connections at once, close every connection."""
         self.stopping = True
+        self._reaper_stop.set()
         with self._lock:
             streams = list(self._streams)
         for sub in streams:
@@ -476,14 +649,15 @@ class AgentServer:
         self._httpd.server_close()
         with self._httpd.conns_lock:
             conns = list(self._httpd.conns.items())
-        for sock, _ in conns:
-            try:
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: wakes a blocked read/write
-            except OSError:
-                pass
+            for sock, _ in conns:
+                try:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: wakes a blocked read/write
+                except OSError:
+                    pass
         deadline = time.monotonic() + STOP_JOIN_S
-        for _, thread in conns:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for _, c in conns:
+            if c.thread is not None:
+                c.thread.join(max(0.0, deadline - time.monotonic()))
 
     def _track_stream(self, sub: Any, add: bool) -> None:
         with self._lock:
