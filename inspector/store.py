@@ -4,7 +4,10 @@ Layout under ``root`` (default: platformdirs ``user_data_dir("crack-inspector") 
 
     flags.sqlite3                     one row per flag (SQLite, WAL journal, synchronous=FULL)
     images/2026-11/<uid>.frame.png    the frame, lossless RGB PNG (month of ``created``)
-    images/2026-11/<uid>.heat.png     the heat-map, 8-bit grey PNG (value · 255, rounded)
+    images/2026-11/<uid>.heat.png     the heat-map, 8-bit PNG: pixel = value · 255, rounded, with
+                                      the TURBO colour map as its palette, so a viewer shows it in
+                                      colour (:mod:`inspector.heat_png`; stores written before
+                                      that hold grey PNGs of the same values, read alike)
     .lock                             locked while a FlagStore has the folder open
 
 File names are made from the flag's uid (uuid4 hex) and the month of its creation, never from
@@ -88,6 +91,7 @@ import cv2
 import numpy as np
 
 from .fsio import fsync_dir, write_atomic
+from .heat_png import HeatPngError, decode_heat_png, encode_heat_png
 from .store_checks import check_choice, check_count, check_id, check_prob, check_text, is_number, utc
 from .store_query import FlagFilter
 from .store_review import UNSET, ReviewMethods
@@ -230,7 +234,7 @@ class FlagStore(ReviewMethods):
         uid = uuid.uuid4().hex
         shard = f"{IMAGES_DIR}/{when.year:04d}-{when.month:02d}"
         files = {f"{shard}/{uid}.frame.png": _encode_png(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)),
-                 f"{shard}/{uid}.heat.png": _encode_png(heat)}
+                 f"{shard}/{uid}.heat.png": encode_heat_png(heat)}
         try:
             folder = self.root / shard
             if not folder.is_dir():
@@ -407,8 +411,13 @@ class FlagStore(ReviewMethods):
             data = (self.root / rel).read_bytes()
         except OSError as err:
             raise StoreError(f"flag {rec.uid}: cannot read {rel}: {err}") from err
-        # imdecode, not imread: imread cannot open non-ASCII paths on Windows (user folders).
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if ndim == 2:  # the heat-map: a palette PNG (OpenCV would expand it to colours)
+            try:
+                img = decode_heat_png(data)
+            except HeatPngError:
+                img = None
+        else:  # imdecode, not imread: imread cannot open non-ASCII paths on Windows (user folders).
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         expected = (rec.height, rec.width, 3)[:ndim]
         if img is None or img.dtype != np.uint8 or img.shape != expected:
             raise StoreError(f"flag {rec.uid}: {rel} is not a {'×'.join(map(str, expected))} 8-bit PNG")

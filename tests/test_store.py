@@ -218,6 +218,23 @@ def test_writer_threads_and_a_reader(store):
     assert errors == [] and store.count() == 16 and len({r.uid for r in store.list()}) == 16
 
 
+def test_heatmap_file_shows_in_colour_and_keeps_its_values(store):
+    """The stored heat PNG is what a viewer shows: the live view's TURBO colours, not grey; its
+    pixel values (palette indices) are still the heat · 255."""
+    from PIL import Image
+
+    frame = real_frame("crack", 0)
+    rec = add(store, frame)
+    with Image.open(store.root / rec.heatmap_file) as img:
+        assert img.mode == "P"
+        indices = np.array(img)
+        shown = np.array(img.convert("RGB")).astype(int)
+    np.testing.assert_array_equal(indices, np.rint(heat_of(frame) * 255).astype(np.uint8))
+    expected = cv2.applyColorMap(indices, cv2.COLORMAP_TURBO)[..., ::-1].astype(int)
+    np.testing.assert_array_equal(shown, expected)
+    assert np.abs(shown[..., 0] - shown[..., 2]).mean() > 30  # coloured, not grey
+
+
 def test_one_store_per_folder(store):
     with pytest.raises(StoreError, match="already open"):
         FlagStore(store.root)
@@ -268,6 +285,8 @@ def test_migrates_a_v1_database(tmp_path):
         assert all((r.location, r.note, r.label) == (None, None, None) for r in recs)
         assert recs[1].model == ModelRef("crack-student", "0.9.0", "cd" * 32) and recs[1].tiles == tuple(tiles(0.9, 0.2))
         np.testing.assert_array_equal(store.load_frame(recs[1]), real_frame("crack", 0))
+        np.testing.assert_allclose(store.load_heatmap(recs[1]), heat_of(real_frame("crack", 0)),
+                                   atol=0.5 / 255 + 1e-6)  # the grey heat PNG of earlier stores reads alike
         assert store.update(recs[0].id, location="deck", label="crack").location == "deck"
         add(store)  # new flags go in beside the migrated ones
     db = sqlite3.connect(root / "flags.sqlite3")
