@@ -23,7 +23,13 @@ so what it shows is what the camera sees now. Frames are converted BGR → RGB o
 new array the consumer owns. Files are paced at their own frame rate (``realtime``) and loop;
 cameras and streams pace themselves.
 
-Failures never end the thread: a source that does not open, or a camera / stream / pipeline
+A local file that OpenCV cannot decode (a text file renamed ``.mp4``) is an error at once, not
+something to wait for: :func:`parse_source` refuses it (``"not a video OpenCV can read"``), and
+a grabber whose file opens without a single frame ever (replaced since) ends in state
+``"ended"`` with that message. Only what can come back reconnects: cameras, network streams,
+pipelines, and a file that has played and then fails (deleted, disk gone).
+
+Other failures never end the thread: a source that does not open, or a camera / stream / pipeline
 whose read fails (unplugged, network gone), goes to state ``"reconnecting"`` and is retried with
 exponential back-off (``backoff[0]`` doubling up to ``backoff[1]``) until :meth:`stop`. The
 attempt counter resets once a frame arrives. Back-off sleeps wait on an Event so ``stop()`` is
@@ -133,7 +139,22 @@ def _file_spec(path: Path) -> SourceSpec:
         raise SourceError(f"{path} is a folder, not a video file")
     if not path.is_file():
         raise SourceError(f"not a camera index, URL or GStreamer pipeline, and no video file {str(path)!r} exists")
+    if not _decodes(path):
+        raise SourceError(f"not a video OpenCV can read: {path} (give a video file, e.g. .mp4 or .avi, "
+                          "a camera index, a URL or a GStreamer pipeline)")
     return SourceSpec("file", str(path.resolve()), path.name)
+
+
+def _decodes(path: Path) -> bool:
+    """Whether OpenCV opens ``path`` and decodes its first frame (a few ms for a real video)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return False
+        ok, img = cap.read()
+        return bool(ok) and img is not None and img.size > 0
+    finally:
+        cap.release()
 
 
 # --------------------------------------------------------------------------- opening
@@ -270,8 +291,11 @@ class FrameGrabber(NewestItemSource[Frame]):
         attempt = 0
         self._due = None
         self._set_status(SourceStatus("connecting", f"opening {label}"))
+        played = False  # a file that never gave a frame is not a video; one that did may come back
         while not self._stop.is_set():
             cap, why = self._open_or_none()
+            if cap is None and why.startswith("does not open") and self._not_a_video(played):
+                break
             if cap is None:
                 attempt += 1
                 self._wait_backoff(attempt, f"cannot open {label}: {why}")
@@ -281,8 +305,10 @@ class FrameGrabber(NewestItemSource[Frame]):
             finally:
                 cap.release()
             if n:
-                attempt = 0
+                attempt, played = 0, True
             if outcome == _STOP:
+                break
+            if outcome == _EOF and not n and self._not_a_video(played):
                 break
             if outcome == _EOF and n:
                 if self.loop:
@@ -293,6 +319,13 @@ class FrameGrabber(NewestItemSource[Frame]):
             what = (f"cannot read frames from {label}" if self.spec.kind == "file" or not n
                     else f"{label} disconnected")
             self._wait_backoff(attempt, what)
+
+    def _not_a_video(self, played: bool) -> bool:
+        """For a local file that never gave a frame: end with the reason (True); else False."""
+        if self.spec.kind != "file" or played:
+            return False
+        self._set_status(SourceStatus("ended", f"not a video OpenCV can read: {self.spec.value}"))
+        return True
 
     def _pump(self, cap: cv2.VideoCapture) -> tuple[str, int]:
         """Read until the end, a failure or stop; returns (outcome, frames read)."""

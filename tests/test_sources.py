@@ -452,3 +452,54 @@ def test_start_twice_and_stop_twice(video):
         g.stop()
     assert g.status.state == "stopped"
     assert not any(t.name.startswith("FrameGrabber[") and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_file_that_is_not_a_video_is_an_error_at_once(tmp_path):
+    """notes.txt renamed .mp4: refused by parse_source, naming the file; a grabber given one
+    (replaced after parsing) ends with the reason instead of retrying forever."""
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("pier 3: hairline crack near the bearing, check again in spring\n" * 50)
+    with pytest.raises(SourceError, match=r"not a video OpenCV can read: .*notes\.mp4"):
+        parse_source(notes)
+    with pytest.raises(SourceError, match="not a video OpenCV can read"):
+        parse_source(str(notes))
+    rec = Recorder()
+    g = FrameGrabber(SourceSpec("file", str(notes), "notes.mp4"), backoff=(0.05, 0.1), on_status=rec)
+    g.start()
+    try:
+        assert rec.wait_for(lambda s: any(x.state == "ended" for x in s)), rec.states()
+        time.sleep(0.3)  # would be several retries at this back-off
+    finally:
+        g.stop()
+    assert "reconnecting" not in rec.states()
+    ended = next(x for x in rec.statuses if x.state == "ended")
+    assert ended.message == f"not a video OpenCV can read: {notes}"
+
+
+def test_a_file_that_opens_but_gives_no_frame_ends_too(video):
+    empty = SourceSpec("file", str(video), "wall.avi")
+    rec = Recorder()
+    g = FrameGrabber(empty, backoff=(0.05, 0.1), on_status=rec, open_capture=lambda spec: EmptyCapture())
+    g.start()
+    try:
+        assert rec.wait_for(lambda s: any(x.state == "ended" for x in s)), rec.states()
+    finally:
+        g.stop()
+    assert "reconnecting" not in rec.states()
+    assert next(x for x in rec.statuses if x.state == "ended").message == f"not a video OpenCV can read: {video}"
+
+
+class EmptyCapture:
+    """Opens, but has no frame to give (a container without a decodable stream)."""
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        return False, None
+
+    def get(self, prop):
+        return 0.0
+
+    def release(self):
+        pass
