@@ -22,6 +22,7 @@ from inspector.qt.main import NO_CAMERA
 from inspector.qt.view import LiveView
 from inspector.qt.window import MainWindow
 from inspector.sources import Frame, FrameGrabber, parse_source
+from layout_check import field_layout_problems, themed  # noqa: F401  (fixture)
 from support import engine, store  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +127,36 @@ def test_view_paints_the_frame_in_its_own_colours(qtbot):
     s = r.width() / 192
     y, x = round(r.y() + 64 * s), round(r.x() + 32 * s)    # inside the hot spot
     assert np.abs(shown[y, x].astype(int) - expected[64, 32]).max() <= 3
+
+
+def test_an_auto_flag_toast_goes_with_its_crack(qtbot):
+    """"Auto-flag #2: crack" is about what the frame shows: it stays while later frames show a
+    crack and goes with the first one that shows none; a manual flag's toast goes after its time."""
+    from inspector.qt.view import TOAST_MS
+
+    view = LiveView()
+    qtbot.addWidget(view)
+    view.resize(384, 256)
+    view.show_result(_synthetic())                         # a p 0.95 tile: crack
+    view.toast("Auto-flag #2: crack  p 0.95", verdict="crack")
+    view.show_result(_synthetic())                         # a later frame, still a crack
+    assert view._toast is not None and view._toast[0].startswith("Auto-flag #2")
+    clean = _synthetic()
+    for tile in clean.result.tiles:
+        tile.crack_prob = 0.1
+    view.show_result(clean)
+    assert view._toast is None                             # not written over a clean picture
+    view.set_overlay(False)                                # the same frame re-composed is not a later frame
+    view.toast("Auto-flag #3: uncertain  p 0.45", verdict="uncertain")
+    view.set_overlay(True)
+    assert view._toast is not None
+    view.show_result(clean)
+    assert view._toast is None
+
+    view.toast("⚑ Flag #4 saved")                          # manual: about the moment, not the picture
+    view.show_result(clean)
+    assert view._toast is not None
+    qtbot.waitUntil(lambda: view._toast is None, timeout=TOAST_MS + 5000)
 
 
 def test_display_controls_change_what_is_painted(qtbot):
@@ -303,3 +334,14 @@ def test_many_qt_calls_do_not_exhaust_none_or_true():
             "print('survived')\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "survived" in proc.stdout, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------- a field laptop's screen
+
+def test_the_window_fits_a_field_laptop_and_every_control_is_reachable(open_window, qtbot, themed):
+    w = open_window()
+    qtbot.waitUntil(lambda: w.frames_shown >= 1, timeout=20000)
+    with qtbot.waitSignal(w.flagShown, timeout=10000):      # the flags list shows (it is hidden while empty)
+        w.flag_now()
+    problems = field_layout_problems(w, themed)
+    assert not problems, "\n".join(problems)

@@ -22,6 +22,7 @@ from inspector.paths import default_model, sample_video
 from inspector.signing import SigningKey
 from inspector.sources import parse_source
 from inspector.store import FlagStore, ModelRef
+from layout_check import field_layout_problems, themed  # noqa: F401  (fixture)
 from support import SHIPPED_ID, SHIPPED_VERSION, engine  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -355,8 +356,12 @@ def test_device_panel_pairs_connects_and_the_view_shows_the_device(window, qtbot
     w = window()
     panel = w.device_panel
     qtbot.waitUntil(lambda: "No device found" in panel.info.text(), timeout=5000)   # discovery ran (stubbed)
+    assert panel.devices.count() == 0 and panel.devices.currentText() == ""    # the placeholder: none found
+    assert not panel.pair_button.isEnabled() and not panel.connect_button.isEnabled()   # no address yet
     panel.address.setText(f"127.0.0.1:{agent.port}")
-    panel.connect_button.click()                                      # not paired yet: says so
+    assert panel.pair_button.isEnabled() and panel.pair_button.objectName() == "primary"   # the next step
+    assert not panel.connect_button.isEnabled() and panel.connect_button.objectName() != "primary"
+    qtbot.keyClick(panel.address, Qt.Key_Return)                      # Enter: not paired yet, says so
     qtbot.waitUntil(lambda: w.error_banner.isVisible() and "Not paired" in w.error_banner.text.text(), timeout=2000)
 
     panel.pair_button.click()
@@ -368,6 +373,9 @@ def test_device_panel_pairs_connects_and_the_view_shows_the_device(window, qtbot
         dialog.buttons.button(QDialogButtonBox.Ok).click()
     pairing = blocker.args[0]
     assert panel.pairings.get(pairing.agent_id) == pairing and pairing.cert_sha256 == agent.cert_sha256
+    assert panel.devices.currentIndex() == 0 and panel.devices.currentText() == f"✓ test-agent  ({pairing.address})"
+    assert panel.connect_button.isEnabled() and panel.connect_button.objectName() == "primary"
+    assert panel.pair_button.objectName() != "primary"
 
     panel.connect_button.click()
     qtbot.waitUntil(lambda: w.view.live is not None and w.view.live.link is not None, timeout=40000)
@@ -383,6 +391,7 @@ def test_device_panel_pairs_connects_and_the_view_shows_the_device(window, qtbot
                     timeout=10000)
     assert "sample_inspection.avi" in panel.fields["camera"].text() and ref.version in panel.fields["model"].text()
     assert panel.push_button.isEnabled() and panel.rollback_button.isEnabled()
+    assert not panel.connect_button.isEnabled() and panel.disconnect_button.isEnabled()   # it is on screen
 
     w.raise_()
     w.activateWindow()                                   # the pair dialog had it
@@ -395,6 +404,7 @@ def test_device_panel_pairs_connects_and_the_view_shows_the_device(window, qtbot
     panel.disconnect_button.click()                                   # back to the local sample video
     qtbot.waitUntil(lambda: w.view.live is not None and w.view.live.link is None, timeout=20000)
     assert w.device is None and not w.hud.link.isVisible() and not panel.push_button.isEnabled()
+    assert panel.connect_button.isEnabled() and not panel.rollback_button.isEnabled()
     assert w.errors == []
 
 
@@ -415,6 +425,8 @@ def test_window_opens_on_a_paired_device_and_pushes_and_rolls_back(window, qtbot
     with qtbot.waitSignal(panel.message, timeout=40000,
                           check_params_cb=lambda text, level: "is now active" in text or level == "error") as msg:
         panel.push(str(variant(tmp_path, "1.1.2-int8")))
+        assert not panel.rollback_button.isEnabled() and not panel.push_button.isEnabled()   # one model job at a time
+    assert panel.rollback_button.isEnabled() and panel.push_button.isEnabled()
     assert msg.args == [f"crack-student 1.1.2-int8 is now active on {paired.agent_name}.", "info"]
     assert progress and progress[-1] == 100 and not panel.progress.isVisible()
     qtbot.waitUntil(lambda: w.hud.model.value.text() == "crack-student 1.1.2-int8", timeout=20000)
@@ -422,6 +434,57 @@ def test_window_opens_on_a_paired_device_and_pushes_and_rolls_back(window, qtbot
 
     with qtbot.waitSignal(panel.message, timeout=30000) as msg:
         panel.rollback_button.click()
+        assert not panel.push_button.isEnabled() and not panel.rollback_button.isEnabled()
     assert msg.args[1] == "info" and f"rolled back to {SHIPPED_ID}" in msg.args[0]
     qtbot.waitUntil(lambda: w.hud.model.value.text() == f"crack-student {SHIPPED_VERSION}", timeout=20000)
     assert w.errors == []
+
+
+def test_a_saved_device_is_listed_and_selected_on_start_and_connect_needs_a_pairing(qtbot, tmp_path, paired):
+    """The next start after pairing: the paired device is the selected entry (not the "no device
+    found" placeholder over a list that holds it), Connect is the next step; found devices do not
+    displace it."""
+    from inspector.qt.device_panel import DevicePanel
+
+    store = PairingStore(tmp_path / "config")
+    store.save(paired)
+    panel = DevicePanel(store, browse=lambda timeout: [])
+    qtbot.addWidget(panel)
+    assert panel.devices.currentIndex() == 0 and panel.devices.currentText().startswith("✓ test-agent")
+    assert panel.address.text() == paired.address
+    assert panel.connect_button.isEnabled() and panel.connect_button.objectName() == "primary"
+    assert panel.pair_button.isEnabled() and panel.pair_button.objectName() != "primary"
+    assert not panel.push_button.isEnabled() and not panel.rollback_button.isEnabled()   # nothing connected
+
+    panel._set_discovered([("other", "10.0.0.9", 8443, {"agent_id": "x"})], None)
+    assert panel.devices.count() == 2 and panel.devices.currentText().startswith("✓ test-agent")
+    panel.address.clear()
+    qtbot.keyClicks(panel.address, "10.0.0.9:8443")                    # typing another address
+    assert panel.devices.currentText().startswith("other") and not panel.connect_button.isEnabled()
+    assert panel.pair_button.objectName() == "primary"
+    panel.address.clear()
+    qtbot.keyClicks(panel.address, "10.0.0.7:8443")                    # not in the list: no entry claims it
+    assert panel.devices.currentIndex() == -1 and panel.devices.placeholderText() != "no device found"
+
+    empty = DevicePanel(PairingStore(tmp_path / "empty"), browse=lambda timeout: [])
+    qtbot.addWidget(empty)
+    assert empty.devices.count() == 0 and empty.devices.placeholderText() == "no device found"
+    assert not empty.connect_button.isEnabled() and empty.connect_button.objectName() != "primary"
+    panel.shutdown()
+    empty.shutdown()
+
+
+def test_the_window_on_a_device_fits_a_field_laptop_and_every_control_is_reachable(window, qtbot, paired, themed):
+    """Connected to a real agent (its HUD fields, the link, the device's status in the panel)."""
+    from inspector.qt.main import resolve_device
+
+    PairingStore().save(paired)
+    w = window(device=resolve_device(paired.address))
+    qtbot.waitUntil(lambda: w.frames_shown >= 2 and w.view.live.link is not None, timeout=40000)
+    qtbot.waitUntil(lambda: w.device_panel.fields["provider"].text() == "CPU", timeout=10000)
+    with qtbot.waitSignal(w.flagShown, timeout=10000):      # the flags list shows (it is hidden while empty)
+        w.flag_now()
+    w.hud.refresh()
+    assert w.hud.link.isVisible()
+    problems = field_layout_problems(w, themed)
+    assert not problems, "\n".join(problems)

@@ -38,6 +38,14 @@ def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, DeviceError) else f"{type(exc).__name__}: {exc}"
 
 
+def _set_primary(button: QPushButton, on: bool) -> None:
+    """The highlighted (primary) style of the theme, on or off."""
+    if (button.objectName() == "primary") != on:
+        button.setObjectName("primary" if on else "")
+        button.style().unpolish(button)
+        button.style().polish(button)
+
+
 class _Relay(QObject):
     """Carries one job's outcome from a pool thread to the GUI thread: its slots are methods of
     a QObject living on the GUI thread, so the connections are queued."""
@@ -189,6 +197,7 @@ class DevicePanel(QFrame):
         self.pair_dialog: PairDialog | None = None
         self.discovered: list[tuple[str, str, int, dict]] = []
         self._polling = False
+        self._busy: set[str] = set()               # jobs in flight: "pair", "model" (a push or a roll-back)
         self._poll = QTimer(self, interval=STATUS_POLL_MS, timeout=self.refresh_status)
         self._build()
         self._devicesFound.connect(self._set_discovered)
@@ -207,7 +216,7 @@ class DevicePanel(QFrame):
         self.devices.setFocusPolicy(Qt.ClickFocus)
         self.devices.setPlaceholderText("no device found")
         self.find = QPushButton("↻", toolTip="Look for devices on the network (mDNS)")
-        self.find.setFixedWidth(32)
+        self.find.setFixedWidth(36)
         row.addWidget(self.devices, 1)
         row.addWidget(self.find)
         lay.addLayout(row)
@@ -222,7 +231,7 @@ class DevicePanel(QFrame):
 
         row = QHBoxLayout()
         self.pair_button = QPushButton("Pair…")
-        self.connect_button = QPushButton("Connect", objectName="primary")
+        self.connect_button = QPushButton("Connect")
         self.disconnect_button = QPushButton("Disconnect")
         for b in (self.pair_button, self.connect_button, self.disconnect_button):
             row.addWidget(b, 1)
@@ -264,6 +273,8 @@ class DevicePanel(QFrame):
         self.pair_button.clicked.connect(self.start_pairing)
         self.connect_button.clicked.connect(self.connect_selected)
         self.address.returnPressed.connect(self.connect_selected)
+        self.address.textChanged.connect(lambda _text: self._update_buttons())
+        self.address.textEdited.connect(self._select_listed)
         self.disconnect_button.clicked.connect(self.disconnectRequested)
         self.push_button.clicked.connect(self.choose_package)
         self.rollback_button.clicked.connect(self.rollback)
@@ -278,10 +289,46 @@ class DevicePanel(QFrame):
         self.demo_button.setEnabled(state in ("off", "on"))
 
     def _update_buttons(self) -> None:
+        """Each button enabled only when its action can run now; the next step (Pair… for a new
+        address, Connect for a paired one not on screen) is the highlighted one."""
         on = self.connected is not None
         self.disconnect_button.setEnabled(on)
-        self.push_button.setEnabled(on)
-        self.rollback_button.setEnabled(on)
+        self.push_button.setEnabled(on and "model" not in self._busy)
+        self.rollback_button.setEnabled(on and "model" not in self._busy)
+        addr = self._typed_address()
+        paired = addr is not None and self._paired_with(*addr)
+        on_screen = on and addr == (self.connected.host, self.connected.port)
+        self.pair_button.setEnabled(addr is not None and "pair" not in self._busy)
+        self.connect_button.setEnabled(paired and not on_screen)
+        self.connect_button.setToolTip("" if paired or addr is None else "Not paired with this address: Pair… first")
+        _set_primary(self.connect_button, self.connect_button.isEnabled())
+        _set_primary(self.pair_button, self.pair_button.isEnabled() and not paired)
+
+    def _typed_address(self) -> tuple[str, int] | None:
+        try:
+            return parse_address(self.address.text()) if self.address.text().strip() else None
+        except ValueError:
+            return None
+
+    def _paired_with(self, host: str, port: int) -> bool:
+        """Is there a saved pairing for this address (or for the listed agent said to live there)?"""
+        try:
+            if self.pairings.find(host, port) is not None:
+                return True
+            data = self.devices.currentData()
+            listed = (isinstance(data, dict) and bool(data.get("agent_id"))
+                      and (data["host"], data["port"]) == (host, port))
+            return listed and self.pairings.get(data["agent_id"]) is not None
+        except DeviceError:
+            return False
+
+    def _begin(self, job: str) -> None:
+        self._busy.add(job)
+        self._update_buttons()
+
+    def _end(self, job: str) -> None:
+        self._busy.discard(job)
+        self._update_buttons()
 
     # ---------------------------------------------------------------- devices: saved + discovered
 
@@ -307,10 +354,35 @@ class DevicePanel(QFrame):
             self.devices.addItem(f"{name}  ({format_address(host, port)})",
                                  {"host": host, "port": port, "tls": tls, "agent_id": agent_id,
                                   "cert_prefix": str(props.get("cert_sha256", "")) if isinstance(props, dict) else ""})
+        # a listed device is always the selected one: the one on screen, else the typed address's,
+        # else the first (a saved pairing first); "no device found" only when the list is empty
+        index = self._listed_index(self.connected.address if self.connected is not None else current)
+        if index < 0 and not current:
+            index = 0 if self.devices.count() else -1
+        self.devices.setCurrentIndex(index)
+        self.devices.setPlaceholderText("another address: see below" if self.devices.count() else "no device found")
         if current:
             self.address.setText(current)
-        elif self.devices.count():
-            self._on_device_chosen(0)
+        elif index >= 0:
+            self._on_device_chosen(index)
+        self._update_buttons()
+
+    def _listed_index(self, address: str) -> int:
+        """The row of the list for ``address`` (host:port), or -1."""
+        try:
+            wanted = parse_address(address) if address.strip() else None
+        except ValueError:
+            wanted = None
+        for i in range(self.devices.count() if wanted is not None else 0):
+            data = self.devices.itemData(i)
+            if isinstance(data, dict) and (data["host"], data["port"]) == wanted:
+                return i
+        return -1
+
+    def _select_listed(self, text: str) -> None:
+        """Typing an address selects its device in the list (none: another address)."""
+        self.devices.setCurrentIndex(self._listed_index(text))
+        self._update_buttons()
 
     def find_devices(self) -> None:
         """Browse mDNS on a helper thread (a few seconds); say so if it cannot."""
@@ -349,6 +421,7 @@ class DevicePanel(QFrame):
         if isinstance(data, dict):
             self.address.setText(format_address(data["host"], data["port"]))
             self.insecure.setChecked(not data.get("tls", True))
+        self._update_buttons()
 
     def _selected(self) -> tuple[str, int] | None:
         try:
@@ -383,15 +456,15 @@ class DevicePanel(QFrame):
         host, port = addr
         tls = not self.insecure.isChecked()
         self.info.setText(f"Contacting {format_address(host, port)}…")
-        self.pair_button.setEnabled(False)
+        self._begin("pair")
 
         def done(fingerprint):
-            self.pair_button.setEnabled(True)
+            self._end("pair")
             self.info.setText("")
             self._ask_code(host, port, tls, fingerprint)
 
         self.jobs.run(lambda: DeviceClient(host, port, tls=tls).fetch_fingerprint(), success=done,
-                      failure=self._failed(f"Cannot pair with {format_address(host, port)}", self.pair_button))
+                      failure=self._failed(f"Cannot pair with {format_address(host, port)}", "pair"))
 
     def _ask_code(self, host: str, port: int, tls: bool, fingerprint: str | None) -> None:
         data = self.devices.currentData()
@@ -405,7 +478,7 @@ class DevicePanel(QFrame):
     def pair(self, host: str, port: int, tls: bool, fingerprint: str | None, code: str) -> None:
         """Pair pinned to ``fingerprint`` with ``code``; saved and ``paired`` emitted on success."""
         self.info.setText(f"Pairing with {format_address(host, port)}…")
-        self.pair_button.setEnabled(False)
+        self._begin("pair")
 
         def job():
             key = self.pairings.signing_key()
@@ -414,15 +487,15 @@ class DevicePanel(QFrame):
             return pairing
 
         def done(pairing):
-            self.pair_button.setEnabled(True)
+            self._busy.discard("pair")
             self.info.setText(f"Paired with {pairing.agent_name}.")
-            self.reload_devices()
             self.address.setText(pairing.address)
+            self.reload_devices()                     # selects it: the address is its own
             self.message.emit(f"Paired with {pairing.agent_name} ({pairing.address}). Connect to view it.", "info")
             self.paired.emit(pairing)
 
         self.jobs.run(job, success=done,
-                      failure=self._failed(f"Pairing with {format_address(host, port)} failed", self.pair_button))
+                      failure=self._failed(f"Pairing with {format_address(host, port)} failed", "pair"))
 
     # ---------------------------------------------------------------- connection
 
@@ -508,7 +581,10 @@ class DevicePanel(QFrame):
         if pairing is None:
             self.message.emit("Connect to a device first.", "warning")
             return
-        self.push_button.setEnabled(False)
+        if "model" in self._busy:
+            self.message.emit("A model is being pushed or rolled back: wait until it is done.", "warning")
+            return
+        self._begin("model")                      # no roll-back (nor a second push) during a push
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.progress.setFormat("signing…")
@@ -531,7 +607,7 @@ class DevicePanel(QFrame):
         def done(outcome):
             info, uploaded = outcome
             self.progress.hide()
-            self.push_button.setEnabled(self.connected is not None)
+            self._end("model")
             verb = "is now active" if activate else "is stored"
             already = "" if uploaded else " (it was already on the device: not uploaded again)"
             self.message.emit(f"{info.name} {info.version} {verb} on {pairing.agent_name}{already}.", "info")
@@ -539,34 +615,32 @@ class DevicePanel(QFrame):
 
         def failed(exc):
             self.progress.hide()
-            self._failed("Pushing the model failed", self.push_button)(exc)
-            self.push_button.setEnabled(self.connected is not None)
+            self._failed("Pushing the model failed", "model")(exc)
 
         self.jobs.run(job, success=done, failure=failed, progress=on_progress)
 
     def rollback(self) -> None:
         pairing = self.connected
-        if pairing is None:
+        if pairing is None or "model" in self._busy:
             return
-        self.rollback_button.setEnabled(False)
+        self._begin("model")
 
         def done(models: P.ModelList):
-            self.rollback_button.setEnabled(self.connected is not None)
+            self._end("model")
             self.message.emit(f"{pairing.agent_name} rolled back to {models.active}.", "info")
             self.refresh_status()
 
         def failed(exc):
-            self._failed("Rolling back failed", self.rollback_button)(exc)
-            self.rollback_button.setEnabled(self.connected is not None)
+            self._failed("Rolling back failed", "model")(exc)
 
         self.jobs.run(DeviceClient.from_pairing(pairing).rollback, success=done, failure=failed)
 
     # ---------------------------------------------------------------- helpers
 
-    def _failed(self, what: str, button: QPushButton | None = None) -> Callable[[BaseException], None]:
+    def _failed(self, what: str, job: str | None = None) -> Callable[[BaseException], None]:
         def report(exc: BaseException) -> None:
-            if button is not None:
-                button.setEnabled(True)
+            if job is not None:
+                self._end(job)
             self.info.setText("")
             self.message.emit(f"{what}: {_describe(exc)}", "error")
         return report

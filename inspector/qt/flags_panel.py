@@ -60,6 +60,7 @@ class FlagsPanel(QFrame):
         self.list.setUniformItemSizes(True)
         self.list.setFocusPolicy(Qt.ClickFocus)
         self.list.setVerticalScrollMode(QListWidget.ScrollPerPixel)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)   # a long location is elided instead
         self.empty = QLabel("No flags yet.\n\nPress Space to flag the frame on screen; confident and "
                             "uncertain cracks are flagged automatically.",
                             objectName="dim", wordWrap=True, alignment=Qt.AlignHCenter | Qt.AlignTop)

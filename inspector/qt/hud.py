@@ -15,14 +15,16 @@ from collections import deque
 from typing import Callable
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
 
 from ..rate import RateWindow
 from . import theme
+from .flow import FlowLayout
 
 REFRESH_MS = 400
 WINDOW_S = 2.0          # FPS over the last 2 s
 LATENCY_SAMPLES = 30
+SHOWN_CHARS = 36        # the model and the source: longer names are elided, in full in the tooltip
 
 
 class FrameMeter:
@@ -43,6 +45,11 @@ class FrameMeter:
 
     def latency_ms(self) -> float | None:
         return statistics.median(self._latency) * 1e3 if self._latency else None
+
+
+def _short(text: str, limit: int = SHOWN_CHARS) -> str:
+    """At most ``limit`` characters (the end elided)."""
+    return text if len(text) <= limit else text[:limit - 2] + "…"
 
 
 class _Field(QWidget):
@@ -78,9 +85,9 @@ class Hud(QFrame):
         self._frame_size: tuple[int, int] | None = None
         self._link_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.capture_fps: Callable[[], float] | None = None   # the source's own rate, polled
-        lay = QHBoxLayout(self)
+        # wraps onto a second row on a narrow screen (a 1366-px laptop) instead of widening the window
+        lay = FlowLayout(self, spacing=28, row_spacing=6)
         lay.setContentsMargins(14, 8, 14, 8)
-        lay.setSpacing(28)
         self.fps = _Field("Display")
         self.latency = _Field("Latency capture→screen")
         self.inference = _Field("Inference")
@@ -90,10 +97,8 @@ class Hud(QFrame):
         self.model = _Field("Model", mono=False)
         self.provider = _Field("Provider", mono=False)
         self.source = _Field("Source", mono=False)
-        for f in (self.fps, self.latency, self.inference, self.capture, self.link):
-            lay.addWidget(f)
-        lay.addStretch(1)
-        for f in (self.model, self.provider, self.source):
+        for f in (self.fps, self.latency, self.inference, self.capture, self.link, self.model, self.provider,
+                  self.source):
             lay.addWidget(f)
         self._timer = QTimer(self, interval=REFRESH_MS, timeout=self.refresh)
         self._timer.start()
@@ -112,15 +117,14 @@ class Hud(QFrame):
         self.link.setVisible(on)
 
     def set_model(self, name: str, version: str, sha256: str = "") -> None:
-        self.model.set(f"{name} {version}", f"sha256 {sha256}" if sha256 else None)
+        self.model.set(_short(f"{name} {version}"), f"{name} {version}" + (f"\nsha256 {sha256}" if sha256 else ""))
 
     def set_provider(self, providers: list[str], fallback: str | None = None) -> None:
         short = providers[0].replace("ExecutionProvider", "") if providers else "?"
         self.provider.set(short, "\n".join(filter(None, [", ".join(providers), fallback])))
 
     def set_source(self, label: str) -> None:
-        shown = label if len(label) <= 36 else label[:34] + "…"
-        self.source.set(shown, label)
+        self.source.set(_short(label), label)
 
     def refresh(self) -> None:
         fps = self.meter.fps()

@@ -14,9 +14,10 @@ import datetime as _dt
 
 from PySide6.QtCore import QDate, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDateEdit, QDoubleSpinBox, QFrame, QHBoxLayout, QLabel,
-                               QPushButton, QVBoxLayout, QWidget)
+                               QPushButton, QWidget)
 
 from ..store_query import FlagFilter
+from .flow import FlowLayout
 
 SORT_CHOICES = (("need", "Most in need"), ("time", "Time"), ("probability", "Probability"),
                 ("uncertainty", "Uncertainty"), ("disagreement", "Disagreement"))
@@ -63,6 +64,17 @@ def _prob(value: float, tip: str) -> QDoubleSpinBox:
     return s
 
 
+def _group(widgets) -> QWidget:
+    """Widgets that stay together on one row of the filter bar."""
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    row.setSpacing(6)
+    for w in widgets:
+        row.addWidget(w)
+    return box
+
+
 class ReviewFilterBar(QFrame):
     filterChanged = Signal(object, str, bool)     # FlagFilter, sort, descending
     choiceMade = Signal()                         # a combo chosen, a date or p entered: keys back to the grid
@@ -87,7 +99,7 @@ class ReviewFilterBar(QFrame):
         self.sort = _combo(SORT_CHOICES, "Order: most in need = teachers' disagreement, then the student's "
                                          "uncertainty")
         self.descending = QPushButton("↓", checkable=True, checked=True, toolTip="Descending / ascending")
-        self.descending.setFixedWidth(30)
+        self.descending.setFixedWidth(36)
         self.descending.setFocusPolicy(Qt.NoFocus)
         self.descending.toggled.connect(lambda on: self.descending.setText("↓" if on else "↑"))
         self.clear = QPushButton("Clear", toolTip="Show every flag again")
@@ -122,27 +134,20 @@ class ReviewFilterBar(QFrame):
         self.descending.toggled.connect(self.changed)
 
     def _layout(self) -> None:
-        lay = QVBoxLayout(self)
+        # groups that wrap onto more rows on a narrow screen (a 1280-px laptop) instead of
+        # widening the window
+        lay = FlowLayout(self, spacing=10, row_spacing=5)
         lay.setContentsMargins(10, 6, 10, 6)
-        lay.setSpacing(5)
-        top, bottom = QHBoxLayout(), QHBoxLayout()
-        top.setSpacing(6)
-        bottom.setSpacing(6)
         for w in (self.state, self.label, self.reason, self.source, self.location, self.version):
             w.setMinimumWidth(100)
-            top.addWidget(w, 1)
-        top.addWidget(self.clear)
-        top.addSpacing(8)
-        top.addWidget(self.counts)
-        for w in (QLabel("From", objectName="dim"), self.since, QLabel("to", objectName="dim"), self.until,
-                  QLabel("p", objectName="dim"), self.p_min, QLabel("–", objectName="dim"), self.p_max,
-                  QLabel("Sort", objectName="dim"), self.sort, self.descending):
-            bottom.addWidget(w)
-        bottom.addStretch(1)
-        for w in (self.include_unreviewed, self.export, self.report, self.update_model, self.models):
-            bottom.addWidget(w)
-        lay.addLayout(top)
-        lay.addLayout(bottom)
+        groups = ((self.state, self.label, self.reason), (self.source, self.location, self.version),
+                  (self.clear, self.counts),
+                  (QLabel("From", objectName="dim"), self.since, QLabel("to", objectName="dim"), self.until),
+                  (QLabel("p", objectName="dim"), self.p_min, QLabel("–", objectName="dim"), self.p_max),
+                  (QLabel("Sort", objectName="dim"), self.sort, self.descending),
+                  (self.include_unreviewed, self.export, self.report, self.update_model, self.models))
+        for members in groups:
+            lay.addWidget(_group(members))
 
     # ---------------------------------------------------------------- values
 

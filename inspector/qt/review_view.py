@@ -28,7 +28,8 @@ import logging
 
 from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import QCheckBox, QFileDialog, QHBoxLayout, QLabel, QSlider, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QScrollArea, QSlider, QSplitter,
+                               QVBoxLayout, QWidget)
 
 from ..review import ReviewQueue
 from ..store_schema import StoreError
@@ -146,8 +147,13 @@ class ReviewWorkspace(QWidget):
         rh.setContentsMargins(0, 0, 0, 0)
         rh.setSpacing(8)
         rh.addWidget(frame_column, 1)
-        self.meta.setFixedWidth(270)
-        rh.addWidget(self.meta)
+        # the verdict buttons and the flag's fields scroll on a short screen (a 768-px laptop)
+        self.meta_scroll = QScrollArea(widgetResizable=True, frameShape=QScrollArea.NoFrame)
+        self.meta_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.meta.setFixedWidth(270)                 # long values are cut inside it, not the panel itself
+        self.meta_scroll.setWidget(self.meta)
+        self.meta_scroll.setFixedWidth(270 + self.meta_scroll.verticalScrollBar().sizeHint().width())
+        rh.addWidget(self.meta_scroll)
         self.splitter = QSplitter(Qt.Horizontal)
         self.splitter.addWidget(self.grid)
         self.splitter.addWidget(right)

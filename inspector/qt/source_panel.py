@@ -35,7 +35,7 @@ class SourceChooser(QFrame):
         self.cameras.setFocusPolicy(Qt.ClickFocus)
         self.cameras.setPlaceholderText("no camera found")
         self.refresh = QPushButton("↻", toolTip="Look for cameras again")
-        self.refresh.setFixedWidth(32)
+        self.refresh.setFixedWidth(36)
         self.use_camera = QPushButton("Use")
         cams.addWidget(self.cameras, 1)
         cams.addWidget(self.refresh)

@@ -56,6 +56,7 @@ class LiveView(QWidget):
         self._regions_key = None
         self._generation = 0        # bumped per frame set: the cache key of the verdict regions
         self._toast: tuple[str, QColor] | None = None
+        self._toast_verdict: str | None = None   # the toast is about frames showing this verdict
         self._toast_timer = QTimer(self, singleShot=True, interval=TOAST_MS, timeout=self._clear_toast)
 
     # ---------------------------------------------------------------- state
@@ -83,11 +84,19 @@ class LiveView(QWidget):
             self.stale = stale
             self.update()
 
-    def toast(self, text: str, colour: QColor | str = theme.ACCENT) -> None:
-        """A brief confirmation over the top of the view."""
+    def toast(self, text: str, colour: QColor | str = theme.ACCENT, *, verdict: str | None = None) -> None:
+        """A brief confirmation over the top of the view, for ``TOAST_MS``. With ``verdict``
+        ("crack" or "uncertain": an automatic flag's reason) it is about the frames that show it:
+        it goes as soon as a later frame is shown without a tile of that verdict, so "crack" is
+        never written over a clean picture."""
         self._toast = (text, QColor(colour))
+        self._toast_verdict = verdict
         self._toast_timer.start()
         self.update()
+
+    def shows(self, live, wanted: str) -> bool:
+        """Does ``live`` have a tile of verdict ``wanted`` at the view's threshold?"""
+        return any(verdict(t.crack_prob, self.threshold, self.uncertain_low) == wanted for t in live.result.tiles)
 
     def clear(self, placeholder: str) -> None:
         self.live, self._pixels, self._image, self.placeholder = None, None, None, placeholder
@@ -115,10 +124,13 @@ class LiveView(QWidget):
         self.stale = self.stale and not fresh
         self._image = to_qimage(self._pixels)
         self._unpainted = self._unpainted or fresh
+        if fresh and self._toast_verdict is not None and not self.shows(live, self._toast_verdict):
+            self._toast_timer.stop()
+            self._toast = self._toast_verdict = None
         self.update()
 
     def _clear_toast(self) -> None:
-        self._toast = None
+        self._toast = self._toast_verdict = None
         self.update()
 
     # ---------------------------------------------------------------- painting

@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QMainWindow, QScrollArea, QTabBar, QTabWidget, QVBoxLayout, QWidget
 
 from ..live import LiveInspector
@@ -46,6 +46,9 @@ from .view import LiveView
 log = logging.getLogger(__name__)
 
 SIDEBAR_WIDTH = 370
+FIRST_SIZE = (1500, 920)
+FRAME_ALLOWANCE = (16, 40)   # the window manager's frame and title bar, not known before the window is shown
+FLAGS_MIN_HEIGHT = 220   # the flags list keeps two or three rows on a 768-px screen
 HISTORY = 50          # flags loaded from the store at start
 ERROR_SHOWN_MS = 8000
 
@@ -60,6 +63,17 @@ def default_feed(pairing):
     from ..device import DeviceFeed
 
     return DeviceFeed(pairing)
+
+
+class _ControlsScroll(QScrollArea):
+    """The side controls: as tall as they want where the screen allows (QScrollArea's own hint
+    stops at 24 text lines), scrolled where it does not."""
+
+    def sizeHint(self):  # noqa: N802 - Qt API
+        inner = self.widget()
+        if inner is None:
+            return super().sizeHint()
+        return inner.sizeHint() + QSize(self.verticalScrollBar().sizeHint().width(), 0)
 
 
 class MainWindow(QMainWindow):
@@ -163,30 +177,37 @@ class MainWindow(QMainWindow):
         lv.addWidget(self.view, 1)
         lv.addWidget(self.hud)
 
-        side = QWidget()
-        sv = QVBoxLayout(side)
-        sv.setContentsMargins(5, 10, 10, 10)
-        sv.setSpacing(8)
-        # a local camera or a device: one at a time, so they share the space (the flags list
-        # below is what an inspector looks at most, it must not be scrolled away)
+        # a local camera or a device: one at a time, so they share the space. The flags list is
+        # what an inspector looks at most: it stays on screen under the controls, which scroll
+        # when the screen is short (a 768-px laptop: the device panel alone is ~400 px)
         self.source_tabs = QTabBar()
         self.source_tabs.setDocumentMode(True)
         self.source_tabs.setExpanding(False)
         self.source_tabs.addTab("Camera")
         self.source_tabs.addTab("Device")
         self.source_tabs.currentChanged.connect(self._show_source_tab)
-        sv.addWidget(self.source_tabs)
-        sv.addWidget(self.chooser)
-        sv.addWidget(self.device_panel)
+        controls = QWidget()
+        cv = QVBoxLayout(controls)
+        cv.setContentsMargins(0, 0, 0, 0)
+        cv.setSpacing(8)
+        cv.addWidget(self.chooser)
+        cv.addWidget(self.device_panel)
         self._show_source_tab(0)
-        sv.addWidget(self.display)
-        sv.addWidget(self.fields)
-        sv.addWidget(self.flags_panel, 1)
-        scroll = QScrollArea(widgetResizable=True, frameShape=QScrollArea.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        scroll.setWidget(side)
+        cv.addWidget(self.display)
+        cv.addWidget(self.fields)
+        cv.addStretch(1)
+        self.side_scroll = _ControlsScroll(widgetResizable=True, frameShape=QScrollArea.NoFrame)
+        self.side_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.side_scroll.setWidget(controls)
+        self.flags_panel.setMinimumHeight(FLAGS_MIN_HEIGHT)
+        scroll = QWidget()
         scroll.setFixedWidth(SIDEBAR_WIDTH)
-        self.flags_panel.setMinimumHeight(260)
+        sv = QVBoxLayout(scroll)
+        sv.setContentsMargins(5, 10, 10, 10)
+        sv.setSpacing(8)
+        sv.addWidget(self.source_tabs)
+        sv.addWidget(self.side_scroll)
+        sv.addWidget(self.flags_panel, 1)
 
         self.live_page = QWidget()
         h = QHBoxLayout(self.live_page)
@@ -200,8 +221,16 @@ class MainWindow(QMainWindow):
         self.workspaces.tabBar().setFocusPolicy(Qt.NoFocus)
         self.workspaces.currentChanged.connect(self._on_workspace)
         self.setCentralWidget(self.workspaces)
-        self.resize(1500, 920)
+        self.resize(self._first_size())
         self.view.setFocus()
+
+    def _first_size(self) -> QSize:
+        """1500×920, or the screen's free area if smaller (a 1366×768 laptop), less the window frame."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is None:
+            return QSize(*FIRST_SIZE)
+        free = screen.availableGeometry().size() - QSize(*FRAME_ALLOWANCE)
+        return QSize(*FIRST_SIZE).boundedTo(free).expandedTo(self.minimumSizeHint())
 
     def _on_workspace(self, index: int) -> None:
         (self.view if index == 0 else self.review.grid).setFocus()
@@ -463,7 +492,8 @@ class MainWindow(QMainWindow):
         if record.reason == "manual":
             self.view.toast(f"⚑ Flag #{record.id} saved", colour)
         else:
-            self.view.toast(f"Auto-flag #{record.id}: {record.reason}  p {record.crack_prob_max:.2f}", colour)
+            self.view.toast(f"Auto-flag #{record.id}: {record.reason}  p {record.crack_prob_max:.2f}", colour,
+                            verdict=record.reason if record.reason in ("crack", "uncertain") else None)
         self.flagShown.emit(record)
 
     def _on_error(self, error) -> None:
