@@ -32,7 +32,7 @@ def encode_heat_png(heat: np.ndarray) -> bytes:
     img = Image.frombytes("P", (heat.shape[1], heat.shape[0]), np.ascontiguousarray(heat).tobytes())
     img.putpalette(TURBO_PALETTE)
     out = io.BytesIO()
-    img.save(out, format="PNG", compress_level=6)
+    img.save(out, format="PNG", compress_level=1)   # OpenCV's default too: fast; a heat-map is smooth anyway
     return out.getvalue()
 
 

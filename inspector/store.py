@@ -162,14 +162,29 @@ class ReviewCounts:
 # --------------------------------------------------------------------------- the store
 
 
+def default_root() -> Path:
+    """The per-user store folder: platformdirs ``user_data_dir("crack-inspector") / "flags"``."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "flags"
+
+
+def existing_store(root: Path | str | None) -> Path:
+    """``root`` (default: :func:`default_root`) if it holds a flag store; StoreError otherwise.
+    For readers (export, report): opening a :class:`FlagStore` would create an empty one."""
+    root = Path(root) if root is not None else default_root()
+    if not (root / DB_NAME).is_file():
+        what = "the folder does not exist" if not root.exists() else f"it has no {DB_NAME}"
+        raise StoreError(f"no flag store in {root} ({what}); check --store")
+    return root
+
+
 class FlagStore(ReviewMethods):
     """Flags in ``root`` (see the module docstring); a context manager that closes itself."""
 
     def __init__(self, root: Path | str | None = None) -> None:
         if root is None:
-            import platformdirs
-
-            root = Path(platformdirs.user_data_dir(APP_NAME)) / "flags"
+            root = default_root()
         self.root = Path(os.path.abspath(root))
         self._lock = threading.RLock()
         self._depth = 0   # nesting of _transaction on the thread that holds the lock

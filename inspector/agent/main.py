@@ -307,12 +307,30 @@ def _open_store(opts: dict[str, Any], data: Path) -> tuple[Any, Any]:
     return identity, repository
 
 
+def _check_port(host: str, port: int) -> None:
+    """StartError naming the port if ``host:port`` cannot be bound (taken, no permission). A
+    probe bound and released like the server's own (SO_REUSEADDR); port 0 needs none."""
+    import socket
+
+    if not port:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port)))
+    except OSError as exc:
+        raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another agent or program "
+                         f"using port {port}? Choose another with --port") from None
+
+
 def _serve(opts: dict[str, Any], spec: Any, data: Path, stop: threading.Event, new_code: threading.Event) -> None:
     from ..sources import FrameGrabber
     from .runtime import AgentRuntime
     from .server import AgentServer
 
     tls = not opts["insecure-http"]
+    _check_port(opts["host"], opts["port"])   # before the identity shows a pairing code for an agent that never serves
     identity, repository = _open_store(opts, data)
     runtime = AgentRuntime(repository, FrameGrabber(spec, loop=True, realtime=True), threads=opts["threads"])
     try:

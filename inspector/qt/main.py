@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,17 @@ def default_threads() -> int:
     return max(1, min(4, cores))
 
 
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number ≥ 1 (``--threads 0`` would leave inference no thread)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (1 or more)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inspector", description="Live concrete-crack inspection.")
     p.add_argument("--source", help="camera index, video file, rtsp/http URL or GStreamer pipeline "
@@ -52,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the shipped model), pair with it and open on it; it stops with the app")
     p.add_argument("--model", type=Path, help="model package (.crackpkg; default: the shipped INT8 student)")
     p.add_argument("--store", type=Path, help="flag store folder (default: per-user data folder)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the usable cores, max 4)")
+    p.add_argument("--threads", type=at_least_one, default=None,
+                   help="inference threads, 1 or more (default: the usable cores, max 4)")
     p.add_argument("--teachers", type=Path, metavar="PKG",
                    help="teacher-ensemble package that scores stored flags in the background "
                         "(default: the shipped crack-teachers package, if present)")
@@ -80,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def export_flags(args) -> int:
     """``--export-flags``: no Qt, no model; the report on stdout, a reason on stderr."""
-    from ..store import FlagStore, StoreError
+    from ..store import FlagStore, StoreError, existing_store
 
     try:
-        with FlagStore(args.store) as store:
+        with FlagStore(existing_store(args.store)) as store:
             report = store.export_dataset(args.export_flags, include_unreviewed=args.include_unreviewed)
     except (StoreError, ValueError, OSError) as exc:
         print(f"inspector: cannot export flags: {exc}", file=sys.stderr)
@@ -105,13 +118,10 @@ def export_flags(args) -> int:
 def write_report(args) -> int:
     """``--report``: no Qt, no model; what was written on stdout, a reason on stderr (exit 2)."""
     from ..report import ReportError, build_report
-    from ..store import DB_NAME, FlagStore, StoreError
+    from ..store import FlagStore, StoreError, existing_store
 
-    if args.store is not None and not (args.store / DB_NAME).is_file():
-        print(f"inspector: cannot write the report: no flag store in {args.store} (no {DB_NAME})", file=sys.stderr)
-        return 2
     try:
-        with FlagStore(args.store) as store:
+        with FlagStore(existing_store(args.store)) as store:
             summary = build_report(store, args.report, location=args.report_location, since=args.report_since,
                                    until=args.report_until, title=args.report_title)
     except (ReportError, StoreError, ValueError) as exc:
@@ -151,7 +161,11 @@ def resolve_source(spec: str | None):
 def resolve_device(address: str, pairings=None):
     """The saved :class:`~inspector.device.Pairing` for ``HOST:PORT``; StartupError if none."""
     from ..device import DeviceError, PairingStore, parse_address
+    from ..protocol import DEFAULT_PORT
 
+    if not re.fullmatch(r"\s*(\[[^\]]+\]|[^\s:\[\]/]+):\d+\s*", address or ""):
+        raise StartupError(f"--device {address!r}: not a host:port (e.g. 192.168.1.20:{DEFAULT_PORT} or "
+                           f"jetson.local:{DEFAULT_PORT})")
     try:
         host, port = parse_address(address)
         pairings = pairings or PairingStore()
@@ -295,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
         store = FlagStore(args.store)
     except Exception as exc:  # noqa: BLE001 - startup: say why in a dialog and on stderr, exit 2
-        msg = str(exc) if isinstance(exc, StartupError) else f"{type(exc).__name__}: {exc}"
+        msg = str(exc) or type(exc).__name__      # the message, not the class (StoreError: ...)
         print(f"inspector: {msg}", file=sys.stderr)
         if app.platformName() not in ("offscreen", "minimal"):
             QMessageBox.critical(None, "Crack Inspector cannot start", msg)
