@@ -349,6 +349,17 @@ class DeviceClient:
     def status(self) -> P.Status:
         return self._parse(P.Status, self._call("GET", f"{P.API}/status")[0])
 
+    def unpair(self) -> P.ClientInfo:
+        """Unpair this client on the device: its token stops working at once (also an open stream)."""
+        return self._parse(P.ClientInfo, self._call("DELETE", f"{P.API}/pairing")[0])
+
+    def renew_token(self) -> str:
+        """Swap the token for a new one; the old one dies at once, this client uses the new one.
+        Save it (:meth:`PairingStore.renew_token` does both): if it is lost, pair again."""
+        resp = self._parse(P.PairResponse, self._call("POST", f"{P.API}/pairing/token")[0])
+        self.token = resp.token
+        return resp.token
+
     def models(self) -> P.ModelList:
         return self._parse(P.ModelList, self._call("GET", f"{P.API}/models")[0])
 
@@ -619,7 +630,28 @@ class PairingStore:
             items.append(pairing)
             self._write(items)
 
+    def renew_token(self, pairing: Pairing) -> Pairing:
+        """A new token from the device for ``pairing``, saved here; the saved pairing."""
+        new = Pairing(**{**pairing.to_dict(), "token": DeviceClient.from_pairing(pairing).renew_token()})
+        self.save(new)
+        return new
+
+    def unpair(self, pairing: Pairing) -> str | None:
+        """Forget a device on both sides: unpair on the device (its token dies there), then forget
+        it here. A device that cannot be reached (lost, off, far away) is forgotten here all the
+        same; the answer (None when all went well) then says to revoke it on the device."""
+        note = None
+        try:
+            DeviceClient.from_pairing(pairing).unpair()
+        except DeviceError as exc:
+            if exc.api is None or exc.api.status != 401:   # 401: it was already unpaired there
+                note = (f"{exc}; forgotten on this computer only: on the device, run "
+                        f"inspector-agent --revoke \"{client_name()}\"")
+        self.forget(pairing.agent_id)
+        return note
+
     def forget(self, agent_id: str) -> bool:
+        """Forget a device on this computer only (see :meth:`unpair`)."""
         with self._lock:
             items = self._read()
             kept = [p for p in items if p.agent_id != agent_id]

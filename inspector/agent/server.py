@@ -466,6 +466,9 @@ class _Conn:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # listen() backlog: socketserver's 5 makes a burst of connections wait for SYN retries
+    # (a second and more) before they are even accepted, and so before a slot can be freed
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], agent: "AgentServer", ssl_context: ssl.SSLContext | None,
                  max_connections: int = MAX_CONNECTIONS):

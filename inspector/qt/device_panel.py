@@ -235,6 +235,9 @@ class DevicePanel(QFrame):
         self.disconnect_button = QPushButton("Disconnect")
         for b in (self.pair_button, self.connect_button, self.disconnect_button):
             row.addWidget(b, 1)
+        self.forget_button = QPushButton("Forget", toolTip="Forget device: unpair this computer on the device "
+                                         "(its token stops working there) and delete the saved pairing here")
+        row.addWidget(self.forget_button)
         lay.addLayout(row)
 
         grid = QFormLayout()
@@ -279,6 +282,7 @@ class DevicePanel(QFrame):
         self.push_button.clicked.connect(self.choose_package)
         self.rollback_button.clicked.connect(self.rollback)
         self.demo_button.clicked.connect(self.demoRequested)
+        self.forget_button.clicked.connect(self.forget_selected)
         self._update_buttons()
 
     def set_demo_state(self, state: str) -> None:
@@ -496,6 +500,27 @@ class DevicePanel(QFrame):
 
         self.jobs.run(job, success=done,
                       failure=self._failed(f"Pairing with {format_address(host, port)} failed", "pair"))
+
+    def forget_selected(self) -> None:
+        """Forget device: unpaired on the device (its token dies there), then forgotten here. A
+        device that cannot be reached is forgotten here and the message says how to revoke it."""
+        addr = self._selected()
+        pairing = self.pairings.find(*addr) if addr is not None else None
+        if pairing is None:
+            self.message.emit("Not paired with this address: nothing to forget.", "warning")
+            return
+        if self.connected is not None and self.connected.agent_id == pairing.agent_id:
+            self.disconnectRequested.emit()
+
+        def done(note):
+            self.reload_devices()
+            if note:
+                self.message.emit(f"Forgot {pairing.agent_name} here, but: {note}", "warning")
+            else:
+                self.message.emit(f"Forgot {pairing.agent_name}; it no longer accepts this computer.", "info")
+
+        self.jobs.run(lambda: self.pairings.unpair(pairing), success=done,
+                      failure=self._failed(f"Forgetting {pairing.agent_name} failed"))
 
     # ---------------------------------------------------------------- connection
 
