@@ -24,7 +24,9 @@ swap its token for a new one (``POST /api/v1/pairing/token``) and unpair itself
 The stream
 ----------
 ``GET /api/v1/stream`` answers ``application/x-crack-stream`` and then sends frames until the
-client goes away. Each frame::
+client goes away (or, with ``?max_frames=n``, after n frames: a generic client or a fuzzer reads
+a bounded body that way). There is no ``Content-Length``; the connection closes at the end. Each
+frame::
 
     MAGIC (4 bytes) | header length (u32 BE) | jpeg length (u32 BE) | heat length (u32 BE)
     | header (JSON, StreamHeader) | JPEG of the camera frame | heat-map (uint8, H/s × W/s, raw)
@@ -35,15 +37,22 @@ result per client: a slow link drops frames instead of building a backlog.
 Errors
 ------
 Every error response is ``{"error": {"code": "...", "message": "..."}}`` with a 4xx/5xx status
-(`ApiError`); the message says what was wrong and why, never a stack trace.
+(`ApiError`); the message says what was wrong and why, never a stack trace. :data:`ERRORS` lists
+which statuses each endpoint answers. A method no endpoint uses (TRACE, CONNECT, PUT, ...) is
+``501`` on every path, before authentication (RFC 9110 §15.6.2: the server does not implement
+it for any resource); a method of :data:`METHODS` on a path without it is ``405`` with ``Allow``,
+after authentication (an unauthenticated caller learns nothing about what exists).
 """
 from __future__ import annotations
 
 import json
 import re
 import struct
-from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, BinaryIO
+import enum
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -52,7 +61,11 @@ SERVICE_TYPE = "_crack-agent._tcp.local."      # mDNS (zeroconf) service type
 DEFAULT_PORT = 8443
 AUTH_HEADER = "Authorization"
 STREAM_CONTENT_TYPE = "application/x-crack-stream"
-PACKAGE_CONTENT_TYPE = "application/x-crackpkg"
+# The upload is the .crackpkg file as it is: the agent reads the bytes whatever the Content-Type
+# says (the package proves itself: zip, manifest, hashes, signature). Octet-stream is what a
+# client generator can send from a file; application/x-crackpkg (older apps) is accepted too.
+PACKAGE_CONTENT_TYPE = "application/octet-stream"
+MAX_STREAM_FRAMES = 10**6                       # largest ?max_frames= (a bound, not a promise)
 
 # An upload larger than this is refused before a byte is stored: a Jetson's eMMC is small and
 # an unbounded body is the cheapest denial of service there is. Our packages are 4–45 MB.
@@ -96,6 +109,37 @@ ENDPOINTS: dict[tuple[str, str], tuple[str, str | None, str]] = {
 OPEN_ENDPOINTS = frozenset({("POST", f"{API}/pair"), ("GET", f"{API}/openapi.json")})
 # endpoints that may also answer 202 Accepted, and with what
 ACCEPTED: dict[tuple[str, str], str] = {("POST", f"{API}/models/activate"): "Activation"}
+# The methods the agent implements: any other is 501 on every path (see Errors in the module doc).
+METHODS = frozenset(m for m, _ in ENDPOINTS)
+
+# Error statuses, each with the Error body. Every endpoint can answer COMMON_ERRORS; protected
+# ones 401 too; ERRORS adds what an endpoint's own work can fail with (an endpoint missing here
+# gets the common ones only). The OpenAPI document lists them all, so a generated client and a
+# fuzzer know every status the agent can send.
+COMMON_ERRORS: dict[int, str] = {
+    400: "malformed request (request line, headers, Content-Length, query or body)",
+    411: "a chunked body, or a body without Content-Length",
+    413: "body over the limit",
+    414: "request line too long",
+    431: "too many or too long headers",
+    500: "internal error in the agent (its log says more)",
+    503: "busy (every connection slot is serving; see Retry-After) or stopping",
+}
+_STORE = {500: "the device's storage failed", 507: "the device is out of space"}
+_CHANGE = {404: "no such model version on the device", 409: "another model change is in progress",
+           422: "the model failed to load or on its first frames; the previous one serves again", **_STORE}
+ERRORS: dict[tuple[str, str], dict[int, str]] = {
+    ("POST", f"{API}/pair"): {400: "bad body or public_key", 403: "wrong pairing code",
+                              429: "too many wrong codes: wait Retry-After seconds"},
+    ("POST", f"{API}/models"): {400: "empty or truncated body", 403: "signature missing, wrong or by an unknown key",
+                                409: "this version is already on the device with another model",
+                                422: "not a valid package, or labels differ from the active model", **_STORE},
+    ("POST", f"{API}/models/activate"): _CHANGE,
+    ("POST", f"{API}/models/rollback"): {**_CHANGE, 409: "no previous version, or a model change is in progress",
+                                         404: "the previous version is no longer on the device"},
+    ("DELETE", f"{API}/pairing"): _STORE,
+    ("POST", f"{API}/pairing/token"): _STORE,
+}
 
 
 class ProtocolError(ValueError):
@@ -126,6 +170,16 @@ class ApiError(Exception):
 
 _VERSION_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _CODE = re.compile(f"[0-9]{{{PAIRING_CODE_DIGITS}}}")  # ASCII digits only (str.isdigit takes any script)
+# base64 (standard alphabet, padded) of exactly 32 bytes: 43 characters, the last of which carries
+# only 4 bits (so one of 16), then one "="
+PUBLIC_KEY_B64 = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
+
+
+def _json(schema: dict[str, Any] | None = None, *, shape: type | None = None, default: Any = MISSING) -> Any:
+    """A message field whose JSON Schema says more than its Python type: ``schema`` (pattern,
+    lengths, enum) is merged in; ``shape`` is the dataclass a ``dict`` (or each dict of a
+    ``list[dict]``) follows on the wire. Only :func:`json_schema` reads it."""
+    return field(default=default, metadata={"schema": schema or {}, "shape": shape})
 
 
 def _from_dict(cls, d: Any):
@@ -180,9 +234,11 @@ class Message:
 
 @dataclass(frozen=True)
 class PairRequest(Message):
-    code: str
-    client_name: str
-    public_key: str        # base64 of the raw 32-byte Ed25519 public key that signs packages
+    code: str = _json({"pattern": f"^[0-9]{{{PAIRING_CODE_DIGITS}}}$"})
+    client_name: str = _json({"minLength": 1, "maxLength": 100})
+    # base64 of the raw 32-byte Ed25519 public key that signs packages (checked by the agent)
+    public_key: str = _json({"pattern": PUBLIC_KEY_B64, "minLength": 44, "maxLength": 44,
+                             "description": "base64 (standard, padded) of the raw 32-byte Ed25519 public key"})
 
     def validate(self) -> None:
         n = type(self).__name__
@@ -228,7 +284,7 @@ class ModelInfo(Message):
 class ModelList(Message):
     active: str | None
     previous: list[str]        # most recent first: rollback goes to previous[0]
-    models: list[dict]         # ModelInfo.to_dict() of every stored version
+    models: list[dict] = _json(shape=ModelInfo)   # ModelInfo.to_dict() of every stored version
 
     def infos(self) -> list[ModelInfo]:
         return [ModelInfo.from_dict(m) for m in self.models]
@@ -236,7 +292,7 @@ class ModelList(Message):
 
 @dataclass(frozen=True)
 class ActivateRequest(Message):
-    id: str
+    id: str = _json({"pattern": _VERSION_ID.pattern})
     wait: bool = True          # False: answer 202 + Activation at once, progress in Status.activation
 
     def validate(self) -> None:
@@ -261,7 +317,7 @@ class Activation(Message):
     without network time may be off); ``elapsed_s`` is the time in this state by its monotonic
     clock, the one to show."""
     model_id: str
-    state: str
+    state: str = _json({"enum": list(ACTIVATION_STATES)})
     since: str                 # ISO-8601 UTC: entered this state
     started: str               # ISO-8601 UTC: the change was asked for
     elapsed_s: float           # seconds in this state
@@ -281,20 +337,45 @@ class Activation(Message):
 
 
 @dataclass(frozen=True)
+class CameraState(Message):
+    """``Status.camera``."""
+    source: str                # the camera's label
+    state: str
+    message: str
+    fps: float                 # frames read per second
+
+
+@dataclass(frozen=True)
+class Event(Message):
+    """One of ``Status.events`` (activation, rollback, in-service, ...)."""
+    time: str                  # ISO-8601 UTC
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Status(Message):
     agent_id: str
     agent_name: str
-    camera: dict               # {"source": label, "state": ..., "message": ..., "fps": float}
-    model: dict | None         # ModelInfo.to_dict() of the active model
+    camera: dict = _json(shape=CameraState)
+    model: dict | None = _json(shape=ModelInfo)   # ModelInfo.to_dict() of the active model
     provider: str              # execution provider in use
     fps: float                 # inference results per second
     clients: int               # connected stream clients
-    events: list[dict]         # recent [{"time", "kind", "message"}], newest last (activation, rollback, ...)
+    events: list[dict] = _json(shape=Event)       # recent, newest last
     uptime_s: float
-    activation: dict | None = None   # Activation.to_dict() of the latest model change, None before any
+    # Activation.to_dict() of the latest model change, None before any
+    activation: dict | None = _json(shape=Activation, default=None)
 
     def current_activation(self) -> "Activation | None":
         return None if self.activation is None else Activation.from_dict(self.activation)
+
+
+@dataclass(frozen=True)
+class Tile(Message):
+    """One of ``StreamHeader.tiles``: a tile of the frame and its crack probability."""
+    box: list[int] = _json({"minItems": 4, "maxItems": 4})   # x0, y0, x1, y1 in frame pixels
+    crack_prob: float = _json({"minimum": 0, "maximum": 1})
 
 
 @dataclass(frozen=True)
@@ -306,10 +387,11 @@ class StreamHeader(Message):
     width: int
     height: int
     heat_scale: int
-    tiles: list[dict]          # [{"box": [x0, y0, x1, y1], "crack_prob": p}]
+    tiles: list[dict] = _json(shape=Tile)
     crack_prob_max: float
     model_id: str
-    timings_ms: dict           # per stage: capture→start, tile, preprocess, infer, stitch, encode
+    # milliseconds per stage: capture_to_start, tile, preprocess, infer, stitch, encode
+    timings_ms: dict = _json({"additionalProperties": {"type": "number"}})
 
 
 def encode_frame(header: StreamHeader, jpeg: bytes, heat: np.ndarray) -> bytes:
@@ -374,55 +456,163 @@ def heat_from_wire(heat: np.ndarray, width: int, height: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ OpenAPI
 
-_SCHEMAS = {
-    "PairRequest": {"type": "object", "additionalProperties": False, "required": ["code", "client_name", "public_key"],
-                    "properties": {"code": {"type": "string", "pattern": f"^[0-9]{{{PAIRING_CODE_DIGITS}}}$"},
-                                   "client_name": {"type": "string", "minLength": 1, "maxLength": 100},
-                                   "public_key": {"type": "string", "minLength": 1, "maxLength": 100}}},
-    "ActivateRequest": {"type": "object", "additionalProperties": False, "required": ["id"],
-                        "properties": {"id": {"type": "string", "pattern": _VERSION_ID.pattern},
-                                       "wait": {"type": "boolean"}}},
-    "Error": {"type": "object", "required": ["error"],
-              "properties": {"error": {"type": "object", "required": ["code", "message"],
-                                       "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-}
-for _cls in (PairResponse, ClientInfo, ModelInfo, ModelList, Status, StreamHeader, Activation):
-    _SCHEMAS[_cls.__name__] = {"type": "object",
-                               "required": [f.name for f in fields(_cls) if f.default is MISSING],
-                               "properties": {f.name: {} for f in fields(_cls)}}
+_REF = "#/components/schemas/"
+_TYPES: dict[Any, dict[str, str]] = {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"},
+                                     bool: {"type": "boolean"}}
+_ERROR_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["error"],
+                 "properties": {"error": {"type": "object", "additionalProperties": False,
+                                          "required": ["code", "message"],
+                                          "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+
+
+def json_schema(tp: Any, components: dict[str, dict]) -> dict[str, Any]:
+    """The JSON Schema (OpenAPI 3.0 dialect) of a message field's type: str/int/float/bool, Any,
+    ``X | None``, unions, ``list[X]``, ``dict[str, X]``, Literal, Enum, and dataclasses, which
+    become a ``$ref`` with their schema added to ``components`` (nested ones too)."""
+    if is_dataclass(tp):
+        if tp.__name__ not in components:
+            components[tp.__name__] = {}          # placeholder: a dataclass that refers to itself
+            components[tp.__name__] = _dataclass_schema(tp, components)
+        return {"$ref": _REF + tp.__name__}
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        inner = (json_schema(rest[0], components) if len(rest) == 1
+                 else {"oneOf": [json_schema(a, components) for a in rest]})
+        return inner if len(rest) == len(args) else _nullable(inner)
+    if origin is Literal or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
+        values = list(args) if origin is Literal else [m.value for m in tp]
+        return {**_TYPES.get(type(values[0]), {}), "enum": values}
+    if tp is list or origin is list:
+        return {"type": "array", "items": json_schema(args[0], components) if args else {}}
+    if tp is dict or origin is dict:
+        return {"type": "object", **({"additionalProperties": json_schema(args[1], components)} if args else {})}
+    if tp is Any:
+        return {}
+    if tp in _TYPES:
+        return dict(_TYPES[tp])
+    raise TypeError(f"no JSON Schema for {tp!r}")
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:  # OpenAPI 3.0 ignores keywords next to a $ref
+        return {"allOf": [schema], "nullable": True}
+    if "enum" in schema:
+        schema = {**schema, "enum": [*schema["enum"], None]}
+    return {**schema, "nullable": True}
+
+
+def _reshape(tp: Any, shape: type) -> Any:
+    """``dict`` in ``tp`` (also inside list[...] and X | None) replaced by the dataclass ``shape``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is dict or origin is dict:
+        return shape
+    if origin is list:
+        return list[_reshape(args[0], shape)]  # type: ignore[misc]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_reshape(a, shape) for a in args)]
+    return tp
+
+
+def _dataclass_schema(cls: type, components: dict[str, dict]) -> dict[str, Any]:
+    """A closed object: the protocol's messages refuse unknown fields (``_from_dict``)."""
+    hints = typing.get_type_hints(cls)
+    props: dict[str, Any] = {}
+    for f in fields(cls):
+        shape = f.metadata.get("shape")
+        schema = json_schema(_reshape(hints[f.name], shape) if shape else hints[f.name], components)
+        extra = f.metadata.get("schema")
+        if extra:
+            schema = {"allOf": [schema], **extra} if "$ref" in schema else {**schema, **extra}
+        props[f.name] = schema
+    out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props,
+                           "required": [f.name for f in fields(cls)
+                                        if f.default is MISSING and f.default_factory is MISSING]}
+    doc = cls.__doc__ or ""
+    if doc and not doc.startswith(f"{cls.__name__}("):  # not the one @dataclass makes up
+        out["description"] = doc.strip().split("\n\n")[0]
+    return out
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {"description": description, "content": {"application/json": {"schema": {"$ref": _REF + "Error"}}}}
+    return {**out, "headers": headers} if headers else out
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+_MAX_FRAMES = {"name": "max_frames", "in": "query", "required": False,
+               "description": "end the stream after this many frames (without: until the client closes it; "
+                              "a generic client or a fuzzer should always set it)",
+               "schema": {"type": "integer", "minimum": 1, "maximum": MAX_STREAM_FRAMES}}
+_STREAM_DOC = (f"Long-lived: frames until the client closes the connection (or max_frames of them); no "
+               f"Content-Length, the connection closes at the end. Each frame: 4 bytes {STREAM_MAGIC.decode()!r}, "
+               f"three u32 big-endian lengths (header, JPEG, heat-map), the StreamHeader JSON, the JPEG of the "
+               f"camera frame, the heat-map (uint8, ceil(height/heat_scale) x ceil(width/heat_scale), value v "
+               f"means v/255). A slow client gets the newest frame, not a backlog.")
+
+
+def _responses(key: tuple[str, str], response: str) -> dict[str, Any]:
+    if response == "stream":
+        ok = {"description": _STREAM_DOC, "content": {STREAM_CONTENT_TYPE: {"schema": {"type": "string",
+                                                                                      "format": "binary"}}}}
+    elif response == "openapi":
+        ok = {"description": "this document", "content": {"application/json": {"schema": {"type": "object"}}}}
+    else:
+        ok = {"description": "ok", "content": {"application/json": {"schema": {"$ref": _REF + response}}}}
+    out: dict[str, Any] = {"200": ok}
+    if key in ACCEPTED:
+        out["202"] = {"description": "accepted, in progress", "content": {"application/json": {
+            "schema": {"$ref": _REF + ACCEPTED[key]}}}}
+    errors = {**COMMON_ERRORS, **ERRORS.get(key, {})}
+    if key not in OPEN_ENDPOINTS:
+        errors[401] = "missing or wrong bearer token"
+    for status in sorted(errors):
+        headers = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}} if status == 401 else \
+            _RETRY_AFTER if status in (429, 503) else None
+        out[str(status)] = _error(errors[status], headers)
+    return out
+
+
+def _operation(key: tuple[str, str], components: dict[str, dict]) -> dict[str, Any]:
+    summary, body, response = ENDPOINTS[key]
+    op: dict[str, Any] = {"summary": summary, "operationId": _operation_id(key)}
+    if key not in OPEN_ENDPOINTS:
+        op["security"] = [{"bearer": []}]
+    if response == "stream":
+        op["parameters"] = [_MAX_FRAMES]
+    if body == "package":
+        op["requestBody"] = {"required": True, "description": (
+            f"the .crackpkg file, at most {MAX_PACKAGE_BYTES} bytes (413 beyond); the agent verifies it from "
+            f"its bytes whatever the Content-Type says"),
+            "content": {PACKAGE_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+    elif body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": json_schema(globals()[body], components)}}}
+    for kind in (response, ACCEPTED.get(key)):
+        if kind is not None and is_dataclass(globals().get(kind)):
+            json_schema(globals()[kind], components)
+    op["responses"] = _responses(key, response)
+    return op
+
+
+def _operation_id(key: tuple[str, str]) -> str:
+    method, path = key
+    words = re.findall(r"[a-z0-9]+", path.removeprefix(API).lower())
+    return method.lower() + "".join(w.capitalize() for w in words)
 
 
 def openapi() -> dict[str, Any]:
-    """The OpenAPI 3.0 description of the agent's API (served at ``/api/v1/openapi.json``)."""
+    """The OpenAPI 3.0 description of the agent's API (served at ``/api/v1/openapi.json``),
+    built from :data:`ENDPOINTS`, :data:`ERRORS` and the message dataclasses."""
+    components: dict[str, dict] = {"Error": _ERROR_SCHEMA}
     paths: dict[str, dict] = {}
-    for (method, path), (summary, body, response) in ENDPOINTS.items():
-        op: dict[str, Any] = {"summary": summary, "responses": {
-            "401": {"description": "missing or wrong credentials",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-            "4XX": {"description": "refused; the message says why",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
-        if (method, path) not in OPEN_ENDPOINTS:
-            op["security"] = [{"bearer": []}]
-        if body == "package":
-            op["requestBody"] = {"required": True, "content": {PACKAGE_CONTENT_TYPE: {
-                "schema": {"type": "string", "format": "binary", "maxLength": MAX_PACKAGE_BYTES}}}}
-        elif body is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{body}"}}}}
-        if response == "stream":
-            ok = {"description": "binary frame stream", "content": {STREAM_CONTENT_TYPE: {}}}
-        elif response == "openapi":
-            ok = {"description": "this document", "content": {"application/json": {}}}
-        else:
-            ok = {"description": "ok", "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{response}"}}}}
-        op["responses"]["200"] = ok
-        if (method, path) in ACCEPTED:
-            op["responses"]["202"] = {"description": "accepted, in progress", "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{ACCEPTED[(method, path)]}"}}}}
-        paths.setdefault(path, {})[method.lower()] = op
+    for key in ENDPOINTS:
+        paths.setdefault(key[1], {})[key[0].lower()] = _operation(key, components)
+    doc = ("The crack inspector's device agent. Errors: the Error body with the statuses listed per operation. "
+           f"Methods other than {', '.join(sorted(METHODS))} are 501 on every path, before authentication "
+           "(RFC 9110 15.6.2); one of those on a path without it is 405 with Allow (after authentication).")
     return {"openapi": "3.0.3",
-            "info": {"title": "Crack inspector device agent", "version": "1"},
+            "info": {"title": "Crack inspector device agent", "version": "1", "description": doc},
             "paths": paths,
-            "components": {"schemas": _SCHEMAS,
+            "components": {"schemas": dict(sorted(components.items())),
                            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}

@@ -581,6 +581,7 @@ OPERATIONS = [(method.upper(), path) for path, ops in SPEC["paths"].items() for 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")   # what the agent implements
 FUZZ_EXAMPLES = 50                                                       # per operation: 8 × 50 = 400 requests
 PACKAGE_TYPE = protocol.PACKAGE_CONTENT_TYPE
+OPEN_PATHS = {p for _, p in protocol.OPEN_ENDPOINTS}
 RESPONSE_CLASSES = {"PairResponse": protocol.PairResponse, "Status": protocol.Status,
                     "ModelList": protocol.ModelList, "ModelInfo": protocol.ModelInfo}
 
@@ -594,6 +595,8 @@ def resolve(schema: dict) -> dict:
 def conforms(value: Any, schema: dict) -> bool:
     """JSON-Schema validation for the subset the OpenAPI document uses."""
     schema = resolve(schema)
+    if value is None and schema.get("nullable"):
+        return True
     kind = schema.get("type")
     if kind == "object":
         if not isinstance(value, dict):
@@ -793,13 +796,15 @@ class TestFuzz:
         path = urlsplit("/" + req["target"].lstrip("/") if req["target"].startswith("//") else req["target"]).path
         key = (req["method"], path)
         hit = key if key in protocol.ENDPOINTS else None   # the endpoint the agent routes this to, if any
-        authorized = req["auth"] == "valid" or key in protocol.OPEN_ENDPOINTS
+        # the path of an open endpoint is public: another method there is 405 without credentials
+        authorized = req["auth"] == "valid" or key in protocol.OPEN_ENDPOINTS or (hit is None and path in OPEN_PATHS)
+        implemented = req["method"] in protocol.METHODS   # any other: 501 on every path, before auth
         if answer is None:
             # only when a body announced longer than what came was being read (the end came first)
             assert req["length"] == "long" and authorized and hit, req
             return
         status, headers, body = answer
-        assert status < 500, (req, status, body)
+        assert status < 500 or (status == 501 and not implemented), (req, status, body)
         dev.outcomes[status] += 1
         if status >= 400 and req["method"] != "HEAD":
             assert headers.get("content-type", "").startswith("application/json"), (req, headers)
@@ -808,6 +813,9 @@ class TestFuzz:
             assert isinstance(err["error"]["code"], str) and err["error"]["code"], body
             assert isinstance(err["error"]["message"], str) and err["error"]["message"], body
             assert "Traceback" not in err["error"]["message"]
+        if not implemented:
+            assert status == 501, (req, status, body)
+            return
         if not authorized:
             assert status == 401, (req, status, body)  # before anything else is looked at
             return

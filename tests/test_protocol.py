@@ -62,3 +62,80 @@ def test_openapi_describes_every_endpoint_and_who_may_call_it():
     for (method, path) in P.ENDPOINTS:
         op = doc["paths"][path][method.lower()]
         assert ("security" in op) == ((method, path) not in P.OPEN_ENDPOINTS)
+
+
+def test_openapi_lists_every_error_status_with_the_error_body_and_typed_responses():
+    doc = P.openapi()
+    schemas = doc["components"]["schemas"]
+    for (method, path), (_, _, response) in P.ENDPOINTS.items():
+        responses = doc["paths"][path][method.lower()]["responses"]
+        expected = {*P.COMMON_ERRORS, *P.ERRORS.get((method, path), {})} | \
+            (set() if (method, path) in P.OPEN_ENDPOINTS else {401})
+        assert {int(s) for s in responses if int(s) >= 400} == expected, (method, path)
+        for status in expected:
+            assert responses[str(status)]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+        if response in schemas:
+            assert schemas[response]["properties"] and schemas[response]["additionalProperties"] is False
+    # every $ref points at a schema
+    import json
+    import re
+
+    refs = set(re.findall(r'"#/components/schemas/(\w+)"', json.dumps(doc)))
+    assert refs <= set(schemas)
+    status = schemas["Status"]["properties"]
+    assert status["model"] == {"allOf": [{"$ref": "#/components/schemas/ModelInfo"}], "nullable": True}
+    assert status["events"] == {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}
+    assert "activation" not in schemas["Status"]["required"]
+    assert schemas["Activation"]["properties"]["state"]["enum"] == list(P.ACTIVATION_STATES)
+
+
+def test_json_schema_of_nested_dataclasses_optionals_lists_dicts_enums_and_literals():
+    import enum
+    from dataclasses import dataclass
+    from typing import Literal, Optional
+
+    class Colour(enum.Enum):
+        RED = "red"
+        BLUE = "blue"
+
+    @dataclass
+    class Leaf:
+        n: int
+
+    @dataclass
+    class Tree:
+        leaf: Leaf
+        maybe: Optional[Leaf]
+        leaves: list[Leaf]
+        by_name: dict[str, float]
+        colour: Colour
+        side: Literal["left", "right"]
+        note: str | None = None
+
+    components: dict = {}
+    assert P.json_schema(Tree, components) == {"$ref": "#/components/schemas/Tree"}
+    props = components["Tree"]["properties"]
+    assert components["Leaf"] == {"type": "object", "additionalProperties": False,
+                                  "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    assert props["leaf"] == {"$ref": "#/components/schemas/Leaf"}
+    assert props["maybe"] == {"allOf": [{"$ref": "#/components/schemas/Leaf"}], "nullable": True}
+    assert props["leaves"] == {"type": "array", "items": {"$ref": "#/components/schemas/Leaf"}}
+    assert props["by_name"] == {"type": "object", "additionalProperties": {"type": "number"}}
+    assert props["colour"] == {"type": "string", "enum": ["red", "blue"]}
+    assert props["side"] == {"type": "string", "enum": ["left", "right"]}
+    assert props["note"] == {"type": "string", "nullable": True}
+    assert components["Tree"]["required"] == ["leaf", "maybe", "leaves", "by_name", "colour", "side"]
+    with pytest.raises(TypeError, match="no JSON Schema"):
+        P.json_schema(complex, {})
+
+
+@pytest.mark.parametrize("n_bytes, ok", [(32, True), (31, False), (33, False)])
+def test_the_public_key_pattern_is_base64_of_32_bytes(n_bytes, ok):
+    import base64
+    import os
+    import re
+
+    for _ in range(50):
+        key = base64.b64encode(os.urandom(n_bytes)).decode()
+        assert bool(re.fullmatch(P.PUBLIC_KEY_B64, key)) == ok, key
+    assert not re.fullmatch(P.PUBLIC_KEY_B64, "A" * 42 + "B=")   # 32 bytes, but not canonical base64

@@ -7,12 +7,15 @@ client that connects and says nothing cannot stall the server.
 
 Order of checks for every request
 ---------------------------------
+0. A method no endpoint uses (:data:`~inspector.protocol.METHODS`; TRACE, PUT, ...): 501 on
+   every path, before authentication (RFC 9110: not implemented for any resource).
 1. ``(method, path)`` in :data:`~inspector.protocol.OPEN_ENDPOINTS` (pairing, the OpenAPI
    document): no credentials needed.
 2. Otherwise ``Authorization: Bearer <token>`` must name a paired client, **before anything
    else is looked at**: a missing or wrong token gets 401 for every path and method, known or
-   not, so an unauthenticated caller learns nothing about what exists.
-3. Unknown path: 404; known path, wrong method: 405 (with ``Allow``).
+   not, so an unauthenticated caller learns nothing about what exists. The exception: another
+   method on the path of an open endpoint is 405 without credentials (that path is public).
+3. Unknown path: 404; known path, another of our methods: 405 (with ``Allow``).
 4. Bodies: ``Content-Length`` required where a body is expected (411; chunked bodies are not
    accepted), JSON at most :data:`~inspector.protocol.MAX_JSON_BYTES` (413) and parsed by the
    protocol's message classes (ProtocolError → 400); a package upload over
@@ -56,7 +59,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .. import protocol
 from ..protocol import API, ApiError, Message, ProtocolError
@@ -230,9 +233,13 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             path = urlsplit(self.path).path
             key = (self.command, path)
+            if self.command not in protocol.METHODS:  # on no path: 501 before auth (protocol's Errors)
+                raise ApiError(501, "http_501", f"{self.command} is not implemented here; the agent implements "
+                               f"{', '.join(sorted(protocol.METHODS))}")
             if key not in protocol.OPEN_ENDPOINTS:
-                self._client = self._authenticate()
-                self.server.set_deadline(self.request, None, waiting=False)
+                if path not in _OPEN_PATHS or key in protocol.ENDPOINTS:  # an open path hides nothing
+                    self._client = self._authenticate()
+                    self.server.set_deadline(self.request, None, waiting=False)
                 if key not in protocol.ENDPOINTS:
                     allowed = sorted(m for (m, p) in protocol.ENDPOINTS if p == path)
                     if allowed:
@@ -396,8 +403,21 @@ class _Handler(BaseHTTPRequestHandler):
                                               agent_name=agent.identity.name,
                                               cert_sha256=agent.identity.cert_sha256 if agent.tls else None))
 
+    def _max_frames(self) -> int | None:
+        """``?max_frames=n`` of the stream (None: until the client goes away); other parameters are ignored."""
+        values = parse_qs(urlsplit(self.path).query, keep_blank_values=True).get("max_frames")
+        if values is None:
+            return None
+        raw = values[-1] if len(values) == 1 else ""
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= protocol.MAX_STREAM_FRAMES):
+            raise ApiError(400, "bad_request", f"max_frames must be one whole number from 1 to "
+                           f"{protocol.MAX_STREAM_FRAMES}, got {', '.join(map(repr, values))}")
+        return int(raw)
+
     def stream(self) -> None:
         self._no_body()
+        limit = self._max_frames()
+        sent = 0
         agent = self.server.agent
         sub = agent.runtime.subscribe()
         agent._track_stream(sub, True)
@@ -428,6 +448,9 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 self.wfile.write(blob)
                 last = time.monotonic()
+                sent += 1
+                if limit is not None and sent >= limit:
+                    break
         except OSError as exc:  # includes ConnectionError, TimeoutError, ssl.SSLError
             log.debug("%s: stream client gone (%s)", self.address_string(), type(exc).__name__)
         finally:
@@ -435,6 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
             agent._track_stream(sub, False)
 
 
+_OPEN_PATHS = frozenset(p for _, p in protocol.OPEN_ENDPOINTS)
 _ROUTES = {
     ("POST", f"{API}/pair"): "pair",
     ("GET", f"{API}/status"): "status",
