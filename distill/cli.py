@@ -236,6 +236,14 @@ def cmd_eval(args) -> int:
     m = result["metrics"]
     print(f"{args.model} on {args.data}: n={m['n']} MCC {m['mcc']:.4f} acc {m['accuracy']:.4f} "
           f"F1 {m['f1']:.4f} AUC {m['roc_auc'] if m['roc_auc'] is None else round(m['roc_auc'], 4)}")
+    skipped = [e for e in result["bad_files"] if e["action"] == "skipped"]
+    if skipped:   # the metrics are over the rest: say so, with or without --out
+        where = f" (all listed in {args.out})" if args.out else ""
+        print(f"skipped {len(skipped)} files that could not be used, not counted in n{where}:")
+        for e in skipped[:20]:
+            print(f"  {e['path']}: {e['reason']}")
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more" + ("" if args.out else "; --out FILE.json lists them all"))
     return 0
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from distill.config import RunConfig, write_resolved
-from distill.data.imageio import BadFileReport
-from distill.data.layouts import read_dataset
+from distill.data.imageio import BadFileReport, BadImageError, decode_rgb
+from distill.data.layouts import DatasetError, read_dataset
 from distill.data.patches import PatchRule
 from distill.data.samples import Sample
 from distill.data.splits import read_manifest, split_by_source, subsample_labels, write_manifest
@@ -33,9 +33,47 @@ def read_samples(path, *, layout: str = "auto", patch_rule: PatchRule | None = N
     """Samples of a dataset folder in any supported layout, or of a manifest CSV."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return read_manifest(path)
+        return read_checked_manifest(path)
     return read_dataset(path, layout=layout, patch_rule=patch_rule or PatchRule(),
                         source_rule=source_rule, report=report)
+
+
+def read_checked_manifest(*paths) -> list[Sample] | tuple[list[Sample], ...]:
+    """The samples of manifest CSVs whose every image exists, decodes and holds its box
+    (one path: its list; several: a tuple of lists).
+
+    A folder is checked as it is read (bad files skipped and reported); a manifest is a promise
+    that its files are good, so a broken one is refused **before** training starts, naming the
+    files of every manifest given, rather than failing an epoch into the run. Each image is
+    decoded once.
+    """
+    lists = [read_manifest(path) for path in paths]
+    problems = [f"{path}: {len(bad)} of the images it lists cannot be used:\n" + "\n".join(bad)
+                for path, samples in zip(paths, lists) if (bad := _unusable_images(samples))]
+    if problems:
+        raise DatasetError("\n".join(problems) + "\nfix the files or remove their rows before training")
+    return lists[0] if len(lists) == 1 else tuple(lists)
+
+
+def _unusable_images(samples: list[Sample], limit: int = 20) -> list[str]:
+    """``"  path: why"`` for each image of ``samples`` that cannot be used (``limit`` shown)."""
+    bad: dict[str, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for sample in samples:
+        if sample.path not in sizes and sample.path not in bad:
+            try:
+                image, _ = decode_rgb(sample.path)
+                sizes[sample.path] = (image.shape[1], image.shape[0])
+            except BadImageError as err:
+                bad[sample.path] = str(err)
+            except OSError as err:
+                bad[sample.path] = f"cannot read it ({err.strerror or err})"
+        if sample.box is not None and sample.path in sizes:
+            (w, h), (x0, y0, x1, y1) = sizes[sample.path], sample.box
+            if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+                bad.setdefault(sample.path, f"box {sample.box} is outside the {w}x{h} image")
+    lines = [f"  {path}: {why}" for path, why in list(bad.items())[:limit]]
+    return lines + ([f"  ... and {len(bad) - limit} more"] if len(bad) > limit else [])
 
 
 def prepare_splits(cfg: RunConfig, out_dir: Path, report: BadFileReport, *,
@@ -46,8 +84,9 @@ def prepare_splits(cfg: RunConfig, out_dir: Path, report: BadFileReport, *,
     if d.train_manifest:
         if not d.val_manifest:
             raise ValueError("data.train_manifest needs data.val_manifest too")
-        splits = {"train": read_manifest(d.train_manifest), "val": read_manifest(d.val_manifest),
-                  "test": read_manifest(d.test_manifest) if d.test_manifest else []}
+        given = [m for m in (d.train_manifest, d.val_manifest, d.test_manifest) if m]
+        train, val, *test = read_checked_manifest(*given)
+        splits = {"train": train, "val": val, "test": test[0] if test else []}
     elif d.root:
         samples = read_samples(d.root, layout=d.layout, patch_rule=patch_rule_of(d), report=report,
                                source_rule=d.source_rule)
