@@ -345,3 +345,20 @@ def test_the_window_fits_a_field_laptop_and_every_control_is_reachable(open_wind
         w.flag_now()
     problems = field_layout_problems(w, themed)
     assert not problems, "\n".join(problems)
+
+
+def test_buttons_wait_for_what_they_act_on(open_window, qtbot):
+    """Flag this frame: not before a frame is on screen (nor after a switch, until the new
+    source's first frame); Connect (a URL): not before there is one."""
+    w = open_window()                                      # no event processed yet: no frame shown
+    assert not w.fields.flag.isEnabled()
+    qtbot.waitUntil(lambda: w.frames_shown >= 1, timeout=20000)
+    assert w.fields.flag.isEnabled()
+    assert not w.chooser.connect_url.isEnabled()
+    w.chooser.url.setText("  ")
+    assert not w.chooser.connect_url.isEnabled()
+    w.chooser.url.setText(str(sample_video()))
+    assert w.chooser.connect_url.isEnabled()
+    w.chooser.connect_url.click()
+    assert not w.fields.flag.isEnabled()                   # the old picture is gone, the new one not there yet
+    qtbot.waitUntil(w.fields.flag.isEnabled, timeout=20000)

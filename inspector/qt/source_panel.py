@@ -70,6 +70,8 @@ class SourceChooser(QFrame):
         self.sample.clicked.connect(self._choose_sample)
         self._camerasFound.connect(self._set_cameras)
         self.use_camera.setEnabled(False)
+        self.connect_url.setEnabled(False)             # enabled once there is something to connect to
+        self.url.textChanged.connect(lambda text: self.connect_url.setEnabled(bool(text.strip())))
 
     def set_current(self, label: str) -> None:
         self.current.setText(label)

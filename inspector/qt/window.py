@@ -159,6 +159,7 @@ class MainWindow(QMainWindow):
             scorer.on_scored = self.review.flagScored.emit
         self._layout()
         self._connect()
+        self.fields.flag.setEnabled(False)             # until a frame is on screen (Space says so)
         self._set_source_label(source.label)
         if feed is not None:
             self._enter_device(device, feed)
@@ -308,6 +309,7 @@ class MainWindow(QMainWindow):
         self.notice.dismiss()
         self.status_banner.dismiss()
         self.view.clear(f"Connecting to {spec.label}…")
+        self.fields.flag.setEnabled(False)
         self._set_source_label(spec.label)
         if self.device is not None:
             self.device = None
@@ -365,6 +367,7 @@ class MainWindow(QMainWindow):
         self.source = SourceSpec("device", pairing.address, feed.label)
         self.source_tabs.setCurrentIndex(1)
         self.view.clear(f"Connecting to {pairing.agent_name} at {pairing.address}…")
+        self.fields.flag.setEnabled(False)
         self._set_source_label(feed.label)
         self.hud.set_link_visible(True)
         self.device_panel.set_feed(feed, pairing)
@@ -467,6 +470,7 @@ class MainWindow(QMainWindow):
         if live is not None:
             self._follow_model(live)
             self.view.show_result(live)
+            self.fields.flag.setEnabled(True)
             self.resultShown.emit(live)
 
     def _on_painted(self, live, t_painted: float) -> None:
