@@ -62,7 +62,7 @@ def heat_ratio_and_tile_auc(engine, dataset: str, n: int):
 
 # Measured with crack-student-1.1.0-int8 (ResNet-18, 160 px tiles, no overlap) on these 12
 # frames: heat on crack pixels / mean heat = 1.57 at the median on CrackForest with the continuous
-# heat-map (the old tile-by-tile patchwork: 1.66, and 1.59 on 40 frames), tile ROC-AUC 0.65 (40
+# heat-map (40 frames: 1.51; the old tile-by-tile patchwork: 1.66 and 1.59), tile ROC-AUC 0.65 (40
 # frames: 0.66). Chance is 1.0 and 0.5.
 def test_heatmap_sits_on_annotated_pavement_cracks_more_than_chance(engine):
     ratios, auc = heat_ratio_and_tile_auc(engine, "crackforest_cfd", 12)
@@ -72,8 +72,8 @@ def test_heatmap_sits_on_annotated_pavement_cracks_more_than_chance(engine):
 
 
 # A known limit, kept visible: on UAV75 bridge frames the ResNet-18 student's heat-map is NOT
-# above chance (median ratio 0.77 on 12 frames with the continuous heat-map; the patchwork: 0.75,
-# and 0.77 on 40; tile AUC 0.53 / 0.55), where the
+# above chance (median ratio 0.77 on 12 and on 40 frames with the continuous heat-map; the
+# patchwork: 0.75 and 0.77; tile AUC 0.53 / 0.55), where the
 # ImageNet-initialised EfficientNet-Lite0 student of 1.0.0 reached 1.47 / AUC 0.64 (see the
 # model card). strict: if a new default model fixes it, this test fails and must become a margin.
 @pytest.mark.xfail(strict=True, reason="ResNet-18 student (from scratch on walls) does not localise bridge cracks")
