@@ -284,3 +284,18 @@ def test_the_app_renews_its_token_and_forgets_the_device(agent, tmp_path, qtbot)
     note = store.unpair(ghost)
     assert note and "--revoke" in note and store.all() == []
     panel.shutdown()
+
+
+def test_the_operator_rotates_the_code_with_sighup(agent):
+    import signal
+
+    token = pair_token(agent, name="before the new code")
+    code = agent.pairing_code_file()
+    agent.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while agent.pairing_code_file() == code and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert agent.pairing_code_file() != code and agent.alive
+    status, _, body = pair(agent, code=code)
+    assert (status, error_code(body)) == (403, "wrong_pairing_code")
+    assert agent.request("GET", f"{API}/status", token=token)[0] == 200   # paired clients keep working
