@@ -582,7 +582,7 @@ SCHEMAS = SPEC["components"]["schemas"]
 TOKEN_ENDING = {("DELETE", f"{protocol.API}/pairing"), ("POST", f"{protocol.API}/pairing/token")}
 OPERATIONS = [(method.upper(), path) for path, ops in SPEC["paths"].items() for method in ops
               if (method.upper(), path) not in TOKEN_ENDING]
-METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")   # what the agent implements
+METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")   # tried; those not in protocol.METHODS are 501
 FUZZ_EXAMPLES = 50                                                       # per operation: 8 × 50 = 400 requests
 PACKAGE_TYPE = protocol.PACKAGE_CONTENT_TYPE
 OPEN_PATHS = {p for _, p in protocol.OPEN_ENDPOINTS}
