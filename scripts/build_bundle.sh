@@ -8,7 +8,9 @@
 #   scripts/build_bundle.sh --flavour cuda     # keeps every CUDA library (a GPU laptop)
 #   scripts/build_bundle.sh --no-build         # only the self-test of an existing dist/
 #
-# Needs some 14 GB of free disk while building (docs/benchmarks/bundle.md).
+# PyInstaller's work folder is build/pyinstaller ($BUNDLE_WORKPATH to reuse another one: a second
+# build with an unchanged build.spec then takes minutes instead of half an hour).
+# Disk: docs/benchmarks/bundle.md says how much.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -32,7 +34,7 @@ if [ "$BUILD" = 1 ]; then
     # the bundle extra of pyproject.toml: PyInstaller and the community hooks (torch, nvidia, cv2…)
     .venv/bin/python -m pip install -q "pyinstaller>=6.10,<7" "pyinstaller-hooks-contrib>=2024.10"
     echo "build_bundle: building the '$FLAVOUR' bundle into $DIST (several minutes)" >&2
-    nice -n 19 .venv/bin/pyinstaller --noconfirm --log-level WARN --workpath build/pyinstaller \
+    nice -n 19 .venv/bin/pyinstaller --noconfirm --log-level WARN --workpath "${BUNDLE_WORKPATH:-build/pyinstaller}" \
         --distpath dist build.spec -- --flavour "$FLAVOUR"
     echo "$FLAVOUR" > "$DIST/FLAVOUR"
 fi

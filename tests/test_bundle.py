@@ -1,7 +1,7 @@
 """The PyInstaller bundle: scripts/build_bundle.sh builds dist/crack-inspector/ and runs its own
 self-test with no Python on PATH (window, flag + review, export, distill update, device agent).
 
-Marked ``bundle`` and left out of ./test.sh and CI: it takes some 20 minutes and 14 GB of disk
+Marked ``bundle`` and left out of ./test.sh and CI: it takes 12-40 minutes and ~4 GB of disk
 (docs/benchmarks/bundle.md). Run it with ``.venv/bin/python -m pytest -m bundle tests/test_bundle.py``.
 """
 from __future__ import annotations
