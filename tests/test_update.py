@@ -154,6 +154,8 @@ def test_update_end_to_end_on_a_flag_export(first_run):
     # the candidate's weights are at hand for the next update: they reproduce its own package
     assert_checkpoint_reproduces(Path(result["candidate"]["checkpoint"]), load_package(result["candidate"]["fp32"]))
     assert not list(out.glob(".*.tmp"))
+    # a refused candidate keeps its working files (an override re-run resumes), a promoted one not
+    assert (out / ".work").is_dir() == (not record["promoted"])
 
 
 def assert_checkpoint_reproduces(ckpt: Path, package, atol: float = 1e-4) -> None:
@@ -184,6 +186,7 @@ def test_a_second_run_resumes_and_an_override_is_recorded(first_run, export_dir)
     assert record["promoted"] is True and events[-1]["promoted"] is True
     assert record["override"]["by"] == "ben" and record["override"]["reason"].startswith("site lead accepts")
     assert record["resumed"] == ["adapt_teachers", "teacher_outputs", "distil", "calibrate"]
+    assert not (out / ".work").exists()            # promoted: the ~0.7 GB of working files are gone
     from inspector.package import load_package
 
     lineage = load_package(events[-1]["candidate"]["int8"]).manifest.extra["lineage"]

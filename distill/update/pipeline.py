@@ -75,10 +75,22 @@ def run_update(config: UpdateConfig, emit: Emit | None = None, *, reporter: Repo
         rep.send("error", message=f"{type(exc).__name__}: {exc}", stage=rep.stage)
         raise
     record = json.loads((run.out / "update.json").read_text())
+    if record["promoted"]:
+        _drop_work(run)
     rep.send("result", update_json=str(run.out / "update.json"), promoted=record["promoted"],
              candidate={"version": run.version, **{k: str(run.out / record["candidate"][k])
                                                     for k in ("fp32", "int8", "checkpoint")}})
     return record
+
+
+def _drop_work(run: Run) -> None:
+    """A promoted candidate needs nothing more from ``.work`` (adapted teachers, teacher outputs,
+    export scratch: ~0.7 GB on the shipped ensemble), so it goes; a refused run keeps it, so an
+    ``--override-gate`` re-run in the same folder resumes in seconds instead of retraining."""
+    import shutil
+
+    shutil.rmtree(run.work, ignore_errors=True)
+    run.rep.log(f"promoted: removed the working files in {run.work}")
 
 
 # ---------------------------------------------------------------------------------------- read
