@@ -3,6 +3,7 @@ brute-force arithmetic its docstring states (the README repeats it)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -129,3 +130,36 @@ def test_threads_never_wait_on_each_other_for_long():
     for t in threads:
         t.join(30)
     assert not errors and not any(t.is_alive() for t in threads)
+
+
+def test_a_burst_of_parallel_guesses_is_counted_before_any_passes(tmp_path):
+    """64 wrong codes at once from one address: the check and the count are one step, so only
+    the free ones and the one that starts the wait are compared; the rest are 429."""
+    from agent_support import new_public_key
+
+    from inspector.agent.identity import Identity
+    from inspector.protocol import ApiError
+
+    class SlowThrottle(PairingThrottle):   # widens the window between check and count
+        def check(self, peer: str) -> None:
+            super().check(peer)
+            time.sleep(0.01)
+
+    ident = Identity(tmp_path / "data", name="burst", throttle=SlowThrottle())
+    wrong = f"{(int(ident.pairing_code) + 1) % 10**6:06d}"
+    key = new_public_key()
+    answers, start = [], threading.Barrier(64)
+
+    def guess() -> None:
+        start.wait()
+        try:
+            ident.pair(wrong, "burst", key, peer="10.9.9.9")
+        except ApiError as exc:
+            answers.append(exc.status)
+
+    threads = [threading.Thread(target=guess) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert answers.count(403) == T.FREE_FAILURES and answers.count(429) == 64 - T.FREE_FAILURES, answers

@@ -315,18 +315,20 @@ class Identity:
         except signing.SigningError as exc:
             raise ApiError(400, "bad_public_key", f"public_key: {exc}") from None
         key_id = signing.key_id_of(raw)
-        try:
-            self.throttle.check(peer)
-        except TooManyAttempts as exc:
-            raise ApiError(429, "too_many_attempts", f"pairing refused for now: {exc}",
-                           retry_after=exc.retry_after) from None
+        # check, compare and record in one short critical section (no I/O, no sleeping): else
+        # a burst of parallel guesses would all pass the check before the first was recorded
         with self._lock:
-            expected = self._code
-            ok = hmac.compare_digest(str(code).encode(), expected.encode())
+            try:
+                self.throttle.check(peer)
+            except TooManyAttempts as exc:
+                raise ApiError(429, "too_many_attempts", f"pairing refused for now: {exc}",
+                               retry_after=exc.retry_after) from None
+            ok = hmac.compare_digest(str(code).encode(), self._code.encode())
             if ok:
                 self._code = ""   # used: nobody else pairs with it while the new one is made
+            else:
+                wait = self.throttle.failed(peer)
         if not ok:
-            wait = self.throttle.failed(peer)
             log.warning("wrong pairing code from %s (%r); %d wrong in a row from there", peer, client_name,
                         self.throttle.failures(peer))
             raise ApiError(403, "wrong_pairing_code", "wrong pairing code (see the agent's console, log or "
