@@ -46,7 +46,7 @@ t_built=$(now)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/crack-bundle-selftest.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/bin" "$WORK/home"
-for tool in bash cat date du sort head tail grep sed awk mkdir ls sleep kill find wc tr cut curl; do
+for tool in bash cat date du sort head tail grep sed awk mkdir ls rm sleep kill find wc tr cut curl; do
     path=$(command -v "$tool" || true)
     [ -n "$path" ] && ln -s "$path" "$WORK/bin/$tool"
 done
