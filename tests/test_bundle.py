@@ -1,8 +1,9 @@
 """The PyInstaller bundle: scripts/build_bundle.sh builds dist/crack-inspector/ and runs its own
 self-test with no Python on PATH (window, flag + review, export, distill update, device agent).
 
-Marked ``bundle`` and left out of ./test.sh and CI: it takes 12-40 minutes and ~4 GB of disk
-(docs/benchmarks/bundle.md). Run it with ``.venv/bin/python -m pytest -m bundle tests/test_bundle.py``.
+Marked ``bundle`` and left out of a plain ./test.sh; .ci/run runs it after the suite
+(``./test.sh -m bundle tests/test_bundle.py``): about 4 minutes on a quiet 2-core machine, 12-40
+under other load, ~4 GB of disk (docs/benchmarks/bundle.md).
 """
 from __future__ import annotations
 
