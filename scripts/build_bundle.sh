@@ -33,6 +33,17 @@ if [ "$BUILD" = 1 ]; then
     bash scripts/setup.sh
     # the bundle extra of pyproject.toml: PyInstaller and the community hooks (torch, nvidia, cv2…)
     .venv/bin/python -m pip install -q "pyinstaller>=6.10,<7" "pyinstaller-hooks-contrib>=2024.10"
+    # the X libraries of Qt's xcb plugin, which build.spec bundles (a stock desktop lacks some):
+    # installed here when root with apt-get, else the build goes on and build.spec warns
+    xcb_missing=$(.venv/bin/python -m inspector.qt.platform_check --always | tr '\n' ' ')
+    if [ -n "$xcb_missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "build_bundle: installing the libraries Qt's xcb plugin needs: $xcb_missing" >&2
+        # shellcheck disable=SC2086  # one word per package
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $xcb_missing \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $xcb_missing; } || true
+    elif [ -n "$xcb_missing" ]; then
+        echo "build_bundle: warning: the bundle will lack X libraries its window needs; first: sudo apt-get install -y $xcb_missing" >&2
+    fi
     echo "build_bundle: building the '$FLAVOUR' bundle into $DIST (several minutes)" >&2
     nice -n 19 .venv/bin/pyinstaller --noconfirm --log-level WARN --workpath "${BUNDLE_WORKPATH:-build/pyinstaller}" \
         --distpath dist build.spec -- --flavour "$FLAVOUR"

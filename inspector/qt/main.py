@@ -282,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.selftest:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from .platform_check import check    # Qt aborts without its xcb libraries: name them instead
+    if (missing := check()) is not None:
+        print(f"inspector: {missing}", file=sys.stderr)
+        return 1
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     from . import theme
