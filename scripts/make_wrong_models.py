@@ -26,7 +26,8 @@ Plain versions, no ``-sibling`` suffix: the INT8 child's version is ``VERSION-in
 package format allows one pre-release part only (``9.0.0-sibling-int8`` is refused). What each is
 stands in the manifests' ``extra`` (the sibling's purpose and seed; the update's lineage).
 
-Every seed is fixed (torch on one thread), so a re-run gives the same models. Finally
+Every seed is fixed (torch on one thread; distill.train.fit is deterministic on CPU), so a re-run
+should give the same models (not checked bit for bit). Finally
 ``OUT_DIR/wrong-models.json`` lists the packages with their MCC on the Özgenel test split.
 """
 from __future__ import annotations
