@@ -168,8 +168,8 @@ def run(args) -> dict:
             out["stream"] = stream_stats(steady)
             median_gap = statistics.median(b[0] - a[0] for a, b in zip(steady, steady[1:]))
 
-            packages = [REPO / "models" / "crack-student-1.1.0-int8.crackpkg",
-                        REPO / "models" / "crack-student-1.1.0.crackpkg"]
+            packages = [REPO / "models" / "crack-student-1.1.1-int8.crackpkg",
+                        REPO / "models" / "crack-student-1.1.1.crackpkg"]
             old = tmp / "lite0-1.0.0-int8.crackpkg"
             git = subprocess.run(["git", "show", "HEAD:models/crack-student-1.0.0-int8.crackpkg"], cwd=REPO,
                                  capture_output=True)

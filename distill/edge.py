@@ -17,8 +17,8 @@ import numpy as np
 
 from distill.data.samples import Sample
 
-REFERENCE_IMAGES = 8
 CHECK_IMAGES = 16
+REFERENCE_POOL = 1024  # real patches the reference images are chosen from
 
 
 def uint8_patches(samples: list[Sample], size: int) -> np.ndarray:
@@ -87,38 +87,76 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
     """
     from distill.checkpoint import load_classifier
     from distill.export import export_onnx
-    from inspector.package import utc_now_iso, write_package
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = load_classifier(checkpoint)
     if tiling is None:
         tiling = model.meta.extra.get("tiling")
-    size, labels = model.meta.input_size, list(model.meta.label_names)
-    rng = np.random.default_rng(seed)
-    picked = [calibration[i] for i in sorted(rng.choice(len(calibration), min(calibration_count, len(calibration)),
-                                                        replace=False))]
-    calib = uint8_patches(picked, size)
-    reference_images = calib[:REFERENCE_IMAGES]
-
-    step = on_step or (lambda name: None)
+    meta = {"architecture": model.meta.arch, "size": model.meta.input_size, "labels": list(model.meta.label_names),
+            "mean": list(model.meta.mean), "std": list(model.meta.std)}
     work = out_dir / f".{name}-{version}.build"
     work.mkdir(exist_ok=True)
     fp32_path = work / "fp32.onnx"
-    step("export")
+    calib = _calibration_images(calibration, meta["size"], calibration_count, seed)
+    (on_step or (lambda step: None))("export")
     export = export_onnx(model, fp32_path, check_images=calib[:CHECK_IMAGES])
+    report = package_onnx(fp32_path, out_dir, meta=meta, name=name, version=version, calibration=calibration,
+                          eval_sets=eval_sets, training_data=training_data, parent_version=parent_version,
+                          int8=int8, calibration_count=calibration_count, method=method, seed=seed, tiling=tiling,
+                          extra=extra, on_step=on_step)
+    report = {"export": export.to_dict(), **report}
+    (out_dir / f"{name}-{version}.report.json").write_text(json.dumps(report, indent=2, default=str))
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+    return report
+
+
+def _calibration_images(calibration: list[Sample], size: int, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    picked = [calibration[i] for i in sorted(rng.choice(len(calibration), min(count, len(calibration)),
+                                                        replace=False))]
+    return uint8_patches(picked, size)
+
+
+def reference_pool(calibration: list[Sample], size: int, seed: int, count: int = REFERENCE_POOL) -> np.ndarray:
+    """Real patches the reference images are chosen from (:mod:`distill.reference`)."""
+    return _calibration_images(calibration, size, count, seed + 1)
+
+
+def package_onnx(fp32_path: Path, out_dir, *, meta: dict, name: str, version: str, calibration: list[Sample],
+                 eval_sets: dict[str, list[Sample]], training_data: list[dict], parent_version: str | None = None,
+                 int8: bool = True, calibration_count: int = 256, method: str = "minmax", seed: int = 0,
+                 tiling: dict | None = None, extra: dict | None = None, on_step=None,
+                 reduce_range: bool = True) -> dict:
+    """Quantize, evaluate and package an exported FP32 graph (``fp32_path``): the second half of
+    :func:`build_packages`, also what re-packages a shipped FP32 model without retraining.
+
+    ``meta``: ``architecture``, ``size``, ``labels``, ``mean``, ``std``. The reference images
+    are chosen by the FP32 model from real patches of ``calibration`` (:func:`distill.reference.select`),
+    and each package's reference outputs are its own, computed here with the provenance recorded.
+    """
+    from distill import reference as refsel
+    from inspector.package import utc_now_iso, write_package
+
+    fp32_path, out_dir = Path(fp32_path), Path(out_dir)
+    size, labels = meta["size"], list(meta["labels"])
+    step = on_step or (lambda name: None)
+    calib = _calibration_images(calibration, size, calibration_count, seed)
     variants = {"fp32": (fp32_path, {"type": "fp32", "per_channel": False, "calibration": None,
                                      "float_nodes": []})}
-    report: dict = {"export": export.to_dict(), "packages": {}, "metrics": {}, "tiling": tiling}
+    report: dict = {"packages": {}, "metrics": {}, "tiling": tiling}
     eval_images = {k: uint8_patches(v, size) for k, v in eval_sets.items()}  # decoded once for every variant
     if int8:
         from distill.quantize import compare_models, quantize_int8
 
-        int8_path = work / "int8.onnx"
+        int8_path = fp32_path.with_name(f"{fp32_path.stem}.int8.onnx")
         step("quantize")
-        info = quantize_int8(fp32_path, int8_path, calib, method=method, calibration_note=(
-            f"{len(calib)} real training patches ({', '.join(sorted({d['name'] for d in training_data}))}), "
-            f"{method} ranges"))
+        info = quantize_int8(fp32_path, int8_path, calib, method=method, reduce_range=reduce_range,
+                             calibration_note=(f"{len(calib)} real training patches "
+                                               f"({', '.join(sorted({d['name'] for d in training_data}))}), "
+                                               f"{method} ranges"))
         variants["int8"] = (int8_path, info.manifest_entry())
         held_out = next(iter(eval_sets))
         step("compare")
@@ -126,6 +164,13 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
                                     [s.label for s in eval_sets[held_out]])
         report["quantization"] = comparison.to_dict()
 
+    pool = reference_pool(calibration, size, seed)
+    crack = labels.index("crack") if "crack" in labels else len(labels) - 1
+    pool_probs = run_onnx(onnx_session(fp32_path), pool)["probs"][:, crack]
+    reference_images = pool[refsel.select(pool_probs)]
+    report["reference"] = {"n_images": int(len(reference_images)), "pool": int(len(pool)),
+                           "crack_probs_fp32": [round(float(p), 4) for p in
+                                                pool_probs[refsel.select(pool_probs)]]}
     for variant, (onnx_path, quant) in variants.items():
         step(f"evaluate {variant}")
         session = onnx_session(onnx_path)
@@ -137,14 +182,14 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
         manifest = {
             "format": "crack-model-package/1", "name": name, "version": pkg_version,
             "parent_version": parent_version if variant == "fp32" else version,
-            "architecture": model.meta.arch,
+            "architecture": meta["architecture"],
             "input": {"size": size, "layout": "NHWC", "dtype": "uint8", "color": "RGB"},
-            "preprocessing": {"mean": list(model.meta.mean), "std": list(model.meta.std), "folded": True},
+            "preprocessing": {"mean": list(meta["mean"]), "std": list(meta["std"]), "folded": True},
             "labels": labels, "outputs": ["logits", "probs", "cam"],
             "metrics": {k: _scalar_metrics(v) for k, v in metrics.items()},
             "training_data": training_data, "model_sha256": "0" * 64, "created": utc_now_iso(),
             "quantization": quant,
-            "reference": {"file": "reference.npz", "atol": 1e-4 if variant == "fp32" else 1e-3},
+            "reference": reference_spec(quant["type"], session),
             "signature": None,
         }
         if tiling is not None:
@@ -154,11 +199,17 @@ def build_packages(checkpoint, out_dir, *, name: str, version: str, calibration:
         path = write_package(out_dir / f"{name}-{pkg_version}.crackpkg", manifest, onnx_path.read_bytes(),
                              {"image": reference_images, **ref})
         report["packages"][variant] = str(path)
-    (out_dir / f"{name}-{version}.report.json").write_text(json.dumps(report, indent=2, default=str))
-    for f in work.iterdir():
-        f.unlink()
-    work.rmdir()
     return report
+
+
+def reference_spec(quantization_type: str, session) -> dict:
+    """The manifest's ``reference``: the member, format 1's ``atol`` (the CPU rule's bound on
+    probabilities, for agents that still read it) and where the outputs were computed."""
+    from distill.reference import provenance
+    from inspector.numerics import rule_for
+
+    return {"file": "reference.npz", "atol": rule_for(quantization_type).probs_atol,
+            "provenance": provenance(session)}
 
 
 def _scalar_metrics(metrics: dict) -> dict:

@@ -44,7 +44,6 @@ from distill.export import DEFAULT_OPSET, EdgeGraph, ExportError, ExportReport, 
 from distill.models import ModelMeta
 
 DEFAULT_NAME = "crack-teachers"
-REFERENCE_IMAGES = 8
 CHECK_IMAGES = 16
 
 
@@ -199,7 +198,9 @@ def build_teacher_package(checkpoints: Sequence[str | Path], out_dir, *, samples
     package's file name), also written as ``NAME-VERSION.report.json`` beside it.
     """
     from distill.checkpoint import load_classifier
-    from distill.edge import _scalar_metrics, evaluate_onnx, onnx_session, run_onnx, uint8_patches
+    from distill import reference as refsel
+    from distill.edge import _scalar_metrics, evaluate_onnx, onnx_session, reference_pool, reference_spec, run_onnx, \
+        uint8_patches
     from inspector.package import utc_now_iso, write_package
 
     if not samples:
@@ -220,7 +221,9 @@ def build_teacher_package(checkpoints: Sequence[str | Path], out_dir, *, samples
         export = export_ensemble_onnx(ensemble, onnx_path, check_images=images)
         session = onnx_session(onnx_path)
         metrics = {k: evaluate_onnx(session, v, size, meta.label_names) for k, v in eval_sets.items()}
-        reference_images = images[:REFERENCE_IMAGES]
+        pool = reference_pool(samples, size, seed)
+        crack = list(meta.label_names).index("crack") if "crack" in meta.label_names else -1
+        reference_images = pool[refsel.select(run_onnx(session, pool)["probs"][:, crack])]
         ref = run_onnx(session, reference_images, outputs=("probs", "cam"))
         manifest = {
             "format": "crack-model-package/1", "name": name, "version": version, "parent_version": None,
@@ -231,7 +234,7 @@ def build_teacher_package(checkpoints: Sequence[str | Path], out_dir, *, samples
             "metrics": {k: _scalar_metrics(v) for k, v in metrics.items()},
             "training_data": training_data, "model_sha256": "0" * 64, "created": utc_now_iso(),
             "quantization": {"type": "fp32", "per_channel": False, "calibration": None, "float_nodes": []},
-            "reference": {"file": "reference.npz", "atol": 1e-4},
+            "reference": reference_spec("fp32", session),
             "signature": None,
             "extra": {"ensemble": {"average": average, "members": [_member_info(p, m) for p, m in zip(paths, members)],
                                    "cam": "Grad-CAM of the ensemble logit over the members' stacked feature maps"}},

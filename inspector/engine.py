@@ -60,7 +60,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from . import engine_cache
+from . import engine_cache, numerics
 from .package import INPUT_NAME, ModelPackage, PackageError, load_package, verify_reference_outputs
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ class InferenceEngine:
                  tile_overlap: float | None = None, tile_size: int | None = None, threads: int | None = None,
                  crack_label: str = "crack", verify_reference: bool = True, cv2_threads: int | None = 1,
                  spinning: bool = False, trt_cache: str | os.PathLike | None = None,
-                 frame_size: tuple[int, int] | None = None):
+                 frame_size: tuple[int, int] | None = None, numeric_path: str = numerics.OPTIMISED):
         import onnxruntime as ort
 
         if not isinstance(package, ModelPackage):
@@ -307,6 +307,15 @@ class InferenceEngine:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if numeric_path not in numerics.NUMERIC_PATHS:
+            raise ValueError(f"numeric_path must be one of {numerics.NUMERIC_PATHS}, got {numeric_path!r}")
+        self.numeric_path = numeric_path
+        onnx_bytes = package.onnx_bytes
+        if numeric_path != numerics.OPTIMISED:  # a test/benchmark stand-in for another numeric path, on the CPU
+            providers = [CPU]
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            if numeric_path == numerics.EMULATED_TENSORRT:
+                onnx_bytes = numerics.emulated_tensorrt_graph(onnx_bytes)
         requested = select_providers(providers)
         self.provider_fallback: str | None = None
         self.trt_cache_state: str | None = None    # engine_cache.prepare's answer when TensorRT is asked for
@@ -315,7 +324,7 @@ class InferenceEngine:
             trt_options = self._tensorrt_options(Path(trt_cache), frame_size, ort.__version__)
             asked[requested.index(engine_cache.TENSORRT)] = (engine_cache.TENSORRT, trt_options)
         try:
-            session = ort.InferenceSession(package.onnx_bytes, sess_options=opts, providers=asked)
+            session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=asked)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
             if requested == [CPU]:
                 raise
@@ -324,15 +333,25 @@ class InferenceEngine:
                 else [CPU]
             self.provider_fallback = f"{requested[0]} failed ({type(exc).__name__}: {exc}); using {rest[0]}"
             log.warning("inference engine: %s", self.provider_fallback)
-            session = ort.InferenceSession(package.onnx_bytes, sess_options=opts, providers=rest)
+            session = ort.InferenceSession(onnx_bytes, sess_options=opts, providers=rest)
         self.session = session
         self.providers: list[str] = list(session.get_providers())
         if requested[0] != CPU and self.providers[0] != requested[0] and self.provider_fallback is None:
             self.provider_fallback = f"asked for {requested}, session uses {self.providers}"
             log.warning("inference engine: %s", self.provider_fallback)
+        self.isa = numerics.int8_isa()
+        # what the reference check ran on and measured (None when not verified)
+        self.verification: numerics.Verification | None = None
         if verify_reference:
             probs, cam = self._run(np.ascontiguousarray(package.reference["image"]))
-            verify_reference_outputs(self.manifest, package.reference, probs, cam)
+            self.verification = verify_reference_outputs(self.manifest, package.reference, probs, cam,
+                                                         provider=self.rule_provider)
+
+    @property
+    def rule_provider(self) -> str:
+        """The provider whose rule the reference check applies: the session's, or the emulated
+        accelerator's on that numeric path."""
+        return numerics.EMULATED_TENSORRT if self.numeric_path == numerics.EMULATED_TENSORRT else self.providers[0]
 
     def _tensorrt_options(self, cache_dir: Path, frame_size: tuple[int, int] | None, ort_version: str) -> dict:
         """TensorRT options with the engine cache in ``cache_dir`` (emptied first if it holds

@@ -42,6 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import numerics
 from .fsio import fsync_dir, write_atomic
 
 FORMAT = "crack-model-package/1"
@@ -61,7 +62,8 @@ MAX_REFERENCE_BYTES = 256 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Numeric release (1, 1.2, 1.2.3, 2026.11.21) optionally followed by -prerelease / +build
 # identifiers (semver-style): "1.4.0", "1.4.0-rc.1", "0.3.1+jetson".
-_VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:-[0-9A-Za-z]+(?:\.[0-9A-Za-z]+)*)?(?:\+[0-9A-Za-z]+(?:\.[0-9A-Za-z]+)*)?$")
+# Identifiers may hold hyphens (semver 2.0.0 §9), so an INT8 child of "1.4.0-rc.1" is "1.4.0-rc.1-int8".
+_VERSION_RE = re.compile(r"^[0-9]+(?:\.[0-9]+){0,3}(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MEMBER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.npz$")
 
@@ -290,25 +292,42 @@ class Tiling:
 
 @dataclass(frozen=True)
 class ReferenceSpec:
-    """``reference``: the member holding the reference run and the tolerance on ``probs``."""
+    """``reference``: the member holding the reference run, and where it was computed.
+
+    ``provenance`` (onnxruntime version, provider, CPU integer ISA, machine, graph optimisation)
+    says which numeric path produced the shipped outputs; ``None`` in packages made before it.
+    ``atol`` is format 1's single bound on ``probs``; it is still written (agents of that format
+    require it) but no longer read: :mod:`inspector.numerics` checks with the bounds of its rule
+    for the model's precision and the provider that runs it.
+    """
 
     file: str = DEFAULT_REFERENCE_MEMBER
     atol: float = 1e-4
+    provenance: Mapping[str, str] | None = None
 
     @classmethod
     def from_dict(cls, d: Any, path: str = "reference") -> "ReferenceSpec":
         d = _require_mapping(d, path)
-        _check_keys(d, path, ("file", "atol"))
+        _check_keys(d, path, ("file", "atol"), ("provenance",))
         name = _str(d["file"], f"{path}.file")
         if not _MEMBER_NAME_RE.match(name) or name in (MANIFEST_MEMBER, MODEL_MEMBER):
             raise _fail(f"{path}.file", f"must be a plain .npz member name like {DEFAULT_REFERENCE_MEMBER!r}, got {name!r}")
         atol = _float(d["atol"], f"{path}.atol")
         if not 0 < atol <= 0.5:
             raise _fail(f"{path}.atol", f"must be in (0, 0.5] (a tolerance on probabilities), got {atol}")
-        return cls(file=name, atol=atol)
+        provenance = d.get("provenance")
+        if provenance is not None:
+            provenance = _require_mapping(provenance, f"{path}.provenance")
+            for key, value in provenance.items():
+                _str(value, f"{path}.provenance.{key}")
+            provenance = dict(provenance)
+        return cls(file=name, atol=atol, provenance=provenance)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "atol": self.atol}
+        d: dict[str, Any] = {"file": self.file, "atol": self.atol}
+        if self.provenance is not None:
+            d["provenance"] = dict(self.provenance)
+        return d
 
 
 @dataclass(frozen=True)
@@ -614,13 +633,20 @@ def _check_reference_arrays(reference: Mapping[str, np.ndarray], manifest: Manif
             raise _fail("reference 'cam'", f"must be float {image.shape[0]}×{n_labels}×h×w, got {cam.dtype} {cam.shape}")
 
 
-def verify_reference_outputs(manifest: Manifest, reference: Mapping[str, np.ndarray],
-                             probs: np.ndarray, cam: np.ndarray | None) -> None:
-    """Compare a run on ``reference["image"]`` with the shipped outputs.
+class ReferenceCheckError(PackageError):
+    """The model does not reproduce its reference outputs within its rule on this runtime;
+    ``verification`` holds the rule and what was measured."""
 
-    ``probs`` must match within ``manifest.reference.atol``; ``cam`` (if shipped) within
-    ``atol · max(1, max |cam_ref|)`` because the CAM is not normalised.
-    """
+    def __init__(self, message: str, verification: numerics.Verification):
+        super().__init__(message)
+        self.verification = verification
+
+
+def verify_reference_outputs(manifest: Manifest, reference: Mapping[str, np.ndarray], probs: np.ndarray,
+                             cam: np.ndarray | None, *, provider: str = numerics.CPU) -> numerics.Verification:
+    """Check a run on ``reference["image"]`` against the shipped outputs with the rule for the
+    model's precision on ``provider`` (:mod:`inspector.numerics`); return what was measured, or
+    raise :class:`ReferenceCheckError` naming every broken bound with its number."""
     n_labels = len(manifest.labels)
     want = np.asarray(reference["probs"], dtype=np.float32)
     probs = np.asarray(probs)
@@ -629,20 +655,13 @@ def verify_reference_outputs(manifest: Manifest, reference: Mapping[str, np.ndar
                               f"manifest has {n_labels} labels {list(manifest.labels)}")
     if probs.shape != want.shape:
         raise _fail("reference", f"model produced probs {probs.shape}, reference holds {want.shape}")
-    atol = manifest.reference.atol
-    err = float(np.max(np.abs(probs.astype(np.float32) - want)))
-    if not err <= atol:
-        raise _fail("reference", f"the model does not reproduce the shipped probs: max |Δ| = {err:.3g} > "
-                                 f"reference.atol = {atol:g} (wrong model, wrong labels order or broken provider)")
-    if cam is not None and "cam" in reference:
-        want_cam = np.asarray(reference["cam"], dtype=np.float32)
-        cam = np.asarray(cam)
-        if cam.shape != want_cam.shape:
-            raise _fail("reference", f"model produced cam {cam.shape}, reference holds {want_cam.shape}")
-        tol = atol * max(1.0, float(np.max(np.abs(want_cam))) if want_cam.size else 1.0)
-        err = float(np.max(np.abs(cam.astype(np.float32) - want_cam))) if cam.size else 0.0
-        if not err <= tol:
-            raise _fail("reference", f"the model does not reproduce the shipped cam: max |Δ| = {err:.3g} > {tol:.3g}")
+    if cam is not None and "cam" in reference and np.shape(cam) != np.shape(reference["cam"]):
+        raise _fail("reference", f"model produced cam {np.shape(cam)}, reference holds {np.shape(reference['cam'])}")
+    try:
+        return numerics.verify(manifest.quantization.type, reference, probs, cam if "cam" in reference else None,
+                               provider=provider, model=f"{manifest.name} {manifest.version}")
+    except numerics.NumericsError as exc:
+        raise ReferenceCheckError(str(exc), exc.verification) from None
 
 
 # --------------------------------------------------------------------------- package
@@ -729,7 +748,7 @@ def _validate(manifest: Manifest, onnx_bytes: bytes, reference: dict[str, np.nda
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise _fail("model.onnx", f"onnxruntime cannot run it on the reference images "
                                       f"({type(exc).__name__}: {exc})") from None
-        verify_reference_outputs(manifest, reference, probs, cam)
+        verify_reference_outputs(manifest, reference, probs, cam, provider=sess.get_providers()[0])
 
 
 def load_package(path: str | os.PathLike, *, verify_reference: bool = True,

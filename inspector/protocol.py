@@ -366,6 +366,9 @@ class Status(Message):
     uptime_s: float
     # Activation.to_dict() of the latest model change, None before any
     activation: dict | None = _json(shape=Activation, default=None)
+    isa: str = ""              # the CPU's integer instructions (AMX, AVX-512 VNNI, AVX2, NEON ...): INT8 speed
+    # the active model's reference check on this device: rule, provider, passed, what it measured
+    verification: dict | None = _json({"type": "object"}, default=None)
 
     def current_activation(self) -> "Activation | None":
         return None if self.activation is None else Activation.from_dict(self.activation)

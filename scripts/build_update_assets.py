@@ -133,7 +133,7 @@ Disjoint from the golden set.
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=str(REPO / "models"))
-    ap.add_argument("--version", default="1.1.0")
+    ap.add_argument("--version", default="1.1.1")
     ap.add_argument("--checkpoint", action="store_true")
     ap.add_argument("--golden", action="store_true")
     ap.add_argument("--replay", action="store_true")

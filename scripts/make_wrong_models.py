@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import build_default_models as bdm  # noqa: E402  (prepare, TRAINING_DATA, DATA, TEACHERS)
 
 NAME = "crack-student"
-SHIPPED = REPO / "models" / "crack-student-1.1.0.crackpkg"
+SHIPPED = REPO / "models" / "crack-student-1.1.1.crackpkg"
 SIBLING_VERSION, SIBLING_SEED, SIBLING_EPOCHS = "9.0.0", 1, 2   # the shipped student: seed 0, 4 epochs
 OTHER_VERSION, OTHER_SEED, OTHER_LABELLED = "9.1.0", 0, 200
 HELD_OUT = "ozgenel_test (wall)"

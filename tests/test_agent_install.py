@@ -130,7 +130,7 @@ def test_the_agent_extra_alone_runs_the_agent(tmp_path):
 
         with client.stream() as stream:                       # it streams
             headers = [next(stream)[0] for _ in range(3)]
-        assert [h.model_id for h in headers] == ["crack-student-1.1.0-int8"] * 3
+        assert [h.model_id for h in headers] == ["crack-student-1.1.1-int8"] * 3
         assert (headers[0].width, headers[0].height) == (640, 480)
 
         sys.path.insert(0, str(REPO / "tests"))

@@ -48,7 +48,7 @@ def test_the_bundle_is_one_folder_with_three_programs_and_no_test_or_gpu_only_pa
     for program in ("inspector", "distill", "inspector-agent"):
         assert (dist / program).is_file()
     internal = dist / "_internal"
-    assert (internal / "models" / "crack-student-1.1.0-int8.crackpkg").is_file()
+    assert (internal / "models" / "crack-student-1.1.1-int8.crackpkg").is_file()
     assert (internal / "resources" / "sample_inspection.avi").is_file()
     for left_out in ("triton", "pytest", "hypothesis", "sklearn", "scipy", "PySide6/QtQml.abi3.so",
                      "PySide6/QtQuick.abi3.so", "PySide6/QtNetwork.abi3.so"):

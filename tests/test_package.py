@@ -329,7 +329,7 @@ def test_load_without_reference_run(good_package, reference):
     rewrite(good_package, **{"reference.npz": npz_bytes(image=reference["image"],
                                                         probs=np.full((4, 2), 0.5, np.float32))})
     assert load_package(good_package, verify_reference=False).manifest.name == "dark-line-fixture"  # structure only
-    refused(good_package, "reference", "does not reproduce the shipped probs")
+    refused(good_package, "reference", "does not reproduce its reference outputs", "max |Δp| = 0.5")
 
 
 # --------------------------------------------------------------------------- bad manifests
@@ -477,14 +477,15 @@ def test_reference_mismatch(good_package, reference):
     probs = reference["probs"].copy()
     probs[0] += np.float32([-0.01, 0.01])
     rewrite(good_package, **{"reference.npz": npz_bytes(image=reference["image"], probs=probs, cam=reference["cam"])})
-    refused(good_package, "reference: the model does not reproduce the shipped probs", "reference.atol = 0.0001")
+    refused(good_package, "reference: dark-line-fixture 0.1.0 does not reproduce its reference outputs under rule cpu-fp32",
+            "max |Δp| = 0.01 > 0.0001")
 
 
 def test_reference_cam_mismatch(good_package, reference):
     cam = reference["cam"].copy()
     cam[0, 1] += 0.5 * cam.max()
     rewrite(good_package, **{"reference.npz": npz_bytes(image=reference["image"], probs=reference["probs"], cam=cam)})
-    refused(good_package, "does not reproduce the shipped cam")
+    refused(good_package, "does not reproduce its reference outputs", "heat-map peak difference")
 
 
 def test_reference_arrays_of_wrong_shape(good_package, reference):

@@ -24,8 +24,8 @@ from support import REPO, one_thread, store  # noqa: F401  (fixtures)
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
 MODELS = REPO / "models"
-BASE_INT8 = MODELS / "crack-student-1.1.0-int8.crackpkg"
-BASE_FP32 = MODELS / "crack-student-1.1.0.crackpkg"
+BASE_INT8 = MODELS / "crack-student-1.1.1-int8.crackpkg"
+BASE_FP32 = MODELS / "crack-student-1.1.1.crackpkg"
 TILE = 160
 QUICK = ["--epochs", "1", "--teacher-epochs", "1", "--max-steps", "2", "--threads", "1", "--seed", "0"]
 
@@ -119,7 +119,7 @@ def test_update_end_to_end_on_a_flag_export(first_run):
     out, _, proc, events = first_run
     assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
     assert_one_final(events, "result")
-    assert events[0]["event"] == "start" and events[0]["base"] == {"name": "crack-student", "version": "1.1.0-int8"}
+    assert events[0]["event"] == "start" and events[0]["base"] == {"name": "crack-student", "version": "1.1.1-int8"}
     stages = [(e["stage"], e["status"]) for e in events if e["event"] == "stage"]
     assert [s for s, st in stages if st == "done"] == list(events[0]["stages"])
     assert {e["model"] for e in events if e["event"] == "epoch"} == {
@@ -129,7 +129,7 @@ def test_update_end_to_end_on_a_flag_export(first_run):
     record = json.loads((out / "update.json").read_text())
     assert record["format"] == "crack-inspector-update/1" and record["promoted"] == result["promoted"]
     assert record["candidate"]["version"] == "1.2.0" == result["candidate"]["version"]
-    assert record["base"]["version"] == "1.1.0" and record["pushed_by"] == "ana"
+    assert record["base"]["version"] == "1.1.1" and record["pushed_by"] == "ana"
     assert {r["name"] for r in record["gate"]["rules"]} == {"golden_mcc", "site_validation_mcc",
                                                            "int8_top1_agreement", "int8_heatmap_correlation"}
     assert record["gate"]["passed"] == (not record["gate"]["failed"])
@@ -144,12 +144,12 @@ def test_update_end_to_end_on_a_flag_export(first_run):
         m = pkg.manifest
         assert m.tiling == parent.tiling and m.tiling.size == TILE   # the parent's tiling, not 96 px
         lineage = m.extra["lineage"]
-        assert lineage["parent"] == {"name": "crack-student", "version": "1.1.0", "model_sha256": parent.model_sha256}
+        assert lineage["parent"] == {"name": "crack-student", "version": "1.1.1", "model_sha256": parent.model_sha256}
         assert lineage["pushed_by"] == "ana" and lineage["override"] is None
         assert lineage["data"]["site"]["labelled"]["patches"] == 60
         assert [t["licence"] for t in m.training_data][:2] == ["CC BY 4.0", "CC BY-SA 4.0"]
         assert m.training_data[-1]["labelled_patches"] == 60
-    assert load_package(result["candidate"]["fp32"]).manifest.parent_version == "1.1.0"
+    assert load_package(result["candidate"]["fp32"]).manifest.parent_version == "1.1.1"
     assert load_package(result["candidate"]["int8"]).manifest.parent_version == "1.2.0"
     # the candidate's weights are at hand for the next update: they reproduce its own package
     assert_checkpoint_reproduces(Path(result["candidate"]["checkpoint"]), load_package(result["candidate"]["fp32"]))
@@ -322,7 +322,7 @@ def test_sigterm_cancels_within_seconds_and_leaves_no_package(export_dir, tmp_pa
 def test_the_shipped_base_checkpoint_is_the_shipped_package():
     from inspector.package import load_package
 
-    ckpt = MODELS / "crack-student-1.1.0.pt"
+    ckpt = MODELS / "crack-student-1.1.1.pt"
     assert ckpt.is_file(), "ship the base's weights beside its packages (scripts/build_update_assets.py)"
     assert_checkpoint_reproduces(ckpt, load_package(BASE_FP32), atol=1e-4)
     assert_checkpoint_reproduces(ckpt, load_package(BASE_INT8), atol=0.05)
@@ -384,7 +384,7 @@ def test_every_package_the_tools_write_keeps_the_tiling_of_the_model_it_came_fro
         assert main(["export", *args, "--out", str(tmp_path), "--version", version, *common]) == 0
         m = load_package(tmp_path / f"tiny-{version}.crackpkg").manifest
         assert m.tiling.to_dict() == tiling, version
-    assert load_package(tmp_path / "tiny-0.1.0.crackpkg").manifest.parent_version == "1.1.0"
+    assert load_package(tmp_path / "tiny-0.1.0.crackpkg").manifest.parent_version == "1.1.1"
 
 
 # --------------------------------------------------------------------------- rules and loss

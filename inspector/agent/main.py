@@ -60,6 +60,9 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "threads": (int, "inference threads (default: the usable cores)"),
     "max-connections": (int, "connections served at once; when all do real work, others get 503 (default 64)"),
     "log-level": (str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+    "numeric-path": (str, "test hook: run models along a stand-in numeric path on the CPU, 'unfused' (graph "
+                          "optimisations off) or 'emulated-tensorrt' (checked with the accelerator rule); "
+                          "default 'optimised', the provider's own kernels"),
 }
 
 
@@ -158,6 +161,7 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
     merged.setdefault("insecure-http", False)
     merged.setdefault("no-mdns", False)
     merged.setdefault("threads", None)
+    merged.setdefault("numeric-path", None)
     merged.setdefault("log-level", "INFO")
     merged.setdefault("max-connections", None)
     merged["list-clients"], merged["revoke"] = args.list_clients, args.revoke
@@ -171,6 +175,9 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
         raise ConfigError(f"port must be 0..65535, got {merged['port']}")
     if merged["threads"] is not None and merged["threads"] < 1:
         raise ConfigError(f"threads must be 1 or more, got {merged['threads']}")
+    from ..numerics import NUMERIC_PATHS
+    if merged["numeric-path"] is not None and merged["numeric-path"] not in NUMERIC_PATHS:
+        raise ConfigError(f"numeric-path must be one of {', '.join(NUMERIC_PATHS)}, got {merged['numeric-path']!r}")
     if str(merged["log-level"]).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log-level must be DEBUG, INFO, WARNING or ERROR, got {merged['log-level']!r}")
     return merged
@@ -332,7 +339,8 @@ def _serve(opts: dict[str, Any], spec: Any, data: Path, stop: threading.Event, n
     tls = not opts["insecure-http"]
     _check_port(opts["host"], opts["port"])   # before the identity shows a pairing code for an agent that never serves
     identity, repository = _open_store(opts, data)
-    runtime = AgentRuntime(repository, FrameGrabber(spec, loop=True, realtime=True), threads=opts["threads"])
+    runtime = AgentRuntime(repository, FrameGrabber(spec, loop=True, realtime=True), threads=opts["threads"],
+                           numeric_path=opts["numeric-path"] or "optimised")
     try:
         server = AgentServer(identity, repository, runtime, host=opts["host"], port=opts["port"], tls=tls,
                              **({"max_connections": opts["max-connections"]} if opts["max-connections"] else {}))

@@ -50,6 +50,8 @@ import numpy as np
 
 from .. import protocol
 from ..newest import FPS_WINDOW_S
+from ..numerics import int8_isa
+from ..package import ReferenceCheckError
 from ..protocol import ApiError, ModelInfo, ModelList, StreamHeader
 from ..rate import RateWindow
 
@@ -220,8 +222,9 @@ class AgentRuntime:
                  on_event: Callable[[Event], None] | None = None,
                  engine_factory: Callable[[Path], Any] | None = None,
                  probation_frames: int = PROBATION_FRAMES, probation_timeout: float = PROBATION_TIMEOUT_S,
-                 jpeg_quality: int = JPEG_QUALITY):
+                 jpeg_quality: int = JPEG_QUALITY, numeric_path: str = "optimised"):
         self.repository = repository
+        self.numeric_path = numeric_path
         self.grabber = grabber
         self.threads = threads
         self._on_event = on_event
@@ -259,7 +262,7 @@ class AgentRuntime:
         tensorrt = engine_dir is not None and TENSORRT in select_providers()
         # only TensorRT needs the frame size before the session exists (its profile)
         frame = self._probe_frame(FIRST_FRAME_WAIT_S) if tensorrt else None
-        return InferenceEngine(path, threads=self.threads, verify_reference=True,
+        return InferenceEngine(path, threads=self.threads, verify_reference=True, numeric_path=self.numeric_path,
                                trt_cache=engine_dir(path) / CACHE_DIR if tensorrt else None,
                                frame_size=tuple(frame.rgb.shape[:2]) if frame is not None else None)
 
@@ -346,10 +349,13 @@ class AgentRuntime:
         with self._cond:
             clients = len(self._subs)
         providers = list(getattr(current.engine, "providers", []) or []) if current else []
+        verification = getattr(current.engine, "verification", None) if current else None
         return {"camera": {"source": self.grabber.spec.label, "state": cam.state, "message": cam.message,
                            "fps": round(float(self.grabber.fps), 2)},
                 "model": current.info.to_dict() if current else None,
                 "provider": providers[0] if providers else "",
+                "isa": int8_isa(),
+                "verification": verification.to_dict() if verification is not None else None,
                 "fps": round(fps, 2), "clients": clients,
                 "activation": activation.to_dict() if activation is not None else None}
 
@@ -560,6 +566,8 @@ class AgentRuntime:
                                          f"(a TensorRT engine is built here the first time)")
         try:
             loaded = self._engine_for(info)
+        except ReferenceCheckError as exc:
+            return f"refused by its reference check on this device, never activated: {exc}"
         except Exception as exc:  # noqa: BLE001 - PackageError, ORT errors, OSError: all mean "not this one"
             return f"does not load ({type(exc).__name__}: {exc})"
         load_s = time.perf_counter() - t0

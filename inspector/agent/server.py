@@ -696,7 +696,8 @@ class AgentServer:
                                camera=st["camera"], model=st["model"], provider=st["provider"],
                                fps=st["fps"], clients=st["clients"], events=self._events(),
                                uptime_s=round(time.monotonic() - self._started, 3),
-                               activation=st.get("activation"))
+                               activation=st.get("activation"), isa=st.get("isa", ""),
+                               verification=st.get("verification"))
 
     def _events(self) -> list[dict]:
         # repository first: within one second (the resolution of both), its "activated" comes
