@@ -698,7 +698,7 @@ class DeviceLink:
     """How a result travelled: the agent's stream ``header``, the one-way ``link_ms`` (agent sent →
     received here) and ``capture_ms`` (agent capture → received here), both across two clocks
     (see the module doc); ``agent_ms`` (capture → sent, on the device's clock only); the device's
-    ``provider`` and ``agent_name`` as last read from its status."""
+    ``provider``, CPU integer ``isa`` and ``agent_name`` as last read from its status."""
 
     header: P.StreamHeader
     link_ms: float
@@ -706,6 +706,7 @@ class DeviceLink:
     agent_ms: float
     provider: str | None
     agent_name: str
+    isa: str = ""
 
 
 def model_ref(info: P.ModelInfo | dict) -> ModelRef:
@@ -876,7 +877,7 @@ class DeviceFeed(NewestItemSource[Inspected]):
         link = DeviceLink(header=header, link_ms=link_ms, capture_ms=capture_ms,
                           agent_ms=(header.t_sent - header.t_capture) * 1e3,
                           provider=status.provider if status is not None else None,
-                          agent_name=self.pairing.agent_name)
+                          agent_name=self.pairing.agent_name, isa=status.isa if status is not None else "")
         model = self._models.get(header.model_id) or ModelRef(header.model_id, "unknown", "unknown")
 
         def make(seq: int) -> Inspected:

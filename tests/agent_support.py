@@ -252,7 +252,7 @@ def stopped_cleanly(agent: Agent) -> None:
 # ---------------------------------------------------------------------------- packages
 
 
-def signed_variant(dst: Path, key: Any | None, *, version: str = "1.1.1-int8",
+def signed_variant(dst: Path, key: Any | None, *, version: str = "1.5.0-int8",
                    edit: Callable[[dict], None] | None = None, src: Path | None = None) -> Path:
     """A copy of the package ``src`` (default: the shipped model) under a new ``version``,
     its manifest dict changed by ``edit`` (before signing), signed by ``key`` (an

@@ -83,7 +83,7 @@ def repo_with_two_versions(tmp_path):
     root = tmp_path / "models"
     repo = ModelRepository(root)
     first = repo.import_local(default_model())
-    second = repo.import_local(variant(tmp_path, "1.1.1-int8"))
+    second = repo.import_local(variant(tmp_path, "1.5.0-int8"))
     yield repo, first, second
     repo.close()
 

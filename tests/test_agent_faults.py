@@ -52,7 +52,7 @@ from inspector.signing import SigningKey
 from support import SHIPPED_ID, SHIPPED_PARENT, SHIPPED_VERSION, read_manifest
 
 OLD_ID = SHIPPED_ID                           # the shipped model, given on the agent's command line
-NEW_VERSION = "1.1.1-int8"
+NEW_VERSION = "1.5.0-int8"
 NEW_ID = f"crack-student-{NEW_VERSION}"
 SEED = 20261122
 UPLOAD = f"{API}/models"

@@ -87,9 +87,9 @@ def test_demo_device_starts_pairs_streams_and_stops_without_a_trace(tmp_path):
         assert (data / PID_FILE).read_text().split() == [str(pid), str(os.getpid())]
         # the app's key was paired: a model it signs and pushes is accepted and goes live
         client = DeviceClient.from_pairing(pairing)
-        info = client.push(signed_variant(tmp_path / "v.crackpkg", None, version="1.1.1-int8"), pairings.signing_key())
+        info = client.push(signed_variant(tmp_path / "v.crackpkg", None, version="1.5.0-int8"), pairings.signing_key())
         client.activate(info.id)
-        assert client.status().model["version"] == "1.1.1-int8"
+        assert client.status().model["version"] == "1.5.0-int8"
     assert not demo.running and gone(pid) and agents_on(data) == []
     assert not (data / PID_FILE).exists() and demo.failure() is None
     log = (data / "agent.log").read_text()
@@ -102,7 +102,7 @@ def test_demo_device_starts_pairs_streams_and_stops_without_a_trace(tmp_path):
         assert second.agent_id == pairing.agent_id and second.cert_sha256 == pairing.cert_sha256
         assert pairings.all() == [second] and second.token != pairing.token
         status = again.wait_live(60)
-        assert status.agent_id == pairing.agent_id and status.model["version"] == "1.1.1-int8"   # still active
+        assert status.agent_id == pairing.agent_id and status.model["version"] == "1.5.0-int8"   # still active
     finally:
         assert again.stop() == 0
 

@@ -258,7 +258,7 @@ def test_status_and_stream_through_live_inspector_into_the_flag_store(agent, pai
 
 def test_push_a_signed_model_activate_and_roll_back(agent, paired, key, tmp_path):
     base = load_package(default_model(), verify_reference=False)
-    package = variant(tmp_path, "1.1.1-int8")
+    package = variant(tmp_path, "1.5.0-int8")
     client = DeviceClient.from_pairing(paired)
 
     with pytest.raises(DeviceError, match="does not trust") as exc:   # a key the device never paired with
@@ -270,7 +270,7 @@ def test_push_a_signed_model_activate_and_roll_back(agent, paired, key, tmp_path
     size = progress[-1][1]
     assert progress[-1] == (size, size) and len(progress) >= 2
     assert [s for s, _ in progress] == sorted(s for s, _ in progress)
-    assert info.id == "crack-student-1.1.1-int8" and info.version == "1.1.1-int8"
+    assert info.id == "crack-student-1.5.0-int8" and info.version == "1.5.0-int8"
     assert info.signed_by == key.key_id and info.sha256 == base.manifest.model_sha256
     before = client.models()
     assert info.id in {m["id"] for m in before.models} and before.active != info.id   # stored, not active
@@ -279,7 +279,7 @@ def test_push_a_signed_model_activate_and_roll_back(agent, paired, key, tmp_path
     feed.start()
     try:
         assert client.activate(info.id).active == info.id
-        wait_for(lambda: (feed.latest() is not None and feed.latest().model.version == "1.1.1-int8"), 30,
+        wait_for(lambda: (feed.latest() is not None and feed.latest().model.version == "1.5.0-int8"), 30,
                  "frames from the activated model")
         assert client.status().model["id"] == info.id
         assert client.rollback().active == before.active

@@ -583,7 +583,13 @@ class DevicePanel(QFrame):
         model = status.model or {}
         self.fields["model"].setText(f"{model.get('name', '?')} {model.get('version', '')}".strip() if model else "none")
         self.fields["model"].setToolTip(f"sha256 {model.get('sha256', '')}" if model else "")
-        self.fields["provider"].setText(status.provider.replace("ExecutionProvider", ""))
+        provider = status.provider.replace("ExecutionProvider", "")
+        self.fields["provider"].setText(f"{provider} · {status.isa}" if status.isa else provider)
+        v = status.verification
+        self.fields["provider"].setToolTip(
+            "" if v is None else f"reference check: rule {v.get('rule')}, {'passed' if v.get('passed') else 'FAILED'}; "
+                                 f"max |Δp| {v.get('probs_max_abs', 0):.2g}, heat-map r {v.get('cam_corr', 0):.6f}, "
+                                 f"peak Δ {v.get('cam_peak', 0):.2g} on {v.get('n_images')} images")
         received = f", {self.feed.fps:.1f} received" if self.feed is not None else ""
         self.fields["fps"].setText(f"{status.fps:.1f} inferred{received}")
         link = self.feed.link_ms if self.feed is not None else None

@@ -119,9 +119,14 @@ class Hud(QFrame):
     def set_model(self, name: str, version: str, sha256: str = "") -> None:
         self.model.set(_short(f"{name} {version}"), f"{name} {version}" + (f"\nsha256 {sha256}" if sha256 else ""))
 
-    def set_provider(self, providers: list[str], fallback: str | None = None) -> None:
+    def set_provider(self, providers: list[str], fallback: str | None = None, *, isa: str = "",
+                     notes: list[str] | None = None) -> None:
+        """The execution provider and the CPU's integer ISA (INT8 speed depends on it: AVX2,
+        AVX-512 VNNI, AMX, NEON); ``notes`` (the reference check, why this variant) go to the tooltip."""
         short = providers[0].replace("ExecutionProvider", "") if providers else "?"
-        self.provider.set(short, "\n".join(filter(None, [", ".join(providers), fallback])))
+        if isa:
+            short = f"{short} · {isa}"
+        self.provider.set(short, "\n".join(filter(None, [", ".join(providers), fallback, *(notes or [])])))
 
     def set_source(self, label: str) -> None:
         self.source.set(_short(label), label)

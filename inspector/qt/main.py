@@ -88,7 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-until", metavar="DATE",
                    help="with --report: flags up to this ISO date (that day included) or time (UTC)")
     p.add_argument("--report-title", metavar="TITLE", help="with --report: the report's title (e.g. the structure)")
+    p.add_argument("--check-model", type=Path, metavar="PKG",
+                   help="check a model package on this machine: identity, then its reference images along every "
+                        "numeric path here, each against its rule, and where its references came from; no window")
     return p
+
+
+def check_model(args) -> int:
+    """``--check-model``: no Qt; the report on stdout; 0 if the package passes on this machine."""
+    from ..model_check import check_report
+
+    ok, report = check_report(args.check_model)
+    print(report)
+    return 0 if ok else 1
 
 
 def export_flags(args) -> int:
@@ -179,12 +191,24 @@ def resolve_device(address: str, pairings=None):
 
 
 def load_engine(model: Path | None, threads: int | None):
+    """The engine for ``model``; without one, the shipped student in the variant that is faster
+    on this CPU (:func:`inspector.model_check.choose_variant`; ``engine.variant_reason`` says why)."""
+    from platformdirs import user_cache_dir
+
     from ..engine import InferenceEngine
+    from ..model_check import choose_variant
     from ..package import PackageError
     from ..paths import default_model
 
+    threads = threads or default_threads()
     try:
-        return InferenceEngine(model or default_model(), threads=threads or default_threads())
+        reason = None
+        if model is None:
+            choice = choose_variant(default_model(), threads, Path(user_cache_dir("crack-inspector")))
+            model, reason = choice.path, choice.reason
+        engine = InferenceEngine(model, threads=threads)
+        engine.variant_reason = reason or f"given: {model.name}"
+        return engine
     except (PackageError, FileNotFoundError, OSError, ValueError) as exc:
         raise StartupError(f"cannot load the model: {exc}") from None
 
@@ -273,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--report and --export-flags are separate runs: give one of them")
     if args.demo and args.device:
         parser.error("--demo and --device: give one of them (the demo device is a device on this laptop)")
+    if args.check_model is not None:
+        return check_model(args)
     if args.export_flags is not None:
         return export_flags(args)
     if args.report is not None:

@@ -515,7 +515,11 @@ class MainWindow(QMainWindow):
     def _show_local_model(self) -> None:
         m = self.engine.manifest
         self.hud.set_model(m.name, m.version, m.model_sha256)
-        self.hud.set_provider(list(self.engine.providers), getattr(self.engine, "provider_fallback", None))
+        verification = getattr(self.engine, "verification", None)
+        self.hud.set_provider(list(self.engine.providers), getattr(self.engine, "provider_fallback", None),
+                              isa=getattr(self.engine, "isa", ""),
+                              notes=[getattr(self.engine, "variant_reason", None),
+                                     verification.summary() if verification is not None else None])
         self._hud_model = self._hud_provider = None
 
     def _follow_model(self, live) -> None:
@@ -527,9 +531,10 @@ class MainWindow(QMainWindow):
             self._hud_model = live.model
             self.hud.set_model(live.model.name, live.model.version, live.model.sha256)
         provider = live.link.provider
-        if provider and provider != self._hud_provider:
-            self._hud_provider = provider
-            self.hud.set_provider([provider], f"on {live.link.agent_name}")
+        isa = getattr(live.link, "isa", "") or ""
+        if provider and (provider, isa) != self._hud_provider:
+            self._hud_provider = (provider, isa)
+            self.hud.set_provider([provider], f"on {live.link.agent_name}", isa=isa)
         if live.frame.source != self.hud.source.value.toolTip():
             self._set_source_label(live.frame.source)
 
