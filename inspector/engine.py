@@ -243,6 +243,11 @@ def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+# The reference check runs in batches of at most one 640×480 frame's tiles, so a TensorRT profile
+# for the camera's frames covers it too (48 reference images would otherwise set its max batch).
+REFERENCE_BATCH = 12
+
+
 class InferenceEngine:
     """Run a model package on frames: tiles → one batch → probabilities + stitched heat-map.
 
@@ -343,7 +348,9 @@ class InferenceEngine:
         # what the reference check ran on and measured (None when not verified)
         self.verification: numerics.Verification | None = None
         if verify_reference:
-            probs, cam = self._run(np.ascontiguousarray(package.reference["image"]))
+            images = np.ascontiguousarray(package.reference["image"])
+            runs = [self._run(images[i:i + REFERENCE_BATCH]) for i in range(0, len(images), REFERENCE_BATCH)]
+            probs, cam = np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
             self.verification = verify_reference_outputs(self.manifest, package.reference, probs, cam,
                                                          provider=self.rule_provider)
 
@@ -357,7 +364,7 @@ class InferenceEngine:
         """TensorRT options with the engine cache in ``cache_dir`` (emptied first if it holds
         engines of another model, onnxruntime or profile: :func:`engine_cache.prepare`). The
         profile covers a ``frame_size`` (H, W) frame's tiles and the reference batch."""
-        n_ref = int(np.asarray(self.package.reference["image"]).shape[0])
+        n_ref = min(int(np.asarray(self.package.reference["image"]).shape[0]), REFERENCE_BATCH)
         n_tiles = len(tile_grid(*frame_size, self.tile_size, self.tile_overlap)) if frame_size else n_ref
         options = engine_cache.tensorrt_options(
             cache_dir, input_name=INPUT_NAME, input_size=self.input_size, opt_batch=n_tiles,

@@ -132,7 +132,7 @@ def test_the_runtime_builds_each_versions_engine_into_its_own_folder(repo_with_t
 def test_an_engine_offered_tensorrt_gets_the_cache_options(tmp_path, monkeypatch):
     """On this CPU build onnxruntime skips TensorRT with a warning; what matters is what it was
     asked: the TensorRT options with this version's folder, a profile for 640×480 frames (12
-    tiles of 160 px) and the 8 reference patches, the key written, and reused the second time."""
+    tiles of 160 px) and the reference patches (run 12 at a time), the key written, and reused the second time."""
     asked: list = []
     real = ort.InferenceSession
 

@@ -242,3 +242,42 @@ def test_calibration_must_be_real_images(fp32, calibration, tmp_path):
     with pytest.raises(QuantizeError, match="method"):
         quantize_int8(fp32, out, calibration, method="kl")
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- every CPU computes it alike
+
+
+def _foreign_paths():
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parents[1] / "scripts" / "numeric_paths"))
+    import paths
+
+    return paths
+
+
+def test_seven_bit_weights_compute_alike_on_avx2_and_eight_bit_weights_do_not(fp32, int8, calibration, held_out,
+                                                                             tmp_path):
+    """On x86 CPUs without VNNI onnxruntime's u8s8 kernels add u8×s8 pairs into a saturating
+    int16 (``vpmaddubsw``); its SSE kernels widen to int16 first and accumulate exactly, as VNNI,
+    AMX and ARM do. Under qemu both are reachable on any x86 CPU. The default (7-bit weights)
+    cannot saturate: AVX2 gives what SSE gives. 8-bit weights saturate on AVX2 (on an AVX2
+    machine this probe lost MCC 0.91 → 0.82; measured here: p off by up to 1.0)."""
+    paths = _foreign_paths()
+    for needed in ("x86-avx2", "x86-sse"):
+        if paths.available(needed):
+            pytest.skip(paths.available(needed))
+    images = held_out[0]
+    path7, info7 = int8
+    assert info7.reduce_range and "7-bit weights" in info7.manifest_entry()["calibration"]
+    path8 = tmp_path / "eight.int8.onnx"
+    info8 = quantize_int8(fp32, path8, calibration, reduce_range=False, threads=1)
+    assert not info8.reduce_range
+    diffs = {}
+    for name, path in (("7-bit", path7), ("8-bit", path8)):
+        onnx_bytes = path.read_bytes()
+        sse, avx2 = (paths.run(p, onnx_bytes, images)[0] for p in ("x86-sse", "x86-avx2"))
+        diffs[name] = float(np.max(np.abs(avx2 - sse)))
+    assert diffs["7-bit"] < 1e-4, diffs    # float head rounding at most
+    assert diffs["8-bit"] > 0.05, diffs    # saturation
