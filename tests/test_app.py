@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from inspector.numerics import int8_isa
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage
 
@@ -64,7 +66,8 @@ def test_window_opens_on_the_sample_video_and_shows_verdicts(open_window, qtbot,
     assert live.frame.source == "sample_inspection.avi" and live.result.tiles
     w.hud.refresh()
     assert w.hud.model.value.text() == f"{engine.manifest.name} {engine.manifest.version}"
-    assert w.hud.provider.value.text() == "CPU"
+    assert w.hud.provider.value.text() == f"CPU · {int8_isa()}"      # provider and the CPU's integer ISA
+    assert "rule cpu-" in w.hud.provider.value.toolTip() and "passed" in w.hud.provider.value.toolTip()
     assert w.hud.source.value.text() == "sample_inspection.avi"
     assert w.hud.fps.value.text().endswith("fps") and w.hud.meter.latency_ms() > 0
     assert w.errors == []

