@@ -86,8 +86,12 @@ def run_selftest(app, args) -> int:
         return 2
     m = engine.manifest
     print(f"  model     {m.name} {m.version} (model sha256 {m.model_sha256[:12]}…)", file=out)
-    print(f"  provider  {', '.join(engine.providers)}"
+    print(f"  provider  {', '.join(engine.providers)} on a CPU with {getattr(engine, 'isa', '?')}"
           + (f"  [fallback: {engine.provider_fallback}]" if engine.provider_fallback else ""), file=out)
+    if getattr(engine, "variant_reason", None):
+        print(f"  variant   {engine.variant_reason}", file=out)
+    if getattr(engine, "verification", None) is not None:
+        print(f"  check     {engine.verification.summary()}", file=out)
     print(f"  source    {source.label} ({source.kind})" + (f"  — {notice}" if notice else ""), file=out)
 
     problems: list[str] = []
