@@ -432,31 +432,48 @@ def _fmt(v: Any) -> str:
 
 # ---------------------------------------------------------------------------- going live on a device
 
+class NotLiveError(UpdateError):
+    """The model is active on the device but no frame of its camera has been computed by it:
+    activated, not live (the message says the camera's state)."""
+
+
 def wait_until_live(client, name: str, version: str, sha256: str, *, timeout: float = LIVE_TIMEOUT_S,
                     poll: float = LIVE_POLL_S, progress: Callable[..., None] | None = None):
     """Poll ``client.status()`` until the device reports model ``name`` ``version`` (``sha256``)
-    in service and its camera's frames being inferred; the :class:`~inspector.protocol.Status`.
-    UpdateError if another model is in service after an auto-rollback, or after ``timeout``."""
+    in service **and** frames of its camera computed by that model and passed by the agent's
+    live check (``model_frames``/``model_checked``: counted from the swap, so the old model's
+    frames never count); the :class:`~inspector.protocol.Status`.
+
+    UpdateError if another model is in service after an auto-rollback, or after ``timeout``;
+    :class:`NotLiveError` when the model is in service but the camera delivers no frames (a camera
+    neither live nor connecting), which is "activated", never "live"."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
         status = client.status()
         model = status.model or {}
         ours = model.get("name") == name and model.get("version") == version and model.get("sha256") == sha256
-        camera = status.camera.get("state") if isinstance(status.camera, dict) else None
-        if ours and (status.fps > 0 or camera not in ("live", "connecting")):
+        camera = status.camera if isinstance(status.camera, dict) else {}
+        state = camera.get("state")
+        if ours and status.model_checked and status.model_frames > 0:
             return status
+        if ours and state not in ("live", "connecting"):
+            raise NotLiveError(f"{name} {version} is active on {status.agent_name}, but its camera is {state} "
+                               f"({camera.get('message') or 'no message'}): no frame computed by it yet, so it "
+                               f"is not live")
         rolled = [e for e in status.events if e.get("kind") == "auto-rollback" and f"{name}-{version}" in
                   str(e.get("message", ""))]
         if rolled and not ours:
             raise UpdateError(f"{status.agent_name} rolled {name} {version} back: {rolled[-1].get('message')}")
-        if progress is not None and (model.get("version"), status.fps) != last:
-            last = (model.get("version"), status.fps)
+        if progress is not None and (model.get("version"), status.model_frames) != last:
+            last = (model.get("version"), status.model_frames)
             progress("waiting", f"{status.agent_name}: {model.get('name', '?')} {model.get('version', '?')} "
-                                f"in service, {status.fps:.1f} fps")
+                                f"in service, {status.model_frames} frames computed by it, {status.fps:.1f} fps")
         if time.monotonic() > deadline:
-            raise UpdateError(f"{status.agent_name} did not report {name} {version} live within {timeout:.0f} s "
-                              f"(in service: {model.get('name', 'none')} {model.get('version', '')})")
+            seen = f"{status.model_frames} frames computed by it" if ours else \
+                f"in service: {model.get('name', 'none')} {model.get('version', '')}"
+            raise UpdateError(f"{status.agent_name} did not report {name} {version} live on checked frames "
+                              f"within {timeout:.0f} s ({seen}; camera {state})")
         time.sleep(poll)
 
 

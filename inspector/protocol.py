@@ -369,6 +369,10 @@ class Status(Message):
     isa: str = ""              # the CPU's integer instructions (AMX, AVX-512 VNNI, AVX2, NEON ...): INT8 speed
     # the active model's reference check on this device: rule, provider, passed, what it measured
     verification: dict | None = _json({"type": "object"}, default=None)
+    # frames the model in service computed, checked and streamed since it was swapped in (the old
+    # model's never count), and whether they are enough to call it checked on live frames
+    model_frames: int = 0
+    model_checked: bool = False
 
     def current_activation(self) -> "Activation | None":
         return None if self.activation is None else Activation.from_dict(self.activation)

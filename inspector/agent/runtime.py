@@ -241,7 +241,8 @@ class AgentRuntime:
         self._latest: tuple[int, bytes] | None = None
         self._subs: set[Subscription] = set()
         self._events: deque[Event] = deque(maxlen=EVENTS_KEPT)
-        self._rate = RateWindow(FPS_WINDOW_S)   # results published
+        self._rate = RateWindow(FPS_WINDOW_S)   # results published by the model in service (reset at a swap)
+        self._served = 0                         # frames the model in service computed, checked and published
         self._seq = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -345,6 +346,7 @@ class AgentRuntime:
         with self._lock:
             current = self._current
             fps = self._rate.rate(time.perf_counter())
+            served = self._served
         cam = self.grabber.status
         with self._cond:
             clients = len(self._subs)
@@ -355,6 +357,8 @@ class AgentRuntime:
                 "model": current.info.to_dict() if current else None,
                 "provider": providers[0] if providers else "",
                 "isa": int8_isa(),
+                "model_frames": served if current else 0,
+                "model_checked": bool(current) and served >= max(1, self.probation_frames),
                 "verification": verification.to_dict() if verification is not None else None,
                 "fps": round(fps, 2), "clients": clients,
                 "activation": activation.to_dict() if activation is not None else None}
@@ -510,6 +514,7 @@ class AgentRuntime:
                     serving = self._current
                     if serving is not None and info is None:
                         self._current = serving = None
+                        self._swapped()
                 if serving is None:
                     self._event("error", "no model in service: upload or activate one")
                 elif failures:
@@ -576,6 +581,7 @@ class AgentRuntime:
         probation = _Probation(loaded, self.probation_frames)
         with self._lock:
             self._current, self._probation = loaded, probation
+            self._swapped()
         self._track(info.id, "verifying", f"{info.id} swapped in after {load_s:.1f} s; checking its first "
                                           f"{self.probation_frames} live frames")
         # stop() sets _stopping before it looks for a probation to cancel: seen here or there
@@ -585,6 +591,7 @@ class AgentRuntime:
             self._probation = None
             if failure is not None:
                 self._current = before
+                self._swapped()
                 return f"failed on a live frame: {failure}"
             self._cache = {k: v for k, v in self._cache.items() if before is not None and v is before}
             self._cache[(info.id, info.sha256)] = loaded
@@ -639,7 +646,7 @@ class AgentRuntime:
                 log.error("%s: frame %d not published: %s (%d so far)", loaded.info.id, frame.seq, failure,
                           self.errors)
             return
-        self._publish(self._encode(frame, result, loaded.info.id, t_start))
+        self._publish(self._encode(frame, result, loaded.info.id, t_start), loaded)
 
     def _encode(self, frame: Any, result: Any, model_id: str, t_start: float) -> tuple[int, bytes]:
         t_enc = time.perf_counter()
@@ -664,10 +671,19 @@ class AgentRuntime:
             timings_ms={k: round(v, 3) for k, v in timings.items()})
         return seq, protocol.encode_frame(header, jpeg.tobytes(), heat)
 
-    def _publish(self, item: tuple[int, bytes]) -> None:
+    def _swapped(self) -> None:
+        """The model in service changed (caller holds ``_lock``): its FPS and frame count start
+        afresh, so the status never credits the old model's frames to the new one."""
+        self._rate = RateWindow(FPS_WINDOW_S)
+        self._served = 0
+
+    def _publish(self, item: tuple[int, bytes], loaded: _Loaded | None = None) -> None:
         t = time.perf_counter()
         with self._lock:
+            if loaded is not None and loaded is not self._current:
+                return  # computed by a model swapped out meanwhile: never shown as the new one's
             self._rate.add(t)
+            self._served += 1
         with self._cond:
             self._latest = item
             self._cond.notify_all()

@@ -697,7 +697,8 @@ class AgentServer:
                                fps=st["fps"], clients=st["clients"], events=self._events(),
                                uptime_s=round(time.monotonic() - self._started, 3),
                                activation=st.get("activation"), isa=st.get("isa", ""),
-                               verification=st.get("verification"))
+                               verification=st.get("verification"), model_frames=st.get("model_frames", 0),
+                               model_checked=st.get("model_checked", False))
 
     def _events(self) -> list[dict]:
         # repository first: within one second (the resolution of both), its "activated" comes
