@@ -21,6 +21,12 @@ live on a loopback device agent (push, verify, activate, first-inference checks)
 
     python benchmarks/field_update.py --docs                          # the whole grid (hours on 2 cores)
     python benchmarks/field_update.py --sites crackforest --n 25 100 --seeds 0 1 2 --fast --docs
+    python benchmarks/field_update.py --report-only --docs            # the table from the committed rows
+
+Every run's row (site, N, seed, recipe, settings, MCCs, times, the machine) is appended to
+``docs/benchmarks/field_update.rows.jsonl``, which is committed: the table is made from it, and a
+cell already there is not run again (delete its line to re-measure). The working files (cut
+patches, update outputs) stay in ``--work``.
 """
 from __future__ import annotations
 
@@ -256,6 +262,21 @@ def table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _machine() -> dict:
+    """The CPU a row was measured on (model name and integer ISA) and the onnxruntime version."""
+    import onnxruntime as ort
+
+    from inspector.numerics import int8_isa
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return {"cpu": cpu, "isa": int8_isa(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sites", nargs="+", default=list(SITES), choices=list(SITES))
@@ -267,6 +288,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "field_update")
     ap.add_argument("--json", default=str(REPO / "runs" / "field_update.json"))
     ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/field_update.md")
+    ap.add_argument("--rows", type=Path, default=REPO / "docs" / "benchmarks" / "field_update.rows.jsonl",
+                    help="the per-run rows (committed; the table is made from them)")
     ap.add_argument("--report-only", action="store_true",
                     help="no new runs: the table from the rows already measured in --work (rows.jsonl)")
     args = ap.parse_args()
@@ -275,7 +298,7 @@ def main() -> int:
     result: dict = {"fast": args.fast, "seeds": args.seeds, "pools": {}, "rows": []}
     modes = (True, False) if args.report_only else (args.fast,)   # a report shows both settings it has
     base: dict[str, float] = {}
-    done_path = args.work / "rows.jsonl"
+    done_path = args.rows
     done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.is_file() else []
     for site in args.sites:
         result["pools"][site] = prepare_site(site, args.work)
@@ -288,7 +311,9 @@ def main() -> int:
                     if row is None and args.report_only:
                         continue
                     if row is None:
-                        row = {**key, **run_recipe(args.work / site, n, seed, RECIPES[letter], args.work, fast)}
+                        row = {**key, **run_recipe(args.work / site, n, seed, RECIPES[letter], args.work, fast),
+                               "machine": _machine()}
+                        done_path.parent.mkdir(parents=True, exist_ok=True)
                         with open(done_path, "a") as f:
                             f.write(json.dumps(row) + "\n")
                     print(f"  {site} N={n} seed={seed} {row['recipe']}: site MCC {row['site_mcc']:.3f}, "
