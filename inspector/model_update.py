@@ -78,10 +78,16 @@ class UpdatePlan:
     base: BaseModel
     device: str | None
     estimate_s: float
+    split: "SiteSplit | None" = None     # the site-validation part the job will hold out (same rule)
 
     @property
     def labelled_tiles(self) -> int:
         return self.patches["crack"] + self.patches["no_crack"]
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """What the reviewed data lack for an update that could be promoted (empty: nothing)."""
+        return self.split.missing if self.split is not None else ()
 
     @property
     def unlabelled_tiles(self) -> int:
@@ -89,7 +95,7 @@ class UpdatePlan:
 
 
 def make_plan(store, laptop_manifest, laptop_package: str | os.PathLike | None, *, pairing=None,
-              history=None, fast: bool = False) -> UpdatePlan:
+              history=None, fast: bool = False, seed: int = 0) -> UpdatePlan:
     """Count what the store gives and choose the base model: the paired device's active model when
     a device is connected and this laptop has its package, else the laptop's own model (the
     ``note`` says why). Reads the store and the device: call it off the GUI thread."""
@@ -105,7 +111,8 @@ def make_plan(store, laptop_manifest, laptop_package: str | os.PathLike | None, 
         device = pairing.agent_name
         base = _device_base(pairing, laptop, history)
     est = estimate_seconds(patches["crack"] + patches["no_crack"], patches["unlabelled"], fast=fast)
-    return UpdatePlan(review, patches, base, device, est)
+    split = site_split(store_units(store), seed=seed)
+    return UpdatePlan(review, patches, base, device, est, split)
 
 
 def _device_base(pairing, laptop: BaseModel, history) -> BaseModel:
@@ -148,6 +155,138 @@ def estimate_seconds(labelled_tiles: int, unlabelled_tiles: int, *, fast: bool =
 def replay_tiles(labelled_tiles: int) -> int:
     """About how many base patches the job replays (its default ratio; it chooses them)."""
     return round(REPLAY_RATIO * labelled_tiles)
+
+
+# ---------------------------------------------------------------------------- the site-validation split
+# One definition for the app's plan and for ``distill update`` (distill/update/sitedata.py calls
+# it), so the plan dialog says before Start exactly what the job will find.
+
+SITE_VAL_FRACTION = 0.3                # of each stratum's sources (distill update's --val-fraction default)
+SITE_MIN_PER_CLASS = 5                 # crack and clean patches the site-validation part must hold
+
+
+@dataclass(frozen=True)
+class SiteSplit:
+    """The labelled sources (frames) cut into *adapt* and *site-validation*, with the counts and,
+    in ``missing``, what keeps an update from being promotable (empty: nothing)."""
+
+    adapt: tuple[str, ...]
+    val: tuple[str, ...]
+    val_crack: int
+    val_clean: int
+    adapt_crack: int
+    adapt_clean: int
+    missing: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict:
+        return {"adapt_sources": len(self.adapt), "val_sources": len(self.val), "val_crack": self.val_crack,
+                "val_clean": self.val_clean, "adapt_crack": self.adapt_crack, "adapt_clean": self.adapt_clean,
+                "missing": list(self.missing)}
+
+
+def _source_rank(seed: int, source: str) -> tuple[float, str]:
+    import hashlib
+
+    digest = hashlib.sha256(f"site-val:{seed}:{source}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64, source
+
+
+def site_split(units: dict[str, tuple[int, int]], *, val_fraction: float = SITE_VAL_FRACTION, seed: int = 0,
+               min_per_class: int = SITE_MIN_PER_CLASS) -> SiteSplit:
+    """Cut labelled sources into adapt / site-validation, stratified by class.
+
+    ``units``: source → (crack patches, clean patches). The rule (deterministic, independent of
+    the order of ``units``):
+
+    1. strata: *crack sources* (at least one crack patch) and *clean sources* (clean patches only);
+       within a stratum the sources are ranked by sha256("site-val:<seed>:<source>");
+    2. a stratum of n ≥ 2 sources gives its first k = min(n − 1, max(1, round(val_fraction · n)))
+       to site validation; a lone source stays in adapt (training needs it too);
+    3. top-up: while site validation holds fewer than ``min_per_class`` crack patches and the crack
+       stratum keeps ≥ 2 sources in adapt, its next source moves over; then the same for clean
+       patches, from the clean stratum first, then the crack stratum (crack frames have clean
+       tiles); each stratum always keeps at least one source in adapt.
+
+    So site validation is never empty for a class that has ≥ 2 sources. ``missing`` says what to
+    label when it holds fewer than ``min_per_class`` patches of a class, or adapt none of a class.
+    """
+    crack = sorted((s for s, (c, _) in units.items() if c > 0), key=lambda s: _source_rank(seed, s))
+    clean = sorted((s for s, (c, n) in units.items() if c == 0 and n > 0), key=lambda s: _source_rank(seed, s))
+
+    def initial(stratum: list[str]) -> int:
+        n = len(stratum)
+        return 0 if n < 2 else min(n - 1, max(1, round(val_fraction * n)))
+
+    taken = {"crack": initial(crack), "clean": initial(clean)}
+    strata = {"crack": crack, "clean": clean}
+
+    def val_count(index: int) -> int:
+        return sum(units[s][index] for name in strata for s in strata[name][:taken[name]])
+
+    for index, order in ((0, ("crack",)), (1, ("clean", "crack"))):
+        for name in order:
+            while val_count(index) < min_per_class and len(strata[name]) - taken[name] >= 2:
+                taken[name] += 1
+    val = tuple(s for name in ("crack", "clean") for s in strata[name][:taken[name]])
+    adapt = tuple(s for name in ("crack", "clean") for s in strata[name][taken[name]:])
+    vc, vn = val_count(0), val_count(1)
+    ac, an = sum(units[s][0] for s in adapt), sum(units[s][1] for s in adapt)
+    missing = []
+    if vc < min_per_class or ac == 0:
+        missing.append(_missing_crack(units, crack, min_per_class))
+    if vn < min_per_class or an == 0:
+        with_clean = [s for s in units if units[s][1] > 0]
+        n = _frames_needed(units, with_clean, 1, min_per_class)
+        missing.append(f"label at least {n} more {'frame' if n == 1 else 'frames'} with clean tiles: the site-validation part would hold {vn} clean tiles (at least "
+                       f"{min_per_class} needed) and the training part {an}")
+    return SiteSplit(adapt, val, vc, vn, ac, an, tuple(missing))
+
+
+def _frames_needed(units, stratum: list[str], index: int, need: int) -> int:
+    """More frames like the median one of ``stratum`` needed for ``need`` patches of class
+    ``index`` in site validation plus one frame left for training (at least 1)."""
+    per = sorted(units[s][index] for s in stratum if units[s][index] > 0)
+    typical = per[len(per) // 2] if per else 1
+    return max(1, -(-need // typical) + 1 - len(per))
+
+
+def _missing_crack(units, crack: list[str], need: int) -> str:
+    n = _frames_needed(units, crack, 0, need)
+    return (f"label at least {n} more {'frame' if n == 1 else 'frames'} with a crack tile: {len(crack)} "
+            f"{'frame' if len(crack) == 1 else 'frames'} with crack tiles "
+            f"({sum(units[s][0] for s in crack)} crack tiles) cannot give the site-validation part "
+            f"{need} crack tiles and keep one frame for training")
+
+
+def store_units(store) -> dict[str, tuple[int, int]]:
+    """source ("flag:<uid>", as ``distill`` names a flag export's sources) → (crack, clean) tiles
+    that an export of ``store`` labels."""
+    try:
+        from .flag_export import _patch_labels
+    except ImportError:               # pragma: no cover - the export's own rule, if it is renamed
+        _patch_labels = _tile_labels_of
+    from .store_query import FlagFilter
+
+    units = {}
+    for rec in store.query(FlagFilter(), sort="time", descending=False):
+        # the export's rule: a label per tile, or (label, label_source) per tile; None: left out
+        labels = [x[0] if isinstance(x, tuple) else x for x in (_patch_labels(rec, False) or ())]
+        c, n = sum(x == "crack" for x in labels), sum(x == "no_crack" for x in labels)
+        if c or n:
+            units[f"flag:{rec.uid}"] = (c, n)
+    return units
+
+
+def _tile_labels_of(rec, include_unreviewed: bool):
+    if rec.label in ("crack", "no_crack"):
+        if rec.tile_labels is not None:
+            return rec.tile_labels
+        return ("no_crack",) * len(rec.tiles) if rec.label == "no_crack" else None
+    return None
 
 
 def format_duration(seconds: float | None) -> str:

@@ -421,18 +421,63 @@ def test_threshold_rule_and_baking_it_into_the_bias():
 
 
 def test_gate_rules():
-    from distill.update.gate import judge
+    from distill.update.gate import judge, site_evidence
 
     def metrics(g, v):
-        return {"fp32": {"golden": {"mcc": g, "n": 466}, "site_validation": {"mcc": v, "n": 36}}}
+        return {"fp32": {"golden": {"mcc": g, "n": 466}, "site_validation": {"mcc": v, "n": 36}},
+                "int8": {"golden": {"mcc": g, "n": 466}, "site_validation": {"mcc": v, "n": 36}}}
 
+    y = np.array([1] * 18 + [0] * 18)
+    base, gain, same = np.r_[np.ones(9), np.zeros(27)], y.copy(), np.r_[np.ones(9), np.zeros(27)]
     drift = {"top1_agreement": 0.99, "cam_corr_mean": 0.95, "n_images": 700, "cam_n_scored": 600}
-    assert judge(metrics(0.99, 0.4), metrics(0.985, 0.6), drift).passed
-    assert judge(metrics(0.99, 0.4), metrics(0.97, 0.6), drift).failed() == ["golden_mcc"]
-    assert judge(metrics(0.99, 0.4), metrics(0.99, 0.4), drift).failed() == ["site_validation_mcc"]
+    assert judge(metrics(0.99, 0.4), metrics(0.985, 0.6), drift, site_evidence(y, base, gain)).passed
+    assert judge(metrics(0.99, 0.4), metrics(0.97, 0.6), drift, site_evidence(y, base, gain)).failed() == [
+        "golden_mcc", "golden_mcc_int8"]
+    same_site = judge(metrics(0.99, 0.4), metrics(0.99, 0.4), drift, site_evidence(y, base, same))
+    assert same_site.failed() == ["site_validation_mcc"] and same_site.verdict == "failed"
+    assert judge(metrics(0.99, 0.4), metrics(0.99, 0.6), drift).failed() == ["site_validation_mcc"]  # no evidence
     bad = {**drift, "top1_agreement": 0.9, "cam_corr_mean": math.nan}
-    assert judge(metrics(0.99, 0.4), metrics(0.99, 0.6), bad).failed() == ["int8_top1_agreement",
-                                                                           "int8_heatmap_correlation"]
+    assert judge(metrics(0.99, 0.4), metrics(0.99, 0.6), bad, site_evidence(y, base, gain)).failed() == [
+        "int8_top1_agreement", "int8_heatmap_correlation"]
+
+
+def test_label_sources_are_counted_from_the_export_metadata(tmp_path):
+    from distill.data.samples import Sample
+    from distill.update.sitedata import label_source_counts
+
+    rows = [{"file": "crack/a_000.png", "label": "crack", "label_source": "tile_marked"},
+            {"file": "no_crack/a_001.png", "label": "no_crack", "label_source": "tile_marked"},
+            {"file": "no_crack/b_000.png", "label": "no_crack", "label_source": "frame_clean"},
+            {"file": "crack/c_000.png", "label": "crack", "label_source": "verdicts_accepted"},
+            {"file": "no_crack/d_000.png", "label": "no_crack"},                      # an older export
+            {"file": "unlabelled/e_000.png", "label": "unlabelled", "label_source": "unlabelled"}]
+    (tmp_path / "metadata.json").write_text(json.dumps({"patches": rows}))
+    assert label_source_counts(str(tmp_path)) == {"frame_clean": 1, "tile_marked": 2, "unknown": 1,
+                                                  "verdicts_accepted": 1}
+    samples = [Sample(str(tmp_path / r["file"]), 1, "s") for r in rows[:2]] + [Sample("/elsewhere.png", 0, "t")]
+    assert label_source_counts(str(tmp_path), samples) == {"tile_marked": 2, "unknown": 1}
+    (tmp_path / "metadata.json").unlink()
+    assert label_source_counts(str(tmp_path), samples) == {"unknown": 3}
+
+
+def test_a_run_that_cannot_be_promoted_stops_before_training(tmp_path):
+    """Only clean frames but one crack frame: the site-validation part cannot hold 5 crack tiles,
+    so no candidate could pass the site rule; the job says what to label and exits 1 at split."""
+    from distill.data.splits import read_manifest
+
+    replay = read_manifest(MODELS / "replay" / "replay.csv")
+    clean = [s for s in replay if s.label == 0][:40]
+    crack = [s for s in replay if s.label == 1][:3]
+    labelled = write_patches(clean + crack, tmp_path / "site", invert=False)
+    proc, events = run_cli("--base", str(BASE_FP32), "--labelled", str(labelled), "--out", str(tmp_path / "out"),
+                           "--golden", str(golden_slice(tmp_path, step=40)), "--recipe", "finetune", *QUICK,
+                           timeout=300)
+    assert proc.returncode == EXIT_ERROR, proc.stderr[-2000:]
+    assert_one_final(events, "error")
+    assert events[-1]["stage"] == "split" and "crack tile" in events[-1]["message"]
+    assert "stopped before training" in events[-1]["message"]
+    started = [e["stage"] for e in events if e["event"] == "stage" and e["status"] == "start"]
+    assert started == ["read", "split"] and not [e for e in events if e["event"] == "epoch"]
 
 
 def test_site_kd_loss_learns_labels_only_where_there_are_labels():

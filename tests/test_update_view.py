@@ -228,6 +228,38 @@ def test_plan_shows_what_will_be_used(qtbot, store, history, engine):
     assert d.push_box.isChecked() and "this laptop's live view" in d.push_box.text()
 
 
+def test_plan_says_what_is_missing_and_start_stays_off(qtbot, tmp_path, frames, engine, history):
+    """Reviewed frames that cannot give the site-validation part 5 crack tiles (clean frames and a
+    single frame with crack tiles): the plan says what to label, Start stays off, start() does nothing."""
+    store = FlagStore(tmp_path / "few")
+    m = engine.manifest
+    model = ModelRef(m.name, m.version, m.model_sha256)
+    try:
+        for k, (rgb, result) in enumerate(frames[:12]):
+            rec = store.add(rgb, result.heatmap, result.tiles, reason="manual", source="camera 0", model=model,
+                            crack_prob_max=result.crack_prob_max)
+            n = len(result.tiles)
+            tiles = tuple("crack" if (k == 0 and i < 2) else "no_crack" for i in range(n))
+            store.set_review(rec.id, label="crack" if k == 0 else "no_crack", tile_labels=tiles, reviewer="tester")
+        os.environ["FAKE_UPDATE_MODE"] = "pass"
+        laptop = LaptopView(engine)
+        dialog = UpdateDialog(store, engine=lambda: laptop.engine, swap_engine=laptop.swap, history=history,
+                              program=FAKE, make_engine=one_thread_engine)
+        qtbot.addWidget(dialog)
+        dialog.show()
+        qtbot.waitUntil(lambda: dialog.plan is not None, timeout=30000)
+        plan = dialog.plan
+        assert plan.labelled_tiles > 0 and plan.missing and plan.split.val_crack == 0
+        assert dialog.missing_label.isVisible()
+        assert "label at least 3 more frames with a crack tile" in dialog.missing_label.text()
+        assert "0 crack" in dialog.fields["validation"].text()
+        assert not dialog.start_button.isEnabled()
+        dialog.start()
+        assert dialog.pages.currentIndex() == 0 and dialog.state is None
+    finally:
+        store.close()
+
+
 def test_progress_curves_stages_then_the_new_model_runs_in_the_laptops_view(qtbot, store, history, engine):
     d = make_dialog(qtbot, store, history, engine)
     with qtbot.waitSignal(d.deployed, timeout=RUN_MS) as deployed:

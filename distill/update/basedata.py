@@ -41,9 +41,11 @@ def base_splits(data_root: str | os.PathLike) -> dict[str, dict[str, list[Sample
             for name, (surface, _, _) in SETS.items()}
 
 
-def read_set(path: str | os.PathLike, patch_size: int = 96) -> list[Sample]:
+def read_set(path: str | os.PathLike, patch_size: int = 96, *, verify: bool = False) -> list[Sample]:
     """Samples of a manifest CSV, of a folder holding one (``golden.csv``, ``replay.csv``,
-    ``manifest.csv``), or of a dataset folder in any layout ``distill`` reads."""
+    ``manifest.csv``), or of a dataset folder in any layout ``distill`` reads. ``verify``: a
+    manifest's files are re-hashed against it (DatasetError names the missing and changed ones);
+    a dataset folder is hashed as it is read anyway."""
     from distill.data.patches import PatchRule
     from distill.data.splits import read_manifest
     from distill.runs import read_samples
@@ -52,7 +54,27 @@ def read_set(path: str | os.PathLike, patch_size: int = 96) -> list[Sample]:
     if path.is_dir():
         for name in MANIFEST_NAMES:
             if (path / name).is_file():
-                return read_manifest(path / name)
+                return read_manifest(path / name, verify=verify)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix.lower() == ".csv":
+        return read_manifest(path, verify=verify)
     return read_samples(path, patch_rule=PatchRule(size=patch_size, stride=patch_size))
+
+
+def verify_samples(samples: list[Sample], what: str = "golden set") -> None:
+    """Re-hash every sample's pixels against the hash it was read with; DatasetError naming the
+    missing and changed files (the gate calls it each time it reads the golden set)."""
+    from distill.data.layouts import DatasetError
+    from distill.data.samples import HashCache
+
+    hasher, missing, changed = HashCache(), [], []
+    for s in samples:
+        if not os.path.isfile(s.path):
+            missing.append(s.path)
+        elif hasher(s.path, s.box) != s.sha256:
+            changed.append(s.path + (f" box {s.box}" if s.box else ""))
+    if missing or changed:
+        parts = ([f"missing ({len(missing)}): " + ", ".join(sorted(missing)[:10])] if missing else []) + \
+                ([f"content changed ({len(changed)}): " + ", ".join(sorted(changed)[:10])] if changed else [])
+        raise DatasetError(f"the {what} does not match its hashes: " + "; ".join(parts))

@@ -57,7 +57,10 @@ def run_update(config: UpdateConfig, emit: Emit | None = None, *, reporter: Repo
         rep.send("error", message=str(exc), stage="read")
         raise
     run = Run(cfg, rep, Path(cfg.out), Path(cfg.out) / ".work")
-    rep.send("start", base=_peek_base(cfg.base), out=str(run.out), stages=list(STAGES))
+    from distill.update.sitedata import label_source_counts
+
+    rep.send("start", base=_peek_base(cfg.base), out=str(run.out), stages=list(STAGES),
+             label_sources=label_source_counts(cfg.labelled) or None)
     try:
         import torch
 
@@ -99,7 +102,7 @@ def _drop_work(run: Run) -> None:
 def stage_read(run: Run) -> None:
     from distill.update.base import find_base
     from distill.update.basedata import read_set
-    from distill.update.sitedata import read_labelled, read_unlabelled, unlabelled_dir
+    from distill.update.sitedata import label_source_counts, read_labelled, read_unlabelled, unlabelled_dir
     from distill.update.teachers import teacher_checkpoints
 
     cfg, rep = run.cfg, run.rep
@@ -110,18 +113,20 @@ def stage_read(run: Run) -> None:
     labelled = read_labelled(cfg.labelled, cfg.patch_size)
     folder = unlabelled_dir(cfg.unlabelled, cfg.labelled)
     unlabelled = read_unlabelled(folder, cfg.patch_size)
-    golden = _read_named(read_set, cfg.golden, cfg.patch_size, "--golden")
+    golden = _read_named(lambda p, size: read_set(p, size, verify=True), cfg.golden, cfg.patch_size, "--golden")
     replay = _read_named(read_set, cfg.replay, cfg.patch_size, "--replay")
     golden_hashes = {s.sha256 for s in golden}
     for name, samples in (("--labelled", labelled), ("--unlabelled", unlabelled), ("--replay", replay)):
         if golden_hashes & {s.sha256 for s in samples}:
             raise UpdateDataError(f"{name} holds patches of the golden set: the gate's yardstick must stay unseen")
     run.data.update(labelled=labelled, unlabelled=unlabelled, golden=golden, replay_pool=replay)
+    run.label_sources = label_source_counts(cfg.labelled, labelled)
     run.teachers = teacher_checkpoints(cfg.teachers) if cfg.recipe in ("full", "kd") else []
     load_state(run)
     rep.done("read", f"{lin.counts(labelled)['patches']} labelled patches from {lin.counts(labelled)['sources']} "
                      f"sources, {len(unlabelled)} unlabelled ({folder or 'none'}), golden {len(golden)}, "
-                     f"replay pool {len(replay)}")
+                     f"replay pool {len(replay)}; labels given by "
+                     f"{', '.join(f'{k} {v}' for k, v in run.label_sources.items())}")
 
 
 def _read_named(reader, path, patch_size, flag):
@@ -145,7 +150,8 @@ def stage_split(run: Run) -> None:
 
     cfg, rep, d = run.cfg, run.rep, run.data
     rep.begin("split")
-    adapt, val = split_site(d["labelled"], cfg.val_fraction, cfg.seed)
+    adapt, val, split = split_site(d["labelled"], cfg.val_fraction, cfg.seed)   # refuses before training
+    run.split = split.to_dict()
     unlabelled = usable_unlabelled(d["unlabelled"], d["labelled"], val, cfg.max_unlabelled, cfg.seed)
     pool = sorted(d["replay_pool"], key=lambda s: source_unit(cfg.seed, s.sha256, "replay"))
     site_train = adapt + unlabelled
@@ -157,9 +163,6 @@ def stage_split(run: Run) -> None:
     for name in ("adapt", "val", "unlabelled_used", "replay_teachers", "replay_student"):
         write_manifest(run.work / "data" / f"{name}.csv", d[name])
     val_counts = lin.counts(val)
-    if min(val_counts["crack"], val_counts["no_crack"]) == 0:
-        rep.log(f"the site-validation part has only one class ({val_counts}): its MCC is 0 for any model and the "
-                "site rule of the gate cannot pass; label frames with both crack and clean tiles", "warning")
     rep.done("split", f"adapt {len(adapt)} ({lin.counts(adapt)['sources']} sources), site validation {len(val)} "
                       f"({val_counts['sources']} sources), unlabelled {len(unlabelled)}, replay "
                       f"{n_teacher} (teachers) / {min(n_student, len(pool))} (student)")

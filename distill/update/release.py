@@ -44,6 +44,7 @@ def stage_gate(run: Run) -> None:
 
     cfg, rep, d = run.cfg, run.rep, run.data
     rep.begin("gate")
+    _verify_golden(run)
     base_metrics = evaluate_base(run.base, {GOLDEN: d["golden"], SITE_VAL: d["val"]}, rep.check)
     rep.check()
     onnx = {}
@@ -53,7 +54,9 @@ def stage_gate(run: Run) -> None:
         onnx[variant].write_bytes(load_package(path).onnx_bytes)
     images = uint8_patches(d["golden"] + d["val"] + d["site_train"][:DRIFT_SITE_IMAGES], student_input_size(run))
     drift = int8_drift(onnx["fp32"], onnx["int8"], images)
-    result = judge(base_metrics, run.report["metrics"], drift)
+    rep.check()
+    site = _site_evidence(run, onnx["fp32"])
+    result = judge(base_metrics, run.report["metrics"], drift, site)
     promoted = result.passed or cfg.override_gate
     override = None
     if cfg.override_gate:
@@ -62,8 +65,54 @@ def stage_gate(run: Run) -> None:
         rep.log(f"gate overridden by {cfg.pushed_by}: {cfg.confirm!r} (failed rules: {result.failed() or 'none'})",
                 "warning")
     run.gate = {**result.to_dict(), "promoted": promoted, "override": override}
-    rep.send("gate", passed=result.passed, rules=result.rules, metrics=result.metrics)
-    rep.done("gate", "passed" if result.passed else f"failed: {', '.join(result.failed())}")
+    rep.send("gate", passed=result.passed, verdict=result.verdict, rules=result.rules, metrics=result.metrics)
+    rep.done("gate", "passed" if result.passed else
+             f"{result.verdict.replace('_', ' ')}: {', '.join(result.failed())}")
+
+
+def _verify_golden(run: Run) -> None:
+    """The golden set's pixels against their hashes, each time the gate reads it."""
+    from distill.data.layouts import DatasetError
+    from distill.update.basedata import verify_samples
+    from distill.update.errors import UpdateDataError
+
+    try:
+        verify_samples(run.data["golden"], "golden set")
+    except DatasetError as exc:
+        raise UpdateDataError(f"--golden {run.cfg.golden}: {exc}; the gate's yardstick must not change") from None
+
+
+def _site_evidence(run: Run, candidate_onnx: Path) -> dict:
+    """Base and cross-fitted candidate predictions on site validation (FP32 packages), then
+    ``gate.site_evidence``; the candidate's baked threshold is undone first, so each fold is
+    predicted at the threshold the calibrate rule picks on the other folds."""
+    import numpy as np
+
+    from distill.edge import onnx_session, run_onnx, uint8_patches
+    from distill.update.gate import crossfit, site_evidence, unbake
+    from inspector.package import load_package
+
+    d = run.data
+    base_pkg = load_package(run.base.fp32_path)
+    labels = list(base_pkg.manifest.labels)
+    crack = labels.index("crack") if "crack" in labels else len(labels) - 1
+    y = np.array([s.label for s in d["val"]])
+    base_p = run_onnx(onnx_session(base_pkg.onnx_bytes), uint8_patches(d["val"], base_pkg.manifest.input.size))["probs"]
+    run.rep.check()
+    size = student_input_size(run)
+    cand = onnx_session(candidate_onnx)
+    cand_p = run_onnx(cand, uint8_patches(d["val"], size))["probs"][:, crack]
+    run.rep.check()
+    gold_p = run_onnx(cand, uint8_patches(d["golden"], size))["probs"][:, crack]
+    th = run.threshold or {}
+    t = float(th.get("threshold", 0.5)) if th.get("adopted") else 0.5
+    fit = crossfit(y, [s.source for s in d["val"]], unbake(cand_p, t), np.array([s.label for s in d["golden"]]),
+                   unbake(gold_p, t))
+    out = site_evidence(y, (base_p[:, crack] >= 0.5).astype(np.int64), fit["pred"])
+    out["crossfit"] = {"folds": fit["folds"], "shipped_threshold": t,
+                       "rule": "each fold of site validation (sources, stratified by class) predicted at the "
+                               "threshold the calibrate rule picks on the other fold; the base at its own 0.5"}
+    return out
 
 
 # --------------------------------------------------------------------------------------- write
@@ -99,6 +148,12 @@ def stage_write(run: Run) -> None:
     rep.begin("write")   # the last cancel check: from here on the run finishes (renames only)
     record = lin.data_record(cfg, d["labelled"], d["adapt"], d["val"], d["unlabelled_used"],
                              _replay_used(run), d["golden"])
+    record["site"]["label_source"] = dict(run.label_sources)
+    record["site"]["split"] = {**run.split, "rule": "stratified by class over sources (inspector.model_update."
+                                                    "site_split): crack sources and clean sources ranked by hash, "
+                                                    f"{cfg.val_fraction:g} of each to site validation, topped up "
+                                                    "to 5 patches per class, one source per stratum kept for training"}
+    record["golden"]["digest"] = lin.digest(d["golden"])
     recipe = _recipe(run)
     promoted = run.gate["promoted"]
     lineage = lin.lineage(base, record, recipe, run.threshold, run.gate, promoted=promoted,
@@ -119,7 +174,12 @@ def stage_write(run: Run) -> None:
                  "int8": None if base.int8_path is None else str(base.int8_path), "checkpoint": str(base.checkpoint),
                  "model_sha256": base.manifest.model_sha256},
         "candidate": {"name": base.name, "version": run.version, **names, "tiling": base.tiling},
-        "data": record, "recipe": recipe, "threshold": run.threshold, "pushed_by": cfg.pushed_by,
+        "data": record, "recipe": recipe, "pushed_by": cfg.pushed_by,
+        "threshold": {**(run.threshold or {}),
+                      "chosen_on": "site validation (all of it) for the shipped candidate",
+                      "judged_on": "cross-fitted: the gate predicts each half of site validation at the threshold "
+                                   "chosen on the other half (gate.site_validation.crossfit), never on the frames "
+                                   "a threshold was tuned on"},
         "resumed": run.resumed,
         "timings_s": rep.timings,
     }

@@ -41,6 +41,8 @@ class Run:
     threshold: dict | None = None
     report: dict = field(default_factory=dict)     # build_packages' report
     gate: dict = field(default_factory=dict)
+    label_sources: dict = field(default_factory=dict)   # how the labelled patches were labelled: counts
+    split: dict = field(default_factory=dict)           # the site split's counts (inspector.model_update.SiteSplit)
 
     def done(self, stage: str) -> bool:
         """``stage`` was finished by an earlier run with the same inputs (its fingerprint)."""

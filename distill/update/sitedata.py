@@ -97,17 +97,73 @@ def _export_sources(root: Path) -> dict[str, str]:
         return {}
 
 
-def split_site(labelled: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """(adapt, site-validation) by source; both non-empty, else UpdateDataError."""
-    from distill.data.layouts import DatasetError
-    from distill.data.splits import split_by_source
+def site_units(samples: list[Sample]) -> dict[str, tuple[int, int]]:
+    """source → (crack patches, clean patches)."""
+    units: dict[str, list[int]] = {}
+    for s in samples:
+        u = units.setdefault(s.source, [0, 0])
+        u[0 if s.label == 1 else 1] += 1
+    return {k: (v[0], v[1]) for k, v in units.items()}
 
+
+def split_site(labelled: list[Sample], val_fraction: float, seed: int):
+    """(adapt, site-validation, the SiteSplit): stratified by class over sources by
+    ``inspector.model_update.site_split`` (the rule the app's plan shows before Start).
+    UpdateDataError, before any training, when site validation cannot hold at least
+    ``SITE_MIN_PER_CLASS`` patches of each class (the gate could not promote the candidate)."""
+    from inspector.model_update import SITE_MIN_PER_CLASS, site_split
+
+    split = site_split(site_units(labelled), val_fraction=val_fraction, seed=seed)
+    if split.missing:
+        raise UpdateDataError(
+            f"--labelled: the site-validation part cannot hold {SITE_MIN_PER_CLASS} crack and "
+            f"{SITE_MIN_PER_CLASS} clean patches ({split.val_crack} crack / {split.val_clean} clean from "
+            f"{len(split.val)} sources; training part {split.adapt_crack} crack / {split.adapt_clean} clean), so no "
+            f"candidate could pass the gate's site rule; stopped before training: " + "; ".join(split.missing))
+    val_sources = set(split.val)
+    adapt = [s for s in labelled if s.source not in val_sources]
+    val = [s for s in labelled if s.source in val_sources]
+    return adapt, val, split
+
+
+LABEL_SOURCES = ("tile_marked", "frame_clean", "verdicts_accepted")
+
+
+def label_source_counts(folder: str, labelled: list[Sample] | None = None) -> dict[str, int]:
+    """How the labelled patches of a flag export were labelled: ``{label_source: patches}`` from
+    its metadata.json (or metadata.csv), per labelled patch; ``unknown`` where the field is absent
+    (older exports) or the folder is no flag export. ``labelled``: count these samples (matched
+    by file) instead of every labelled row of the metadata."""
+    import csv
+
+    root = Path(folder)
+    rows = None
     try:
-        parts = split_by_source(labelled, fractions=(1.0 - val_fraction, val_fraction), seed=seed,
-                                names=("adapt", "val"))
-    except DatasetError as exc:
-        raise UpdateDataError(f"--labelled: cannot hold out a site-validation part: {exc}") from None
-    return parts["adapt"], parts["val"]
+        if (root / "metadata.json").is_file():
+            rows = json.loads((root / "metadata.json").read_text(encoding="utf-8"))["patches"]
+        elif (root / "metadata.csv").is_file():
+            with open(root / "metadata.csv", newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+    except (OSError, ValueError, KeyError, TypeError):
+        rows = None
+    by_file = {}
+    for r in rows or []:
+        if isinstance(r, dict) and r.get("file") and r.get("label") != "unlabelled":
+            by_file[str(Path(str(r["file"])))] = str(r.get("label_source") or "unknown")
+    if labelled is None:
+        names = list(by_file.values())
+    else:
+        names = []
+        for s in labelled:
+            try:
+                rel = str(Path(s.path).resolve().relative_to(root.resolve()))
+            except ValueError:
+                rel = None
+            names.append(by_file.get(rel, "unknown") if rel is not None else "unknown")
+    out: dict[str, int] = {}
+    for n in names:
+        out[n] = out.get(n, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def usable_unlabelled(unlabelled: list[Sample], labelled: list[Sample], val: list[Sample],

@@ -128,13 +128,18 @@ class UpdateDialog(QDialog):
         self.form.setVerticalSpacing(8)
         self.fields = {}
         for key, caption in (("reviewed", "Reviewed frames"), ("tiles", "Reviewed tiles"),
-                             ("unlabelled", "Unlabelled frames"), ("left_out", "Left out"), ("replay", "Replay"),
-                             ("base", "Base model"), ("estimate", "Estimated time")):
+                             ("unlabelled", "Unlabelled frames"), ("left_out", "Left out"),
+                             ("validation", "Site validation"), ("replay", "Replay"), ("base", "Base model"),
+                             ("estimate", "Estimated time")):
             value = QLabel("…", objectName="value", wordWrap=True)
             value.setTextInteractionFlags(Qt.TextSelectableByMouse)
             self.fields[key] = value
             self.form.addRow(QLabel(caption, objectName="dim"), value)
         lay.addWidget(box)
+        # what the reviewed data lack for a run the gate could promote (the job's own split rule)
+        self.missing_label = QLabel("", objectName="error", wordWrap=True, visible=False)
+        self.missing_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        lay.addWidget(self.missing_label)
         self.push_box = QCheckBox("Push when the gate passes", checked=True)
         lay.addWidget(self.push_box)
         lay.addStretch(1)
@@ -183,8 +188,17 @@ class UpdateDialog(QDialog):
                               f"laptop keeps its live view running meanwhile)")
         target = f"to {plan.device}" if plan.device else "into this laptop's live view"
         self.push_box.setText(f"Push when the gate passes ({target})")
-        ok = plan.labelled_tiles > 0 and b.path is not None
+        sp = plan.split
+        f["validation"].setText("—" if sp is None else
+                                f"{sp.val_crack} crack, {sp.val_clean} clean tiles from {len(sp.val)} frames held out "
+                                f"to judge the candidate (at least {MU.SITE_MIN_PER_CLASS} of each)")
+        missing = plan.missing
+        self.missing_label.setText("Start is off until the reviewed data can show a gain, because the gate could "
+                                   "not promote any candidate: " + "; ".join(missing) if missing else "")
+        self.missing_label.setVisible(bool(missing))
+        ok = plan.labelled_tiles > 0 and b.path is not None and not missing
         self.start_button.setEnabled(ok)
+        self.start_button.setToolTip("; ".join(missing))
         if plan.labelled_tiles == 0:
             self._say("No reviewed tiles yet: review some flags first (C / N / Space in the review workspace).", "warning")
 
@@ -275,7 +289,7 @@ class UpdateDialog(QDialog):
     def start(self) -> None:
         """Export the store (a job), then start ``distill update`` on it."""
         plan = self.plan
-        if plan is None or self.process.running:
+        if plan is None or self.process.running or plan.missing:
             return
         self.state = MU.UpdateState()
         self.record = self.candidate = None
