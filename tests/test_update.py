@@ -130,9 +130,19 @@ def test_update_end_to_end_on_a_flag_export(first_run):
     assert record["format"] == "crack-inspector-update/1" and record["promoted"] == result["promoted"]
     assert record["candidate"]["version"] == "1.2.0" == result["candidate"]["version"]
     assert record["base"]["version"] == "1.1.1" and record["pushed_by"] == "ana"
-    assert {r["name"] for r in record["gate"]["rules"]} == {"golden_mcc", "site_validation_mcc",
+    assert {r["name"] for r in record["gate"]["rules"]} == {"golden_mcc", "golden_mcc_int8", "site_validation_mcc",
                                                            "int8_top1_agreement", "int8_heatmap_correlation"}
     assert record["gate"]["passed"] == (not record["gate"]["failed"])
+    assert record["gate"]["verdict"] in ("passed", "failed", "not_enough_evidence")
+    assert record["promoted"] == (record["gate"]["verdict"] == "passed")
+    sv = record["gate"]["site_validation"]
+    assert sv["crack"] >= 5 and sv["clean"] >= 5 and len(sv["crossfit"]["folds"]) == 2
+    assert "cross-fitted" in record["threshold"]["judged_on"]
+    split = record["data"]["site"]["split"]
+    assert split["val_crack"] >= 5 and split["val_clean"] >= 5 and not split["missing"]
+    labelled_n = record["data"]["site"]["labelled"]["patches"]
+    assert sum(record["data"]["site"]["label_source"].values()) == labelled_n
+    assert events[0]["label_sources"] and sum(events[0]["label_sources"].values()) == labelled_n
     site = record["data"]["site"]
     assert site["labelled"]["sources"] == 10 and site["unlabelled"]["patches"] == 3 * 6
     assert site["adapt"]["patches"] + site["validation"]["patches"] == site["labelled"]["patches"] == 60
