@@ -11,6 +11,17 @@ One small JSON file, ``model-history.json`` in the per-user data folder
 * ``laptop``: ``stack`` (the packages the laptop's live view went live on, newest last; a
   rollback pops it) and ``events`` (live / rollback / override / device pushes, with time).
 
+A name + version names one model, for ever: :meth:`ModelHistory.add` refuses a record of
+another model (another ``sha256``) under a name + version the history already holds, and
+:meth:`ModelHistory.next_version` gives an update a version never used for that name (here,
+in the updates folder, among the shipped packages, on the device when it is known), so a
+rollback followed by a new update does not reuse the version of the model rolled back from.
+
+A candidate the gate refused (its manifest's ``extra.lineage.promoted`` is false) goes to a
+device only through :func:`override_package`: the expert's reason, name and time are written
+into the package's own lineage (the model bytes stay; the manifest changes, and the push signs
+it), and into this history.
+
 The shipped packages in ``models/`` are not written to the file: :meth:`ModelHistory.versions`
 lists them alongside, read from their manifests.
 """
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -60,8 +72,9 @@ class ModelVersion:
     update_json: str | None = None
     origin: str = "update"                 # "shipped" | "update"
     gate_passed: bool | None = None
-    override: dict | None = None           # {"reason", "by", "time"} when pushed despite the gate
+    override: dict | None = None           # {"reason", "by", "at", "time"} when pushed despite the gate
     metrics: dict = field(default_factory=dict)   # {set: {"base": {...}, "candidate": {...}}} or manifest metrics
+    sha256: str | None = None              # model_sha256 of the package that runs (INT8, else FP32): the identity
 
     @property
     def key(self) -> str:
@@ -135,16 +148,73 @@ class ModelHistory:
 
     # ------------------------------------------------------------------ changes
 
+    def taken_versions(self, name: str, *, device=None, folders=None) -> set[str]:
+        """Every version (plain, without ``-int8``) model ``name`` ever had that this laptop can
+        see: the history's records, the shipped packages, what the laptop's view ran, the packages
+        under ``folders`` (default: the updates folder beside the history) and, when given, the
+        device's models (a :class:`~inspector.protocol.ModelList` or ModelInfo objects/dicts)."""
+        doc = self.load()
+        taken = {m["version"] for m in doc["models"] if m.get("name") == name}
+        taken |= {e["version"] for e in doc["laptop"]["stack"] if e.get("name") == name}
+        taken |= {v.version for v in self.shipped() if v.name == name}
+        for folder in ([self.root / "updates"] if folders is None else folders):
+            for pkg in sorted(Path(folder).rglob("*.crackpkg")):
+                try:
+                    m = _manifest(pkg)
+                except HistoryError:
+                    continue
+                if m.get("name") == name and isinstance(m.get("version"), str):
+                    taken.add(m["version"])
+        if device is not None:
+            infos = device.infos() if hasattr(device, "infos") else device
+            for info in infos:
+                d = info if isinstance(info, dict) else info.to_dict()
+                if d.get("name") == name:
+                    taken.add(d["version"])
+        return {_plain(v) for v in taken if v}
+
+    def next_version(self, name: str, base_version: str, *, device=None, folders=None) -> str:
+        """The version for the next update of ``name`` from ``base_version``: the base's minor + 1,
+        counted on past every version already used (:meth:`taken_versions`)."""
+        return next_free_version(base_version, self.taken_versions(name, device=device, folders=folders))
+
     def add(self, version: ModelVersion) -> None:
-        """Record a version an update made (replaces an entry of the same name and version)."""
+        """Record a version an update made. The same model again (same sha256) updates its record
+        (an override already recorded is kept); another model under a name + version the history
+        (or a shipped package) already holds is refused with HistoryError: a version names one
+        model, and the history never loses a record."""
+        if version.sha256 is None:
+            version = _with_sha(version)
+        for shipped in self.shipped():
+            if (shipped.name, shipped.version) == (version.name, version.version):
+                theirs = _identity(asdict(shipped))
+                if theirs is None or theirs != version.sha256:
+                    raise HistoryError(f"{version.name} {version.version} is a shipped model; another model cannot "
+                                       f"take its version: give the new one a new version")
+
         def change(doc):
-            doc["models"] = [m for m in doc["models"] if (m["name"], m["version"]) != (version.name, version.version)]
+            for i, m in enumerate(doc["models"]):
+                if (m["name"], m["version"]) != (version.name, version.version):
+                    continue
+                if not _same_model(m, version):
+                    raise HistoryError(
+                        f"{version.name} {version.version} is already in the model history as another model "
+                        f"(sha256 {(_identity(m) or 'unknown')[:12]}…, made {m.get('created') or '?'}; this one "
+                        f"{(version.sha256 or 'unknown')[:12]}…): a version names one model, so this one needs a "
+                        f"new version (ModelHistory.next_version)")
+                new = asdict(version)
+                if new.get("override") is None and m.get("override") is not None:
+                    new["override"] = m["override"]
+                doc["models"][i] = new
+                return
             doc["models"].append(asdict(version))
         self._change(change)
 
-    def record_override(self, name: str, version: str, reason: str, by: str | None) -> None:
+    def record_override(self, name: str, version: str, reason: str, by: str | None, *,
+                        at: str | None = None) -> None:
         """A failed gate overridden by an expert: the reason and who, on the version and as an event."""
-        override = {"reason": reason, "by": by, "time": now_iso()}
+        at = at or now_iso()
+        override = {"reason": reason, "by": by, "at": at, "time": at}
 
         def change(doc):
             for m in doc["models"]:
@@ -231,3 +301,144 @@ def _event(doc: dict, kind: str, message: str, **extra: Any) -> None:
     events = doc["laptop"]["events"]
     events.append({"time": now_iso(), "kind": kind, "message": message, **extra})
     del events[:-MAX_EVENTS]
+
+
+# ---------------------------------------------------------------------------- versions
+
+_NUMERIC = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def _plain(version: str) -> str:
+    return version[:-5] if version.endswith("-int8") else version
+
+
+def next_free_version(version: str, taken=()) -> str:
+    """The base's minor version + 1 (1.1.0 → 1.2.0), counted on past every minor version any of
+    ``taken`` already uses (1.2.0 and 1.2.1 taken → 1.3.0): never a version used before, and
+    still above the base. ValueError for a version that is not numeric (give one explicitly)."""
+    m = _NUMERIC.match(version)
+    if m is None:
+        raise ValueError(f"cannot count up version {version!r}; give --version X.Y.Z")
+    major, minor = int(m.group(1)), int(m.group(2))
+    used = set()
+    for v in taken:
+        t = _NUMERIC.match(_plain(str(v)))
+        if t is not None and int(t.group(1)) == major:
+            used.add(int(t.group(2)))
+    minor += 1
+    while minor in used:
+        minor += 1
+    return f"{major}.{minor}.0" if m.group(3) is not None else f"{major}.{minor}"
+
+
+def _manifest(path: str | os.PathLike) -> dict:
+    """A package's manifest.json without loading the model."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            d = json.loads(zf.read("manifest.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise HistoryError(f"{path}: not a readable model package ({exc})") from None
+    if not isinstance(d, dict):
+        raise HistoryError(f"{path}: the manifest is not an object")
+    return d
+
+
+def _identity(record: dict) -> str | None:
+    """The model a record names: its sha256, else that of its package (INT8, else FP32) if readable."""
+    if record.get("sha256"):
+        return record["sha256"]
+    for key in ("int8", "fp32"):
+        if record.get(key):
+            try:
+                return _manifest(record[key]).get("model_sha256")
+            except HistoryError:
+                return None
+    return None
+
+
+def _with_sha(version: ModelVersion) -> ModelVersion:
+    from dataclasses import replace
+
+    return replace(version, sha256=_identity(asdict(version)))
+
+
+def _same_model(record: dict, version: ModelVersion) -> bool:
+    mine, theirs = version.sha256, _identity(record)
+    if mine is not None and theirs is not None:
+        return mine == theirs
+    # a side whose model cannot be read: the same only if it is the very same files
+    return (record.get("int8"), record.get("fp32")) == (version.int8, version.fp32)
+
+
+# ---------------------------------------------------------------------------- the expert override
+
+class OverrideError(ValueError):
+    """An override that cannot be made (no reason, no name, a package that cannot be rewritten)."""
+
+
+MIN_OVERRIDE_REASON = 10
+
+
+def lineage_of(manifest: dict) -> dict | None:
+    """The ``extra.lineage`` of a manifest (dict), or None (a shipped package, an older one)."""
+    lineage = (manifest.get("extra") or {}).get("lineage") if isinstance(manifest, dict) else None
+    return lineage if isinstance(lineage, dict) else None
+
+
+def gate_refused(package: str | os.PathLike) -> list[str] | None:
+    """None if ``package`` may be pushed as it is (promoted, or no lineage: a shipped package);
+    else the gate rules it failed (maybe empty): its lineage says ``promoted: false``."""
+    lineage = lineage_of(_manifest(package))
+    if lineage is None or lineage.get("promoted") is not False:
+        return None
+    gate = lineage.get("gate") if isinstance(lineage.get("gate"), dict) else {}
+    return [str(r) for r in gate.get("failed") or []]
+
+
+def override_package(package: str | os.PathLike, *, reason: str, by: str | None,
+                     history: "ModelHistory | None" = None, also: tuple = ()) -> Path:
+    """The expert override of a refused gate, recorded where the model goes: ``{"by", "reason",
+    "failed", "at"}`` is written into the lineage of the package's manifest (``promoted`` becomes
+    true), the package rewritten in place, atomically (model bytes, sha256 and reference
+    unchanged; the old signature dropped: a push signs it again), the same for the packages in
+    ``also`` (the FP32 sibling), then recorded in ``history``. Returns the package's path.
+    A package already overridden is left as it is (and nothing is recorded again). OverrideError if the reason is shorter than
+    :data:`MIN_OVERRIDE_REASON` characters, nobody is named, or a package cannot be rewritten."""
+    from .package import PackageError, load_package, write_package
+
+    reason = (reason or "").strip()
+    by = (by or "").strip()
+    if len(reason) < MIN_OVERRIDE_REASON:
+        raise OverrideError(f"an override needs a reason of at least {MIN_OVERRIDE_REASON} characters")
+    if not by:
+        raise OverrideError("an override needs the name of who decides it")
+    at = now_iso()
+    first, changed = None, False
+    for path in (package, *[a for a in also if a]):
+        try:
+            p = load_package(path, verify_reference=False)
+        except PackageError as exc:
+            raise OverrideError(f"cannot override {path}: {exc}") from None
+        manifest = p.manifest.to_dict()
+        lineage = dict(lineage_of(manifest) or {})
+        if first is None:
+            first = manifest
+        if lineage.get("override") and lineage.get("promoted"):
+            continue                                   # overridden before: the record stands
+        gate = lineage.get("gate") if isinstance(lineage.get("gate"), dict) else {}
+        lineage["override"] = {"by": by, "reason": reason, "failed": list(gate.get("failed") or []), "at": at}
+        lineage["promoted"] = True
+        manifest["extra"] = {**(manifest.get("extra") or {}), "lineage": lineage}
+        manifest["signature"] = None
+        try:
+            write_package(path, manifest, p.onnx_bytes, p.reference, verify=False)
+        except (OSError, PackageError) as exc:
+            raise OverrideError(f"cannot write the override into {path}: {exc}") from None
+        changed = True
+    if history is not None and changed:
+        name = first["name"]
+        version = _plain(first["version"])
+        history.record_override(name, version, reason, by, at=at)
+    return Path(package)

@@ -17,19 +17,17 @@ sorted content hashes of every site patch used, so the exact data can be audited
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 
-_NUMERIC = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+def next_version(version: str, taken=()) -> str:
+    """The default candidate version: the base's minor version + 1 (1.1.0 → 1.2.0), counted on
+    past every minor version already used for the model (``taken``: versions of the same name on
+    the laptop, in its history, in the updates folder, on the device; ``-int8`` twins count), so a
+    rollback followed by an update never hands out a version a different model already has. One
+    definition for the app and the engine: :func:`inspector.model_history.next_free_version`."""
+    from inspector.model_history import next_free_version
 
-
-def next_version(version: str) -> str:
-    """The default candidate version: the base's minor version + 1 (1.1.0 → 1.2.0)."""
-    m = _NUMERIC.match(version)
-    if m is None:
-        raise ValueError(f"cannot count up version {version!r}; give --version X.Y.Z")
-    major, minor = int(m.group(1)), int(m.group(2))
-    return f"{major}.{minor + 1}.0" if m.group(3) is not None else f"{major}.{minor + 1}"
+    return next_free_version(version, taken)
 
 
 def counts(samples) -> dict:
