@@ -278,6 +278,19 @@ class ModelInfo(Message):
     quantization: str
     signed_by: str | None      # key id, None for the package given on the agent's command line
     stored: str                # ISO-8601 UTC
+    # from the manifest's extra.lineage (a package made by `distill update`): did its gate promote
+    # it, and the expert override {by, reason, failed, at} that pushed it despite a refusal. Both
+    # absent (None) for a package without lineage (the shipped one); left out of the JSON then,
+    # so an app that predates these fields still reads such a list.
+    promoted: bool | None = None
+    override: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("promoted", "override"):
+            if d[k] is None:
+                del d[k]
+        return d
 
 
 @dataclass(frozen=True)

@@ -522,3 +522,36 @@ def test_sigkill_leaves_a_consistent_repository(tmp_path, seed, pkgs, key, trust
           f"{cleaned} leftovers cleaned up on open")
     # It proves something only if kills landed mid-work: switches happened and uploads were cut.
     assert switched >= 10 and cleaned >= 1 and promised
+
+
+def test_the_model_list_shows_the_gate_of_the_signed_lineage_and_a_refused_candidate_needs_the_override(
+        open_repo, key, tmp_path):
+    """``promoted`` / ``override`` come from the signed manifest's lineage (and survive a
+    reopen and a rebuild of state.json); a candidate its gate refused is stored only with the
+    expert override in that lineage."""
+    base = load_package(SHIPPED, verify_reference=False)
+    m = base.manifest.to_dict()
+
+    def candidate(version: str, promoted: bool, override: dict | None) -> Path:
+        lineage = {"promoted": promoted, "override": override,
+                   "gate": {"passed": False, "failed": ["golden_mcc"], "rules": []}}
+        signed = key.sign_manifest({**m, "version": version, "extra": {**m.get("extra", {}), "lineage": lineage}})
+        return write_package(tmp_path / f"{version}.crackpkg", signed, base.onnx_bytes, base.reference, verify=False)
+
+    override = {"by": "ana", "reason": "site set mislabelled", "failed": ["golden_mcc"], "at": "2026-12-03T10:00:00Z"}
+    repo = open_repo()
+    with pytest.raises(RepositoryError) as err:
+        upload(repo, candidate("1.3.0", False, None))
+    assert (err.value.status, err.value.code) == (422, "not_promoted") and "override" in str(err.value)
+    info = upload(repo, candidate("1.4.0", True, override))
+    assert info.promoted is True and info.override == override
+    listed = {i.id: i for i in repo.list().infos()}
+    assert listed[info.id].override == override and listed[SHIPPED_ID].promoted is None
+    assert "promoted" not in listed[SHIPPED_ID].to_dict()       # an older app still reads a lineage-free entry
+    root = repo.root
+    repo.close()
+    with ModelRepository(root, trusted_keys=lambda: {key.key_id: key.public_bytes()}) as again:
+        assert {i.id: i for i in again.list().infos()}[info.id].override == override
+    (root / "state.json").write_text("{damaged")
+    with ModelRepository(root, trusted_keys=lambda: {key.key_id: key.public_bytes()}) as rebuilt:
+        assert {i.id: i for i in rebuilt.list().infos()}[info.id].override == override

@@ -490,3 +490,90 @@ def test_the_window_on_a_device_fits_a_field_laptop_and_every_control_is_reachab
     assert w.hud.link.isVisible()
     problems = field_layout_problems(w, themed)
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------- one path to the device
+
+def with_lineage(folder: Path, version: str, *, promoted: bool) -> Path:
+    """A ``variant`` whose manifest carries an update's lineage: promoted by its gate, or refused."""
+    path = variant(folder, version)
+    p = load_package(path, verify_reference=False)
+    m = p.manifest.to_dict()
+    failed = [] if promoted else ["golden_mcc"]
+    m["extra"] = {**m.get("extra", {}), "lineage": {
+        "parent": {"name": m["name"], "version": "1.1.1", "model_sha256": p.manifest.model_sha256},
+        "gate": {"passed": promoted, "failed": failed, "rules": []}, "promoted": promoted, "override": None,
+        "pushed_by": "ana", "created_by": "distill update"}}
+    return write_package(path, m, p.onnx_bytes, p.reference, verify=False)
+
+
+def test_push_model_sends_a_refused_candidate_only_with_the_expert_override_in_its_signed_lineage(
+        qtbot, paired, key, tmp_path, engine):
+    from inspector.model_history import ModelHistory
+    from inspector.qt.device_panel import DevicePanel
+    from inspector.qt.model_history_view import ModelHistoryDialog
+
+    store = PairingStore(tmp_path / "config")
+    store.save(paired)
+    store.signing_key_path.parent.mkdir(parents=True, exist_ok=True)
+    store.signing_key_path.write_bytes(key.private_pem())
+    history = ModelHistory(tmp_path / "user-data")
+    panel = DevicePanel(store, browse=lambda timeout: [], history=history)
+    qtbot.addWidget(panel)
+    panel.connected = paired
+    client = DeviceClient.from_pairing(paired)
+    ids = lambda: {i.id: i for i in client.models().infos()}   # noqa: E731
+
+    refused = with_lineage(tmp_path, "1.6.0-int8", promoted=False)
+    sha = load_package(refused, verify_reference=False).manifest.model_sha256
+    with pytest.raises(DeviceError, match="refused by its gate") as exc:       # the device refuses it too
+        client.push(refused, key)
+    assert (exc.value.api.status, exc.value.api.code) == (422, "not_promoted")
+
+    with qtbot.waitSignal(panel.message) as msg:                              # Push model…: refused, asks
+        panel.push(str(refused), activate=False)
+    assert msg.args[1] == "warning" and "refused by its gate" in msg.args[0] and "golden_mcc" in msg.args[0]
+    dialog = panel.override_dialog
+    assert dialog.isVisible() and not dialog.ok.isEnabled()
+    dialog.reason.setText("site set mislabelled, checked by hand")
+    dialog.by.setText("")
+    dialog.confirm.setChecked(True)
+    assert not dialog.ok.isEnabled()                                           # who decides is required
+    with qtbot.waitSignal(panel.message) as msg:
+        dialog.reject()
+    assert "not pushed" in msg.args[0]
+    qtbot.wait(300)
+    assert "crack-student-1.6.0-int8" not in ids() and "model" not in panel._busy
+
+    panel.push(str(refused), activate=False)
+    dialog = panel.override_dialog
+    dialog.reason.setText("site set mislabelled, checked by hand")
+    dialog.by.setText("ana")
+    dialog.confirm.setChecked(True)
+    with qtbot.waitSignal(panel.message, timeout=40000,
+                          check_params_cb=lambda text, level: "is stored" in text or level == "error") as msg:
+        dialog.ok.click()
+    assert msg.args[1] == "info" and "gate overridden by ana" in msg.args[0]
+    info = ids()["crack-student-1.6.0-int8"]
+    assert info.promoted is True and info.sha256 == sha
+    assert info.override["by"] == "ana" and info.override["reason"] == "site set mislabelled, checked by hand"
+    assert info.override["failed"] == ["golden_mcc"] and info.override["at"]
+    lineage = load_package(refused, verify_reference=False).manifest.extra["lineage"]   # the package says so
+    assert lineage["override"] == info.override and lineage["promoted"] is True
+    assert [e["kind"] for e in history.events()] == ["override"] and "ana" in history.events()[0]["message"]
+
+    promoted = with_lineage(tmp_path, "1.7.0-int8", promoted=True)          # promoted: pushed as today
+    with qtbot.waitSignal(panel.message, timeout=40000,
+                          check_params_cb=lambda text, level: "is stored" in text or level == "error") as msg:
+        panel.push(str(promoted), activate=False)
+    assert msg.args[1] == "info" and "overridden" not in msg.args[0] and panel.override_dialog is dialog
+    assert ids()["crack-student-1.7.0-int8"].promoted is True and ids()["crack-student-1.7.0-int8"].override is None
+    assert ids()[SHIPPED_ID].promoted is None                                   # no lineage
+
+    h = ModelHistoryDialog(history, engine=lambda: engine, swap_engine=lambda e: None,
+                           device=lambda: (paired, store))
+    qtbot.addWidget(h)
+    qtbot.waitUntil(lambda: h.device_table.rowCount() >= 3, timeout=30000)
+    gate = {h.device_table.item(r, 0).text(): h.device_table.item(r, 5).text() for r in range(h.device_table.rowCount())}
+    assert gate["crack-student 1.6.0-int8"] == "overridden by ana: site set mislabelled, checked by hand"
+    assert gate["crack-student 1.7.0-int8"] == "promoted" and gate[f"crack-student {SHIPPED_VERSION}"] == "—"

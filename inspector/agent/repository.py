@@ -18,7 +18,9 @@ leaves the old or the new state, both pointing at verified files.
 An upload is refused before anything is stored unless it is a complete package
 (:func:`inspector.package.load_package`: manifest, model hash, ONNX contract, reference run),
 signed by a trusted key, with the labels of the active model (a silent change of label order
-is the classic field bug), and not a different file under an existing id.
+is the classic field bug), not a different file under an existing id, and not a candidate its
+gate refused (``extra.lineage.promoted`` false) unless the lineage carries the expert override.
+The model list shows, per version, ``promoted`` and ``override`` from the signed lineage.
 
 Opening repairs what a crash or a bad disk left: temporary uploads and package files no state
 refers to are removed; a ``state.json`` that does not parse is kept as ``state.json.corrupt``
@@ -333,7 +335,7 @@ class ModelRepository:
         m = p.manifest
         info = ModelInfo(id=f"{m.name}-{m.version}", name=m.name, version=m.version, sha256=m.model_sha256,
                          size=size, labels=list(m.labels), input_size=m.input.size, quantization=m.quantization.type,
-                         signed_by=signed_by, stored=_utc_now())
+                         signed_by=signed_by, stored=_utc_now(), **_gate_fields(m))
         file_name = f"{file_sha}.crackpkg"
         with self._lock:
             existing = self._state["models"].get(info.id)
@@ -345,6 +347,12 @@ class ModelRepository:
                     return self._info(self._state, info.id)
                 raise RepositoryError(409, "version_exists", f"{info.id} is already on the device with different "
                                                              f"contents; give the new package a new version")
+            gate = _gate_fields(m)
+            if not local and gate.get("promoted") is False and gate.get("override") is None:
+                # the app pushes a refused candidate only with the expert override in its lineage
+                raise RepositoryError(422, "not_promoted", f"{info.id} was refused by its gate (lineage: not "
+                                                           f"promoted) and carries no expert override; push it "
+                                                           f"with Push anyway (reason, who) or make a new one")
             active = self._state["active"]
             if not local and active is not None:
                 want = self._state["models"][active]["labels"]
@@ -564,7 +572,8 @@ class ModelRepository:
             stored = _dt.datetime.fromtimestamp(f.stat().st_mtime, _dt.timezone.utc).replace(microsecond=0)
             info = ModelInfo(id=model_id, name=m.name, version=m.version, sha256=m.model_sha256, size=f.stat().st_size,
                              labels=list(m.labels), input_size=m.input.size, quantization=m.quantization.type,
-                             signed_by=signed_by, stored=stored.isoformat().replace("+00:00", "Z"))
+                             signed_by=signed_by, stored=stored.isoformat().replace("+00:00", "Z"),
+                             **_gate_fields(m))
             state["models"][model_id] = {**info.to_dict(), "file": f.name}  # newest file wins an id
         self._recover(f"{why}: rebuilt from {len(state['models'])} verified package(s); no model is active "
                       f"until one is activated")
@@ -613,6 +622,18 @@ class ModelRepository:
     def _recover(self, what: str) -> None:
         self.recovered.append(what)
         self._event("recovered", what)
+
+
+def _gate_fields(manifest: pkg.Manifest) -> dict[str, Any]:
+    """``promoted`` and ``override`` of the signed manifest's ``extra.lineage`` (a package made by
+    ``distill update``; the signature covers them), for the model list; none for other packages."""
+    lineage = (manifest.extra or {}).get("lineage")
+    if not isinstance(lineage, dict):
+        return {}
+    promoted = lineage.get("promoted")
+    override = lineage.get("override")
+    return {"promoted": promoted if isinstance(promoted, bool) else None,
+            "override": dict(override) if isinstance(override, dict) else None}
 
 
 def _seekable(stream: BinaryIO) -> bool:

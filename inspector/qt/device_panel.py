@@ -6,6 +6,13 @@ Failures go to the window's error banner (``message(text, level)``), never a mod
 The panel does not own the live pipeline: it asks the window to view a device
 (``connectRequested(Pairing)``) or to go back to the local source (``disconnectRequested``); the
 window tells it which feed is on screen (:meth:`DevicePanel.set_feed`).
+
+**Push model…** is the same path to the device as an update's **Push anyway…**: a package whose
+lineage says the gate refused it (``extra.lineage.promoted`` false) is pushed only after the
+expert override (:class:`~inspector.qt.override_dialog.ExpertOverrideDialog`: reason, who,
+confirmation), which :func:`inspector.model_history.override_package` writes into the package's
+lineage, so into the manifest the push signs, and into the model history. A promoted package,
+or one without lineage (the shipped one), is pushed as it is.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 from .. import protocol as P
 from ..device import (DeviceClient, DeviceError, Pairing, PairingStore, client_name, format_address,
                       format_fingerprint, parse_address)
+from ..model_history import HistoryError, ModelHistory, gate_refused, override_package
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +195,12 @@ class DevicePanel(QFrame):
     _devicesFound = Signal(object, object)        # list of (name, host, port, properties), error text
 
     def __init__(self, pairings: PairingStore, parent: QWidget | None = None, *,
-                 browse: Callable[[float], list] | None = None):
+                 browse: Callable[[float], list] | None = None,
+                 history: ModelHistory | Callable[[], ModelHistory] | None = None):
         super().__init__(parent, objectName="panel")
         self.pairings = pairings
+        self._history = history                    # where overrides are recorded (None: the per-user one)
+        self.override_dialog = None
         self.jobs = DeviceJobs(self)
         self._browse = browse
         self.feed = None                           # the DeviceFeed on screen, set by the window
@@ -581,8 +592,11 @@ class DevicePanel(QFrame):
                                                  if x) or "—")
         self.fields["camera"].setToolTip(str(cam.get("message") or ""))
         model = status.model or {}
-        self.fields["model"].setText(f"{model.get('name', '?')} {model.get('version', '')}".strip() if model else "none")
-        self.fields["model"].setToolTip(f"sha256 {model.get('sha256', '')}" if model else "")
+        self.fields["model"].setText((f"{model.get('name', '?')} {model.get('version', '')}".strip()
+                                      + (f" · {gate_text(model)}" if gate_text(model) != "—" else ""))
+                                     if model else "none")
+        self.fields["model"].setToolTip((f"sha256 {model.get('sha256', '')}\n{gate_text(model, long=True)}")
+                                        if model else "")
         provider = status.provider.replace("ExecutionProvider", "")
         self.fields["provider"].setText(f"{provider} · {status.isa}" if status.isa else provider)
         v = status.verification
@@ -605,9 +619,18 @@ class DevicePanel(QFrame):
         if path:
             self.push(path)
 
-    def push(self, path: str, activate: bool = True) -> None:
+    def history(self) -> ModelHistory:
+        h = self._history
+        if h is None:
+            h = self._history = ModelHistory()
+        return h() if callable(h) and not isinstance(h, ModelHistory) else h
+
+    def push(self, path: str, activate: bool = True, *, override: tuple[str, str] | None = None) -> None:
         """Sign, upload (with progress; skipped if the device already has this very version) and,
-        by default, activate the package at ``path``."""
+        by default, activate the package at ``path``. A package the gate refused (its lineage:
+        ``promoted`` false) is not pushed: the expert override dialog opens instead, and only
+        ``override`` = (reason, by) -- what the dialog gives -- pushes it, written into its lineage
+        first (:func:`~inspector.model_history.override_package`) and recorded in the history."""
         pairing = self.connected
         if pairing is None:
             self.message.emit("Connect to a device first.", "warning")
@@ -615,13 +638,26 @@ class DevicePanel(QFrame):
         if "model" in self._busy:
             self.message.emit("A model is being pushed or rolled back: wait until it is done.", "warning")
             return
+        if override is None:
+            try:
+                refused = gate_refused(path)
+            except HistoryError as exc:
+                self.message.emit(f"Pushing the model failed: {exc}", "error")
+                return
+            if refused is not None:
+                self.ask_override(path, refused, activate)
+                return
         self._begin("model")                      # no roll-back (nor a second push) during a push
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.progress.setFormat("signing…")
         self.progress.show()
 
+        history = self.history() if override is not None else None
+
         def job(progress):
+            if override is not None:
+                override_package(path, reason=override[0], by=override[1], history=history)
             client = DeviceClient.from_pairing(pairing)
             return client.install(path, self.pairings.signing_key(), progress, activate=activate,
                                   activation_progress=lambda act: progress(act, None))
@@ -641,7 +677,8 @@ class DevicePanel(QFrame):
             self._end("model")
             verb = "is now active" if activate else "is stored"
             already = "" if uploaded else " (it was already on the device: not uploaded again)"
-            self.message.emit(f"{info.name} {info.version} {verb} on {pairing.agent_name}{already}.", "info")
+            how = f" (gate overridden by {override[1]}: {override[0]})" if override is not None else ""
+            self.message.emit(f"{info.name} {info.version} {verb} on {pairing.agent_name}{already}{how}.", "info")
             self.refresh_status()
 
         def failed(exc):
@@ -649,6 +686,22 @@ class DevicePanel(QFrame):
             self._failed("Pushing the model failed", "model")(exc)
 
         self.jobs.run(job, success=done, failure=failed, progress=on_progress)
+
+    def ask_override(self, path: str, failed: list[str], activate: bool = True) -> None:
+        """The expert override for a package the gate refused; pushed only if it is completed."""
+        from pathlib import Path
+
+        from .override_dialog import ExpertOverrideDialog
+
+        name = Path(path).name
+        self.message.emit(f"{name} was refused by its gate (not promoted"
+                          f"{': ' + ', '.join(failed) if failed else ''}); it is pushed only with an expert "
+                          f"override.", "warning")
+        dialog = self.override_dialog = ExpertOverrideDialog(failed, name, self)
+        dialog.accepted.connect(lambda: self.push(path, activate, override=dialog.values()))
+        dialog.rejected.connect(lambda: self.message.emit(f"{name} not pushed: the override was cancelled.", "info"))
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
 
     def rollback(self) -> None:
         pairing = self.connected
@@ -680,3 +733,21 @@ class DevicePanel(QFrame):
         """Stop polling, wait (briefly) for jobs in flight, drop their outcomes (window closing)."""
         self._poll.stop()
         self.jobs.close(msecs)
+
+
+def gate_text(info, *, long: bool = False) -> str:
+    """What a device's model list says of a version's gate (ModelInfo or its dict): "promoted",
+    "overridden by X: reason", "NOT promoted", or "—" for a package without lineage."""
+    d = info if isinstance(info, dict) else info.to_dict()
+    override, promoted = d.get("override"), d.get("promoted")
+    if isinstance(override, dict):
+        text = f"overridden by {override.get('by') or '?'}: {override.get('reason') or ''}".strip()
+        if long:
+            failed = ", ".join(override.get("failed") or []) or "none listed"
+            text = f"gate refused it (failed: {failed}); {text} ({override.get('at') or '?'})"
+        return text
+    if promoted is True:
+        return "promoted" + (" by its gate" if long else "")
+    if promoted is False:
+        return "NOT promoted" + (" (the gate refused it; no override)" if long else "")
+    return "—" if not long else "no lineage (not made by an update)"

@@ -2,7 +2,9 @@
 device, with metrics, parent and date; roll back either from here.
 
 The laptop's list comes from :class:`~inspector.model_history.ModelHistory` (the registry in the
-per-user data folder, plus the shipped packages), the device's from its ``models`` endpoint.
+per-user data folder, plus the shipped packages), the device's from its ``models`` endpoint,
+with what each stored version's signed lineage says of its gate: promoted, or overridden (by
+whom, why), or not promoted.
 Rolling back the laptop loads the previous version's package (a job) and swaps it into the live
 view, then records it; rolling back the device is the agent's own rollback.
 """
@@ -16,9 +18,10 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderV
 
 from ..model_history import ModelHistory, ModelVersion
 from . import jobs, theme
+from .device_panel import gate_text
 
 LAPTOP_COLUMNS = ("Version", "Parent", "Date", "Metrics (MCC)", "Gate", "Here")
-DEVICE_COLUMNS = ("Version", "Stored", "Signed by", "Metrics (MCC)", "State")
+DEVICE_COLUMNS = ("Version", "Stored", "Signed by", "Metrics (MCC)", "State", "Gate (signed lineage)")
 
 
 def metrics_text(metrics: dict) -> str:
@@ -144,8 +147,9 @@ class ModelHistoryDialog(QDialog):
                 "previous" if listing.previous and info.id == listing.previous[0] else "")
             v = known.get((info.name, _plain(info.version)))
             cells = (f"{info.name} {info.version}", info.stored[:16].replace("T", " "), info.signed_by or "—",
-                     metrics_text(v.metrics) if v is not None else "—", state)
+                     metrics_text(v.metrics) if v is not None else "—", state, gate_text(info))
             _fill_row(self.device_table, i, cells, bold=bool(state.startswith("●")))
+            self.device_table.item(i, 5).setToolTip(gate_text(info, long=True))
         self.device_rollback.setEnabled(bool(listing.previous))
         self.device_info.setText(f"Roll back to {listing.previous[0]}" if listing.previous
                                  else "Nothing to roll back to on the device.")
