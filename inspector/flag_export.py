@@ -2,18 +2,25 @@
 
 Layout of the export (the "folders" layout of ``distill/data/layouts.py``)::
 
-    crack/<flag uid>_<tile>.png       tiles the inspector's review calls crack
-    no_crack/<flag uid>_<tile>.png    tiles the review calls clean
-    unlabelled/<flag uid>_<tile>.png  only with include_unreviewed: unreviewed and "unsure" frames,
-                                      for distillation through the teachers' soft labels
+    crack/<flag uid>_<tile>.png       tiles a person called crack
+    no_crack/<flag uid>_<tile>.png    tiles a person called clean
+    unlabelled/<flag uid>_<tile>.png  only with include_unreviewed: tiles nobody labelled (of
+                                      unreviewed and "unsure" frames, and the unknown tiles of
+                                      crack frames), for distillation through the teachers' soft labels
     metadata.csv, metadata.json       one row per patch
 
 Rules:
 
-- A frame reviewed ``crack`` or ``no_crack`` exports every tile with its reviewed tile label
-  (``label_source`` "review"). The review view always stores tile labels with a frame label;
-  a ``crack`` frame without them (labelled by a v2 app, which did not say which tiles hold the
-  crack) is left out and counted in ``needs_tiles``, not filled in with the model's verdicts.
+- A tile is written to ``crack/`` or ``no_crack/`` only with a label a person gave it
+  (``store_schema`` v4); ``label_source`` says how: ``tile_marked`` (the inspector toggled that
+  tile), ``frame_clean`` (N: the whole frame is clean), ``verdicts_accepted`` (Space: the
+  verdicts shown were accepted). A ``no_crack`` frame's unknown tiles (a frame labelled clean
+  through the v2 ``update`` API) are clean: that is what the frame label says (``frame_clean``).
+- A tile nobody labelled is **never** written as ``no_crack``: the unknown tiles of a ``crack``
+  frame (C said "there is a crack here", not where) are treated like the tiles of an
+  unreviewed frame: written to ``unlabelled/`` with ``include_unreviewed`` (``label_source``
+  "unlabelled"), else left out. A ``crack`` frame without any tile a person called crack is
+  listed in ``needs_tiles`` (its known tiles are still written).
 - Unreviewed and ``unsure`` frames are left out, unless ``include_unreviewed``: then their
   tiles go to ``unlabelled/`` (``label`` "unlabelled").
 - Every patch's ``source`` is its flag's uid, and ``distill`` reads it from ``metadata.json``, so a
@@ -41,6 +48,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "crack-inspector-flags-export/2"
 UNLABELLED = "unlabelled"
+# how a person gave a tile its label (store_schema.TILE_SOURCES) -> metadata ``label_source``
+LABEL_SOURCES = {"marked": "tile_marked", "frame_clean": "frame_clean", "accepted": "verdicts_accepted"}
 METADATA_FIELDS = ("file", "flag_uid", "source", "box", "label", "label_source", "crack_prob", "teacher_prob",
                    "frame_label", "reviewer", "reviewed_at", "camera", "model_name", "model_version",
                    "model_sha256", "created", "location", "note")
@@ -53,9 +62,9 @@ class ExportReport:
     crack: int                    # patches per label
     no_crack: int
     unlabelled: int = 0
-    reviewed: int = 0             # patches labelled by a review
+    reviewed: int = 0             # patches labelled by a person (any LABEL_SOURCES value)
     skipped: tuple[str, ...] = ()  # uids left out because their frame could not be read
-    needs_tiles: tuple[str, ...] = ()  # uids of crack frames without tile labels (left out)
+    needs_tiles: tuple[str, ...] = ()  # uids of crack frames without a tile a person called crack
     left_out: int = 0             # unreviewed or unsure flags not exported
 
     @property
@@ -80,12 +89,11 @@ def export_flags(store, out_dir: str | os.PathLike, *, include_unreviewed: bool 
         (out / folder).mkdir(parents=True, exist_ok=True)
     rows, skipped, needs_tiles, left_out, flags = [], [], [], 0, 0
     for rec in records:
+        if rec.label == "crack" and rec.needs_tiles:
+            needs_tiles.append(rec.uid)
         labels = _patch_labels(rec, include_unreviewed)
-        if labels is None:
-            if rec.label == "crack":
-                needs_tiles.append(rec.uid)
-            else:
-                left_out += 1
+        if not any(label is not None for label, _ in labels):
+            left_out += rec.label not in TILE_LABELS
             continue
         try:
             frame = store.load_frame(rec)
@@ -94,13 +102,14 @@ def export_flags(store, out_dir: str | os.PathLike, *, include_unreviewed: bool 
             skipped.append(rec.uid)
             continue
         flags += 1
-        for i, (tile, label) in enumerate(zip(rec.tiles, labels)):
-            rows.append(_write_patch(out, frame, rec, i, tile, label))
+        for i, (tile, (label, source)) in enumerate(zip(rec.tiles, labels)):
+            if label is not None:
+                rows.append(_write_patch(out, frame, rec, i, tile, label, source))
     _write_metadata(out, rows)
     count = {label: sum(r["label"] == label for r in rows) for label in folders}
     return ExportReport(out, flags, count["crack"], count["no_crack"], count.get(UNLABELLED, 0),
-                        sum(r["label_source"] == "review" for r in rows), tuple(skipped), tuple(needs_tiles),
-                        left_out)
+                        sum(r["label_source"] in LABEL_SOURCES.values() for r in rows), tuple(skipped),
+                        tuple(needs_tiles), left_out)
 
 
 def count_export(store, *, include_unreviewed: bool = False, flt: FlagFilter | None = None) -> dict[str, int]:
@@ -109,28 +118,34 @@ def count_export(store, *, include_unreviewed: bool = False, flt: FlagFilter | N
     ``unlabelled_frames``, ``needs_tiles``). Flags whose image is unreadable are still counted."""
     counts = {"crack": 0, "no_crack": 0, UNLABELLED: 0, "frames": 0, "unlabelled_frames": 0, "needs_tiles": 0}
     for rec in store.query(flt or FlagFilter(), sort="time", descending=False):
-        labels = _patch_labels(rec, include_unreviewed)
-        if labels is None:
-            counts["needs_tiles"] += rec.label == "crack"
+        counts["needs_tiles"] += rec.needs_tiles
+        labels = [label for label, _ in _patch_labels(rec, include_unreviewed) if label is not None]
+        if not labels:
             continue
-        counts["unlabelled_frames" if labels and labels[0] == UNLABELLED else "frames"] += 1
+        counts["frames" if rec.label in TILE_LABELS else "unlabelled_frames"] += 1
         for label in labels:
             counts[label] += 1
     return counts
 
 
-def _patch_labels(rec, include_unreviewed: bool) -> tuple[str, ...] | None:
-    """The label of each tile of ``rec`` in the export, or None to leave the flag out."""
-    if rec.label in TILE_LABELS:
-        if rec.tile_labels is not None:
-            return rec.tile_labels
-        if rec.label == "no_crack":   # a clean frame has only clean tiles
-            return ("no_crack",) * len(rec.tiles)
-        return None
-    return (UNLABELLED,) * len(rec.tiles) if include_unreviewed else None
+def _patch_labels(rec, include_unreviewed: bool) -> list[tuple[str | None, str | None]]:
+    """``(label, label_source)`` of each tile of ``rec`` in the export; label None: left out."""
+    unknown = (UNLABELLED, UNLABELLED) if include_unreviewed else (None, None)
+    if rec.label not in TILE_LABELS:
+        return [unknown] * len(rec.tiles)
+    out = []
+    for i in range(len(rec.tiles)):
+        label = rec.tile_labels[i] if rec.tile_labels is not None else None
+        if label is not None:
+            out.append((label, LABEL_SOURCES[rec.tile_source(i) or "marked"]))
+        elif rec.label == "no_crack":   # a clean frame has only clean tiles: what the person said
+            out.append(("no_crack", LABEL_SOURCES["frame_clean"]))
+        else:                           # a crack frame's tile nobody labelled: never no_crack
+            out.append(unknown)
+    return out
 
 
-def _write_patch(out: Path, frame: np.ndarray, rec, i: int, tile: dict, label: str) -> dict:
+def _write_patch(out: Path, frame: np.ndarray, rec, i: int, tile: dict, label: str, source: str) -> dict:
     x0, y0, x1, y1 = tile["box"]
     name = f"{label}/{rec.uid}_{i:03d}.png"
     patch = cv2.cvtColor(np.ascontiguousarray(frame[y0:y1, x0:x1]), cv2.COLOR_RGB2BGR)
@@ -140,7 +155,7 @@ def _write_patch(out: Path, frame: np.ndarray, rec, i: int, tile: dict, label: s
     (out / name).write_bytes(buf.tobytes())
     teacher = rec.teacher_probs[i] if rec.teacher_probs is not None else None
     return {"file": name, "flag_uid": rec.uid, "source": rec.uid, "box": [x0, y0, x1, y1], "label": label,
-            "label_source": "review" if label != UNLABELLED else UNLABELLED, "crack_prob": tile["crack_prob"],
+            "label_source": source, "crack_prob": tile["crack_prob"],
             "teacher_prob": teacher, "frame_label": rec.label, "reviewer": rec.reviewer,
             "reviewed_at": rec.reviewed_at, "camera": rec.source, "model_name": rec.model.name,
             "model_version": rec.model.version, "model_sha256": rec.model.sha256, "created": rec.created,

@@ -5,17 +5,25 @@ of the flags the current filter matches (``ids``; records are read from the stor
 so 10,000 flags cost a list of ints), the current position, and the inspector's name. Every
 verdict is one store transaction with its history entry, so undo / redo work across restarts.
 
-The labelling rules (what the keys of the review view do):
+The labelling rules (what the keys of the review view do). A tile has a training label only
+when a person set it, and the store records how (``tile_sources``); every other tile is
+**unknown** (None), whatever the student said of it:
 
-- ``set_label("crack")``: the frame is a crack; its tiles keep their reviewed labels, or take the
-  student's verdicts (crack at p >= ``threshold``) as the starting point the inspector accepts
-  by labelling;
-- ``set_label("no_crack")``: every tile is clean;
-- ``set_label("unsure")``: the frame is left out of training exports; tiles stay as they were;
-- ``accept()`` (Space): the student's verdicts as they are: tiles at the threshold, the frame
-  crack if any tile is;
-- ``toggle_tile(i)``: flips one tile of the frame as shown, stores all its tiles, and the frame
-  becomes crack if any tile is crack, else no_crack.
+- ``set_label("crack")`` (C): "there is a crack here". The frame is crack; tiles the person
+  marked keep their labels, every other tile is unknown (on a frame already crack nothing
+  changes). Until a person marks a crack tile (or accepts the verdicts) the frame **needs
+  tiles**: ``FlagFilter(state="needs_tiles")`` lists it and :meth:`next_unreviewed` visits it;
+- ``set_label("no_crack")`` (N): every tile is clean, source ``frame_clean``;
+- ``set_label("unsure")`` (U): the frame is left out of training exports; tiles stay as they were;
+- ``accept()`` (Space): "the verdicts shown are right": tiles a person set keep their labels,
+  every unknown tile takes the student's verdict at ``threshold`` with source ``accepted``; the
+  frame is crack if any tile is, else no_crack;
+- ``toggle_tile(i)``: flips one tile as shown (its label, else the student's verdict) and marks
+  it (source ``marked``); other tiles stay as they are. The frame becomes crack if any tile is
+  crack, no_crack if every tile is known and clean, and otherwise keeps its label (a crack frame
+  still needs tiles; an unreviewed frame stays unreviewed).
+
+Batches (``ids``) apply the same rule per frame, as one undo step.
 
 The list does not reshuffle while the inspector works (a labelled frame stays in place even if
 it no longer matches an "unreviewed" filter) until :meth:`refresh` or a new filter; new flags
@@ -125,11 +133,12 @@ class ReviewQueue:
         return self.go(self.index - 1)
 
     def next_unreviewed(self) -> FlagRecord | None:
-        """The next unreviewed flag after the current one (wrapping), else stay."""
+        """The next flag after the current one (wrapping) that is unreviewed or needs its crack
+        tiles, else stay."""
         order = self.ids[self.index + 1:] + self.ids[:self.index + 1]
         for start in range(0, len(order), 200):
             for rec in self.store.get_many(order[start:start + 200]):
-                if not rec.reviewed and rec.deleted_at is None:
+                if (not rec.reviewed or rec.needs_tiles) and rec.deleted_at is None:
                     return self.go_to_id(rec.id)
         return self.current
 
@@ -142,10 +151,16 @@ class ReviewQueue:
         return self._verdict(ids, lambda rec: self._label_change(rec, label), "label")
 
     def accept(self, ids: Iterable[int] | None = None) -> list[FlagRecord]:
-        """The student's verdicts, as they are, become the review (Space)."""
+        """The verdicts shown are right (Space): unknown tiles take the student's verdicts,
+        recorded as ``accepted``; tiles a person set stay."""
         def change(rec: FlagRecord) -> dict:
-            tiles = rec.model_tile_labels(self.threshold)
-            return {"label": "crack" if "crack" in tiles else "no_crack", "tile_labels": list(tiles)}
+            labels, sources = _tiles(rec)
+            model = rec.model_tile_labels(self.threshold)
+            for i, source in enumerate(sources):
+                if source is None:
+                    labels[i], sources[i] = model[i], "accepted"
+            return {"label": "crack" if "crack" in labels else "no_crack", "tile_labels": labels,
+                    "tile_sources": sources}
         return self._verdict(ids, change, "accept")
 
     def toggle_tile(self, tile: int, flag_id: int | None = None) -> FlagRecord | None:
@@ -155,10 +170,17 @@ class ReviewQueue:
             return None
         if not 0 <= tile < len(rec.tiles):
             raise ValueError(f"tile must be in 0..{len(rec.tiles) - 1}, got {tile}")
-        tiles = list(rec.effective_tile_labels(self.threshold))
-        tiles[tile] = "no_crack" if tiles[tile] == "crack" else "crack"
-        label = "crack" if "crack" in tiles else "no_crack"
-        new = self.store.set_review(rec.id, label=label, tile_labels=tiles, reviewer=self.reviewer, action="tile")
+        labels, sources = _tiles(rec)
+        shown = rec.effective_tile_labels(self.threshold)[tile]
+        labels[tile], sources[tile] = ("no_crack" if shown == "crack" else "crack"), "marked"
+        if "crack" in labels:
+            label = "crack"
+        elif None not in labels:
+            label = "no_crack"
+        else:
+            label = rec.label
+        new = self.store.set_review(rec.id, label=label, tile_labels=labels, tile_sources=sources,
+                                    reviewer=self.reviewer, action="tile")
         self._changed([new])
         return new
 
@@ -215,9 +237,18 @@ class ReviewQueue:
 
     def _label_change(self, rec: FlagRecord, label: str) -> dict:
         if label == "no_crack":
-            return {"label": label, "tile_labels": ["no_crack"] * len(rec.tiles)}
+            return {"label": label, "tile_labels": ["no_crack"] * len(rec.tiles),
+                    "tile_sources": ["frame_clean"] * len(rec.tiles)}
         if label == "crack":
-            return {"label": label, "tile_labels": list(rec.effective_tile_labels(self.threshold))}
+            if rec.label == "crack":     # already crack: the tiles stay as they are
+                return {"label": label}
+            # "there is a crack here": the tiles the person marked stay, nothing else is known
+            # (the student's verdicts never become labels; N's "all clean" and Space's
+            # "the verdicts are right" no longer hold for a frame now called crack)
+            labels, sources = _tiles(rec)
+            keep = [s == "marked" for s in sources]
+            return {"label": label, "tile_labels": [t if k else None for t, k in zip(labels, keep)],
+                    "tile_sources": [s if k else None for s, k in zip(sources, keep)]}
         return {"label": label}
 
     def _verdict(self, ids, change: Callable[[FlagRecord], dict], action: str) -> list[FlagRecord]:
@@ -260,3 +291,11 @@ class ReviewQueue:
             current = self.current_id
             if any(r.id == current for r in records):
                 self._emit("current", self.current)
+
+
+def _tiles(rec: FlagRecord) -> tuple[list, list]:
+    """Copies of a flag's tile labels and their sources (None per unknown tile)."""
+    n = len(rec.tiles)
+    labels = list(rec.tile_labels) if rec.tile_labels is not None else [None] * n
+    sources = list(rec.tile_sources) if rec.tile_sources is not None else [None] * n
+    return labels, sources

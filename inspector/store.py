@@ -45,7 +45,7 @@ Schema versions
 ---------------
 ``PRAGMA user_version`` is the schema version; the tables and migrations are in
 :mod:`inspector.store_schema` (v1 flags, v2 review columns, v3 review state, teacher opinion,
-ranking keys and the review log). A database of a newer version is refused untouched: before
+ranking keys and the review log, v4 who gave each tile label). A database of a newer version is refused untouched: before
 any write, and before the clean-up, which must not judge files by a schema it does not know.
 
 Review changes
@@ -153,6 +153,7 @@ class ReviewCounts:
     no_crack: int = 0
     unsure: int = 0
     disagreements: int = 0      # frames whose teachers and student differ by >= DISAGREEMENT_COUNTED
+    needs_tiles: int = 0        # crack frames without a tile a person called crack (store_query.NEEDS_TILES)
 
     @property
     def reviewed(self) -> int:

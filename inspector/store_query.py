@@ -26,14 +26,20 @@ SORTS = {
 # A disagreement at least this large is counted (and badged) as "a disagreement": the teachers
 # and the student put the tile on different sides of 0.5 with some margin.
 DISAGREEMENT_COUNTED = 0.5
-STATES = ("all", "unreviewed", "reviewed")
+STATES = ("all", "unreviewed", "reviewed", "needs_tiles")
+# "needs tiles": a frame a person called crack (C) without a tile a person called crack; the view
+# asks for its crack tiles. Tile labels are stored only where a person set them (store_schema v4),
+# so any '"crack"' in the JSON list is a person's. Reads tile_labels, which no sort index covers:
+# the row is read only for the crack frames ("label = 'crack'" is checked first).
+NEEDS_TILES = "(label = 'crack' AND instr(coalesce(tile_labels, ''), '\"crack\"') = 0)"
 
 
 @dataclass(frozen=True)
 class FlagFilter:
     """Which flags to show; every field left as None (or "all") does not filter.
 
-    ``label`` is a reviewed frame label (``crack``/``no_crack``/``unsure``); ``since``/``until``
+    ``state``: ``all``, ``unreviewed``, ``reviewed`` or ``needs_tiles`` (reviewed crack frames
+    still waiting for their crack tiles, see :data:`NEEDS_TILES`); ``label`` is a reviewed frame label (``crack``/``no_crack``/``unsure``); ``since``/``until``
     are ISO-8601 times or dates (a date alone means that whole day, UTC); ``prob_min``/``prob_max``
     bound the student's max tile probability; ``text`` finds a substring in location or note.
     """
@@ -77,6 +83,8 @@ class FlagFilter:
             clauses.append("label IS NULL")
         elif self.state == "reviewed":
             clauses.append("label IS NOT NULL")
+        elif self.state == "needs_tiles":
+            clauses.append(NEEDS_TILES)
         for column in ("label", "reason", "source", "location", "model_version"):
             value = getattr(self, column)
             if value is not None:

@@ -16,8 +16,8 @@ from typing import Any
 from . import store_history
 from .store_checks import check_choice, check_count, check_id, check_prob, check_text
 from .store_history import CLOSED, DONE, UNDONE, HistoryEntry
-from .store_query import DISAGREEMENT_COUNTED, FlagFilter, order_by
-from .store_schema import (REVIEW_LABELS, SELECT, TILE_LABELS, FlagRecord, ModelRef, StoreError,
+from .store_query import DISAGREEMENT_COUNTED, NEEDS_TILES, FlagFilter, order_by
+from .store_schema import (REVIEW_LABELS, SELECT, TILE_LABELS, TILE_SOURCES, FlagRecord, ModelRef, StoreError,
                            disagreement_of, record)
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,18 @@ class ReviewMethods:
 
     # ------------------------------------------------------------------ review writes
 
-    def set_review(self, flag_id: int, *, label=UNSET, tile_labels=UNSET, reviewer: str | None = None,
-                   location=UNSET, note=UNSET, action: str = "review", batch: int | None = None) -> FlagRecord:
+    def set_review(self, flag_id: int, *, label=UNSET, tile_labels=UNSET, tile_sources=UNSET,
+                   reviewer: str | None = None, location=UNSET, note=UNSET, action: str = "review",
+                   batch: int | None = None) -> FlagRecord:
         """Change the given review fields of one flag, as one undoable step.
 
         ``label``: the frame's label (crack / no_crack / unsure) or None (back to unreviewed);
-        ``tile_labels``: one of crack / no_crack per tile, or None. Any change of label or tiles
-        stamps ``reviewer`` and the time. Returns the new record; nothing changed, no entry.
+        ``tile_labels``: per tile crack / no_crack, or None for a tile nobody labelled (unknown),
+        or None for the whole list; ``tile_sources``: how a person gave each label (``marked``,
+        ``frame_clean``, ``accepted``; None exactly where the label is None). Without
+        ``tile_sources`` every given tile label counts as ``marked`` (the caller named it).
+        A list with no known tile is stored as None. Any change of label or tiles stamps
+        ``reviewer`` and the time. Returns the new record; nothing changed, no entry.
         """
         flag_id = check_id(flag_id)
         changes: dict[str, Any] = {}
@@ -63,7 +68,10 @@ class ReviewMethods:
         with self._transaction("save the review change"):
             current = self._row(flag_id)
             if tile_labels is not UNSET:
-                changes["tile_labels"] = _check_tile_labels(tile_labels, len(current.tiles))
+                changes["tile_labels"], changes["tile_sources"] = _check_tiles(
+                    tile_labels, tile_sources, len(current.tiles))
+            elif tile_sources is not UNSET:
+                raise ValueError("tile_sources needs tile_labels")
             if "label" in changes or "tile_labels" in changes:
                 changes["reviewer"] = reviewer
                 changes["reviewed_at"] = now_iso()
@@ -83,7 +91,7 @@ class ReviewMethods:
         with self._transaction("save the batch change"):
             batch = self._open_db().execute("SELECT coalesce(max(seq), 0) + 1 FROM review_log").fetchone()[0]
             for flag_id, fields in changes:
-                unknown = set(fields) - {"label", "tile_labels", "location", "note"}
+                unknown = set(fields) - {"label", "tile_labels", "tile_sources", "location", "note"}
                 if unknown:
                     raise ValueError(f"set_reviews: unknown fields {sorted(unknown)}")
                 self.set_review(flag_id, reviewer=reviewer, action=action, batch=batch, **fields)
@@ -198,7 +206,7 @@ class ReviewMethods:
 
         where, params = flt.where()
         sql = ("SELECT count(*), total(label IS NULL), total(label = 'crack'), total(label = 'no_crack'), "
-               f"total(label = 'unsure'), total(disagreement >= ?) FROM flags{where}")
+               f"total(label = 'unsure'), total(disagreement >= ?), total({NEEDS_TILES}) FROM flags{where}")
         with self._lock:
             row = self._open_db().execute(sql, (DISAGREEMENT_COUNTED, *params)).fetchone()
         return ReviewCounts(*(int(v) for v in row))
@@ -234,7 +242,7 @@ class ReviewMethods:
         unknown = set(values) - set(_REVIEW_COLUMNS)
         if unknown:
             raise StoreError(f"review history names unknown fields {sorted(unknown)}")
-        stored = {k: json.dumps(v) if k == "tile_labels" and v is not None else v for k, v in values.items()}
+        stored = {k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v for k, v in values.items()}
         assignments = ", ".join(f"{column} = ?" for column in stored)  # names checked above
         self._open_db().execute(f"UPDATE flags SET {assignments} WHERE id = ?", (*stored.values(), flag_id))
 
@@ -253,7 +261,8 @@ class ReviewMethods:
         return [self.get(i) for i in dict.fromkeys(changed)]
 
 
-_REVIEW_COLUMNS = ("label", "tile_labels", "reviewer", "reviewed_at", "location", "note", "deleted_at")
+_REVIEW_COLUMNS = ("label", "tile_labels", "tile_sources", "reviewer", "reviewed_at", "location", "note", "deleted_at")
+_JSON_COLUMNS = ("tile_labels", "tile_sources")
 
 
 def _stored(value):
@@ -261,13 +270,33 @@ def _stored(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _check_tile_labels(tile_labels, n: int) -> list[str] | None:
+def _check_tiles(tile_labels, tile_sources, n: int) -> tuple[list | None, list | None]:
+    """``(tile_labels, tile_sources)`` as stored (see :meth:`ReviewMethods.set_review`)."""
     if tile_labels is None:
-        return None
-    if isinstance(tile_labels, (str, bytes)) or not isinstance(tile_labels, Sequence):
-        raise ValueError(f"tile_labels must be a list of {list(TILE_LABELS)} or None, got {tile_labels!r}")
-    if len(tile_labels) != n:
-        raise ValueError(f"tile_labels must have one label per tile ({n}), got {len(tile_labels)}")
-    for i, t in enumerate(tile_labels):
-        check_choice(f"tile_labels[{i}]", t, TILE_LABELS)
-    return list(tile_labels)
+        if tile_sources not in (None, UNSET):
+            raise ValueError("tile_sources must be None when tile_labels is None")
+        return None, None
+    labels = _check_list("tile_labels", tile_labels, n, TILE_LABELS)
+    if tile_sources is UNSET or tile_sources is None:
+        sources = [None if t is None else "marked" for t in labels]
+    else:
+        sources = _check_list("tile_sources", tile_sources, n, TILE_SOURCES)
+    for i, (label, source) in enumerate(zip(labels, sources)):
+        if (label is None) != (source is None):
+            raise ValueError(f"tile {i}: a label needs its source and a source its label, got {label!r}, {source!r}")
+        if source == "frame_clean" and label != "no_crack":
+            raise ValueError(f"tile {i}: frame_clean labels a tile no_crack, got {label!r}")
+    if all(label is None for label in labels):
+        return None, None
+    return labels, sources
+
+
+def _check_list(name: str, values, n: int, choices) -> list:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"{name} must be a list of {list(choices)} (or None per tile) or None, got {values!r}")
+    if len(values) != n:
+        raise ValueError(f"{name} must have one label per tile ({n}), got {len(values)}")
+    for i, t in enumerate(values):
+        if t is not None:
+            check_choice(f"{name}[{i}]", t, choices)
+    return list(values)

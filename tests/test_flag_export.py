@@ -15,6 +15,7 @@ import pytest
 from inspector.flag_export import ExportReport
 from inspector.review import ReviewQueue
 from inspector.store import FlagStore, StoreError
+from inspector.store_query import FlagFilter
 from support import store  # noqa: F401  (a fixture)
 from test_store import TILE_BOXES, add, real_frame
 
@@ -28,7 +29,8 @@ def reviewed_store(store):
     unreviewed = add(store, frames[3], probs=(0.6, 0.6, 0.6, 0.6))
     # the inspector disagrees with the student on tiles 0 and 1 of the crack frame
     store.set_review(crack.id, label="crack", tile_labels=["no_crack", "crack", "crack", "no_crack"], reviewer="ana")
-    store.set_review(clean.id, label="no_crack", tile_labels=["no_crack"] * 4, reviewer="ana")
+    store.set_review(clean.id, label="no_crack", tile_labels=["no_crack"] * 4, tile_sources=["frame_clean"] * 4,
+                     reviewer="ana")
     store.set_review(unsure.id, label="unsure", reviewer="ana")
     return frames, (crack, clean, unsure, unreviewed)
 
@@ -64,12 +66,13 @@ def test_export_uses_the_review_and_reads_back_as_a_distill_dataset(store, tmp_p
     assert meta["format"] == "crack-inspector-flags-export/2" and len(rows) == len(meta["patches"]) == 8
     first = meta["patches"][0]
     assert first == {"file": f"no_crack/{crack.uid}_000.png", "flag_uid": crack.uid, "source": crack.uid,
-                     "box": [0, 0, 150, 150], "label": "no_crack", "label_source": "review", "crack_prob": 0.95,
+                     "box": [0, 0, 150, 150], "label": "no_crack", "label_source": "tile_marked", "crack_prob": 0.95,
                      "teacher_prob": None, "frame_label": "crack", "reviewer": "ana",
                      "reviewed_at": store.get(crack.id).reviewed_at, "camera": "camera 0",
                      "model_name": "crack-student", "model_version": "1.0.0", "model_sha256": "ab" * 32,
                      "created": crack.created, "location": "pier 3", "note": 'say "hi", ok'}
     assert rows[0]["box"] == "0 0 150 150" and rows[0]["note"] == 'say "hi", ok'
+    assert [r["label_source"] for r in rows] == ["tile_marked"] * 4 + ["frame_clean"] * 4
     with pytest.raises(StoreError, match="not an empty folder"):
         store.export_dataset(out)
 
@@ -99,6 +102,74 @@ def test_a_crack_frame_without_tile_labels_is_left_out_not_guessed(store, tmp_pa
     store.set_review(rec.id, label="crack")   # as a v2 app labelled it: which tiles, nobody said
     report = store.export_dataset(tmp_path / "out")
     assert (report.patches, report.needs_tiles) == (0, (rec.uid,))
+
+
+def sources_of(out: Path, uid: str) -> dict[str, tuple[str, str]]:
+    """file -> (label, label_source) of one flag's patches in an export."""
+    meta = json.loads((out / "metadata.json").read_text(encoding="utf-8"))
+    return {p["file"]: (p["label"], p["label_source"]) for p in meta["patches"] if p["flag_uid"] == uid}
+
+
+def test_c_on_a_frame_the_student_called_clean_writes_no_clean_patch(store, tmp_path):
+    """The issue's reproduction: 4 tiles at p 0.1-0.45, C, export: no no_crack patch of that frame
+    (v3 wrote all 4 to no_crack/ as "review" labels). The frame needs its crack tiles; marking
+    one makes that tile crack and leaves the others unknown."""
+    rec = add(store, real_frame("crack", 0), probs=(0.1, 0.25, 0.35, 0.45))
+    q = ReviewQueue(store, reviewer="ana")
+    q.set_label("crack")
+    after_c = store.get(rec.id)
+    assert (after_c.label, after_c.tile_labels, after_c.needs_tiles) == ("crack", None, True)
+    report = store.export_dataset(tmp_path / "c")
+    assert (report.crack, report.no_crack, report.needs_tiles) == (0, 0, (rec.uid,))
+    from inspector.flag_export import count_export
+    assert count_export(store)["no_crack"] == 0 and count_export(store)["needs_tiles"] == 1
+    report = store.export_dataset(tmp_path / "c_teachers", include_unreviewed=True)
+    assert (report.no_crack, report.unlabelled) == (0, 4)        # unknown tiles go to the teachers only
+    assert set(sources_of(tmp_path / "c_teachers", rec.uid).values()) == {("unlabelled", "unlabelled")}
+
+    q.toggle_tile(2, flag_id=rec.id)                             # the inspector marks the crack tile
+    marked = store.get(rec.id)
+    assert (marked.label, marked.tile_labels, marked.needs_tiles) == ("crack", (None, None, "crack", None), False)
+    report = store.export_dataset(tmp_path / "marked")
+    assert (report.crack, report.no_crack, report.needs_tiles) == (1, 0, ())
+    assert sources_of(tmp_path / "marked", rec.uid) == {f"crack/{rec.uid}_002.png": ("crack", "tile_marked")}
+
+
+def test_batch_c_leaves_every_frame_s_unmarked_tiles_unknown_as_one_undo_step(store, tmp_path):
+    a = add(store, real_frame("crack", 0), probs=(0.1, 0.2, 0.3, 0.45))
+    b = add(store, real_frame("crack", 1), probs=(0.9, 0.2, 0.3, 0.1))
+    c = add(store, real_frame("crack", 2), probs=(0.3, 0.2, 0.3, 0.1))
+    q = ReviewQueue(store, reviewer="ana")
+    q.toggle_tile(1, flag_id=b.id)                  # a person's mark on b survives the C
+    q.set_label("no_crack", ids=[c.id])             # N on c, then C: N's "all clean" no longer holds
+    q.set_label("crack", ids=[a.id, b.id, c.id])
+    recs = {r.id: r for r in store.get_many([a.id, b.id, c.id])}
+    assert [recs[i].label for i in (a.id, b.id, c.id)] == ["crack"] * 3
+    assert (recs[a.id].tile_labels, recs[c.id].tile_labels) == (None, None)
+    assert recs[b.id].tile_labels == (None, "crack", None, None)
+    assert store.query_ids(FlagFilter(state="needs_tiles")) == sorted([a.id, c.id], reverse=True)
+    report = store.export_dataset(tmp_path / "out")
+    assert (report.crack, report.no_crack, sorted(report.needs_tiles)) == (1, 0, sorted([a.uid, c.uid]))
+    q.undo()                                        # the whole batch
+    assert [r.label for r in store.get_many([a.id, b.id, c.id])] == [None, "crack", "no_crack"]
+
+
+def test_space_and_n_record_how_the_labels_were_given(store, tmp_path):
+    accepted = add(store, real_frame("crack", 0), probs=(0.9, 0.2, 0.3, 0.1))
+    clean = add(store, real_frame("no_crack", 0), probs=(0.6, 0.2, 0.3, 0.1))
+    q = ReviewQueue(store, reviewer="ana", auto_advance=False)
+    q.accept(ids=[accepted.id])
+    q.set_label("no_crack", ids=[clean.id])
+    assert store.get(accepted.id).tile_sources == ("accepted",) * 4
+    assert store.get(clean.id).tile_sources == ("frame_clean",) * 4
+    store.export_dataset(tmp_path / "out")
+    assert sources_of(tmp_path / "out", accepted.uid) == {
+        f"{label}/{accepted.uid}_{i:03d}.png": (label, "verdicts_accepted")
+        for i, label in enumerate(["crack", "no_crack", "no_crack", "no_crack"])}
+    assert sources_of(tmp_path / "out", clean.uid) == {
+        f"no_crack/{clean.uid}_{i:03d}.png": ("no_crack", "frame_clean") for i in range(4)}
+    with open(tmp_path / "out" / "metadata.csv", newline="", encoding="utf-8") as f:
+        assert {r["label_source"] for r in csv.DictReader(f)} == {"verdicts_accepted", "frame_clean"}
 
 
 def test_a_flag_whose_image_is_gone_is_skipped(store, tmp_path):

@@ -193,13 +193,15 @@ def test_queue_labels_advances_undoes_and_follows_the_rules(store):
     for kind in seen:
         q.subscribe(kind, lambda *a, k=kind: seen.__setitem__(k, seen[k] + 1))
     assert q.ids == [r.id for r in recs] and q.current.id == recs[0].id
-    q.set_label("crack")                               # student's tiles at 0.5 become the review
-    assert store.get(recs[0].id).tile_labels == ("crack", "no_crack", "no_crack", "no_crack")
+    q.set_label("crack")                               # C: crack, no tile known (never the student's)
+    assert (store.get(recs[0].id).tile_labels, store.get(recs[0].id).needs_tiles) == (None, True)
     assert q.current.id == recs[1].id                  # auto-advance
     q.set_label("no_crack")
     assert store.get(recs[1].id).tile_labels == ("no_crack",) * 4
+    assert store.get(recs[1].id).tile_sources == ("frame_clean",) * 4
     q.accept()                                         # Space: (0.75, .1, .47, .3) -> crack on tile 0
     assert (store.get(recs[2].id).label, store.get(recs[2].id).tile_labels[0]) == ("crack", "crack")
+    assert store.get(recs[2].id).tile_sources == ("accepted",) * 4
     q.previous()
     rec = q.toggle_tile(0)                             # last clean tile flipped: no crack left
     assert (rec.label, rec.tile_labels) == ("no_crack", ("no_crack",) * 4)
@@ -211,11 +213,14 @@ def test_queue_labels_advances_undoes_and_follows_the_rules(store):
     assert store.get(recs[2].id).tile_labels[0] == "crack" and q.current.id == recs[2].id
     q.redo()
     assert store.get(recs[2].id).label == "no_crack"
+    assert store.get(recs[2].id).tile_sources == ("marked", "accepted", "accepted", "accepted")
     q.go(0)
     assert q.next_unreviewed().id == recs[3].id
     q.auto_advance = False
     q.set_label("unsure")
     assert q.current.id == recs[3].id and q.current.label == "unsure"
+    q.go(4)
+    assert q.next_unreviewed().id == recs[0].id          # wraps round to the crack frame needing tiles
     q.set_fields(location="abutment", note="efflorescence")
     assert (q.current.location, q.current.note) == ("abutment", "efflorescence")
     with pytest.raises(ValueError):
@@ -239,6 +244,29 @@ def test_queue_batch_delete_filter_and_close(store):
     assert sorted(q.close()) == sorted([recs[4].uid, recs[5].uid]) and store.count() == 4
     q.set_filter(FlagFilter(), sort="probability", descending=True)
     assert q.ids[0] == recs[0].id
+
+
+def test_needs_tiles_filter_counts_and_next_unreviewed(store):
+    """A C frame without a person's crack tile: listed by the "needs tiles" filter, counted, and
+    visited by the next-unreviewed key until a crack tile is marked (or Space)."""
+    recs = fill(store, 4)
+    q = ReviewQueue(store, reviewer="ana", sort="time", descending=False, auto_advance=False)
+    q.set_label("crack", ids=[recs[0].id, recs[1].id])
+    q.set_label("no_crack", ids=[recs[2].id, recs[3].id])
+    needs = FlagFilter(state="needs_tiles")
+    assert store.query_ids(needs, sort="time", descending=False) == [recs[0].id, recs[1].id]
+    assert store.counts().needs_tiles == 2 and store.counts(needs) == ReviewCounts(2, 0, 2, 0, 0, 0, 2)
+    q.go_to_id(recs[3].id)
+    assert q.next_unreviewed().id == recs[0].id     # every frame is reviewed; this one still needs tiles
+    q.toggle_tile(1)                                # a crack tile marked: done
+    assert store.get(recs[0].id).tile_labels == (None, "crack", None, None)
+    assert q.next_unreviewed().id == recs[1].id
+    q.accept()                                      # Space: the verdicts shown (tile 0 at 0.85) are right
+    assert store.get(recs[1].id).tile_sources == ("accepted",) * 4
+    assert store.query_ids(needs) == [] and store.counts().needs_tiles == 0
+    assert q.next_unreviewed().id == recs[1].id     # nothing left: it stays
+    q.toggle_tile(0)                                # the only crack tile toggled off: every tile clean
+    assert store.get(recs[1].id).label == "no_crack"
 
 
 def test_queue_on_an_empty_store(store):
