@@ -142,6 +142,7 @@ def test_batch_relabel_is_one_undo_step(qtbot, store, frames, engine, open_revie
     assert w.grid.selected_ids() == ids[2:7]                   # the selection stays for a correction
     press(qtbot, Qt.Key_C)
     assert labels(store, ids[2:7]) == ["crack"] * 5
+    assert all(store.get(i).tile_labels is None and store.get(i).needs_tiles for i in ids[2:7])  # N's "clean" gone
     press(qtbot, Qt.Key_Z, Qt.ControlModifier)
     assert labels(store, ids[2:7]) == ["no_crack"] * 5
     press(qtbot, Qt.Key_Z, Qt.ControlModifier)
@@ -203,9 +204,18 @@ def test_tile_toggle_by_click_and_t_changes_the_export(qtbot, store, frames, eng
     press(qtbot, Qt.Key_Right)
     assert w.queue.current_id == rec.id and w.frame.cursor == 1
     press(qtbot, Qt.Key_T)
-    after = store.get(rec.id)
+    marked = store.get(rec.id)
     flipped = {"crack": "no_crack", "no_crack": "crack"}
+    # only the tiles toggled have labels (marked); the others stay unknown, never the student's
+    assert marked.tile_labels == tuple(flipped[t] if i in (0, 1, 4) else None for i, t in enumerate(before))
+    assert marked.tile_sources == tuple("marked" if i in (0, 1, 4) else None for i in range(12))
+    assert marked.label == ("crack" if "crack" in marked.tile_labels else None)
+    press(qtbot, Qt.Key_Tab)                                   # the grid takes the keys again
+    w.queue.auto_advance = False
+    press(qtbot, Qt.Key_Space)                                 # the verdicts shown: the rest as the student said
+    after = store.get(rec.id)
     assert after.tile_labels == tuple(flipped[t] if i in (0, 1, 4) else t for i, t in enumerate(before))
+    assert after.tile_sources == tuple("marked" if i in (0, 1, 4) else "accepted" for i in range(12))
     assert after.label == ("crack" if "crack" in after.tile_labels else "no_crack")
 
     out = tmp_path / "export"
@@ -214,8 +224,41 @@ def test_tile_toggle_by_click_and_t_changes_the_export(qtbot, store, frames, eng
         w.filters.export.click()
     assert done.args[0].flags == 1 and done.args[0].patches == 12
     rows = [r for r in json.loads((out / "metadata.json").read_text())["patches"] if r["flag_uid"] == rec.uid]
-    assert [r["label"] for r in sorted(rows, key=lambda r: r["file"].rsplit("_", 1)[1])] == list(after.tile_labels)
+    rows = sorted(rows, key=lambda r: r["file"].rsplit("_", 1)[1])
+    assert [r["label"] for r in rows] == list(after.tile_labels)
+    assert [r["label_source"] for r in rows] == ["tile_marked" if i in (0, 1, 4) else "verdicts_accepted"
+                                                 for i in range(12)]
     assert "Exported 1 flags as 12 patches" in w.banner.text.text()
+
+
+def test_c_asks_for_the_crack_tiles(qtbot, store, frames, engine, open_review):
+    """C on a frame: crack, no tile known; the frame shows "needs tiles", the filter lists it,
+    the counts say so, Ctrl+Right comes back to it; a tile marked crack ends it."""
+    fill(store, frames, 3, engine)
+    w = open_review(store)
+    ids = list(w.queue.ids)
+    press(qtbot, Qt.Key_C)
+    rec = store.get(ids[0])
+    assert (rec.label, rec.tile_labels, rec.needs_tiles) == ("crack", None, True)
+    press(qtbot, Qt.Key_N)
+    press(qtbot, Qt.Key_N)
+    assert w.queue.current_id == ids[2]
+    press(qtbot, Qt.Key_Right, Qt.ControlModifier)             # next unreviewed: the frame that needs tiles
+    assert w.queue.current_id == ids[0] and "needs tiles" in w.meta.values["state"].text()
+    w._update_counts()
+    assert "1 needs tiles" in w.filters.counts.text()
+    w.filters.select(state="needs_tiles")
+    with qtbot.waitSignal(w.filters.filterChanged, timeout=3000):
+        pass
+    qtbot.waitUntil(lambda: w.model.ids == [ids[0]], timeout=3000)
+    crack_tile = 0
+    if rec.model_tile_labels(0.5)[crack_tile] == "crack":      # shown crack (the student's): toggled twice
+        w.toggle_tile(crack_tile)
+    w.toggle_tile(crack_tile)
+    rec = store.get(ids[0])
+    assert rec.tile_labels[crack_tile] == "crack" and not rec.needs_tiles
+    assert sum(t is not None for t in rec.tile_labels) == 1
+    assert "needs tiles" not in w.meta.values["state"].text()
 
 
 def test_report_of_the_filtered_location(qtbot, store, frames, engine, open_review, tmp_path, monkeypatch):
@@ -262,6 +305,7 @@ def test_f1_lists_the_keys(qtbot, store, frames, engine, open_review):
     assert w.keys_dialog is not None and w.keys_dialog.isVisible()
     text = " ".join(label.text() for label in w.keys_dialog.findChildren(type(w.position)))
     assert "Next unreviewed flag" in text and "Undo" in text and "tile cursor" in text
+    assert "needs tiles" in text and "Accept the verdicts shown" in text
     w.keys_dialog.close()
 
 

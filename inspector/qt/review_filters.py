@@ -21,7 +21,8 @@ from .flow import FlowLayout
 
 SORT_CHOICES = (("need", "Most in need"), ("time", "Time"), ("probability", "Probability"),
                 ("uncertainty", "Uncertainty"), ("disagreement", "Disagreement"))
-STATES = (("all", "All flags"), ("unreviewed", "Unreviewed"), ("reviewed", "Reviewed"))
+STATES = (("all", "All flags"), ("unreviewed", "Unreviewed"), ("reviewed", "Reviewed"),
+          ("needs_tiles", "Needs tiles"))   # crack frames without a crack tile marked
 LABELS = ((None, "Any label"), ("crack", "Crack"), ("no_crack", "No crack"), ("unsure", "Unsure"))
 REASONS = ((None, "Any reason"), ("manual", "Manual"), ("crack", "Auto: crack"), ("uncertain", "Auto: uncertain"))
 NO_DATE = QDate(2000, 1, 1)
@@ -36,8 +37,10 @@ def local_day_start(day: _dt.date) -> str:
 def counts_text(counts) -> str:
     def n(k, one, many):
         return f"{k} {one if k == 1 else many}"
-    return ", ".join((n(counts.total, "flag", "flags"), f"{counts.unreviewed} unreviewed",
-                      n(counts.disagreements, "disagreement", "disagreements")))
+    parts = [n(counts.total, "flag", "flags"), f"{counts.unreviewed} unreviewed"]
+    if counts.needs_tiles:
+        parts.append(f"{counts.needs_tiles} need{'s' if counts.needs_tiles == 1 else ''} tiles")
+    return ", ".join(parts + [n(counts.disagreements, "disagreement", "disagreements")])
 
 
 def _combo(items, tip: str) -> QComboBox:

@@ -1,7 +1,8 @@
 """The large view of the flag under review: the frame, its heat-map, and every tile's verdict.
 
-Each tile of the flag is outlined with its **effective** label (the review's, else the
-student's verdict at the threshold): crack solid red, clean dim. A chip in its corner gives the
+Each tile of the flag is outlined with its **effective** label (the label a person gave it, else
+the student's verdict at the threshold): crack solid red, clean dim. On a reviewed frame a tile
+nobody labelled (unknown: never exported as a label) is drawn dotted and its chip says ``?``. A chip in its corner gives the
 student's crack probability ``S`` and the teacher ensemble's ``T`` ("–" until the teachers
 scored the flag); a violet chip edge marks a tile where the two differ by at least
 :data:`~inspector.store_query.DISAGREEMENT_COUNTED`, a pencil a tile the inspector relabelled.
@@ -270,9 +271,16 @@ class ReviewFrameView(QWidget):
         labels = rec.effective_tile_labels(self.threshold)
         model = rec.model_tile_labels(self.threshold)
         p.setRenderHint(QPainter.Antialiasing, True)
+        unknown = [rec.reviewed and (rec.tile_labels is None or rec.tile_labels[i] is None)
+                   for i in range(len(rec.tiles))]
         for i in sorted(range(len(rec.tiles)), key=lambda k: labels[k] == "crack"):  # crack outlines on top
             r = self.tile_rect(i)
-            if labels[i] == "crack":
+            if unknown[i]:
+                p.setBrush(Qt.NoBrush)
+                p.setPen(QPen(QColor(theme.CRACK) if labels[i] == "crack" else QColor(255, 255, 255, 120), 1.5,
+                              Qt.DotLine))   # the student's verdict, not a label
+                p.drawRect(r.adjusted(2.5, 2.5, -2.5, -2.5))
+            elif labels[i] == "crack":
                 fill = QColor(theme.CRACK)
                 fill.setAlpha(16 if self.settings.overlay else 34)   # lighter over the heat colours
                 p.fillRect(r, fill)
@@ -286,7 +294,8 @@ class ReviewFrameView(QWidget):
                 p.setPen(QPen(QColor(255, 255, 255, 55), 1))
                 p.drawRect(r.adjusted(0.5, 0.5, -0.5, -0.5))
         for i in range(len(rec.tiles)):
-            self._paint_chip(p, i, edited=rec.tile_labels is not None and labels[i] != model[i])
+            self._paint_chip(p, i, edited=rec.tile_source(i) == "marked" and labels[i] != model[i],
+                             unknown=unknown[i])
         if rec.tiles:
             r = self.tile_rect(min(self.cursor, len(rec.tiles) - 1)).adjusted(5, 5, -5, -5)
             pen = QPen(QColor(255, 255, 255, 235 if self.hasFocus() else 150), 2 if self.hasFocus() else 1.3,
@@ -295,7 +304,7 @@ class ReviewFrameView(QWidget):
             p.setBrush(Qt.NoBrush)
             p.drawRect(r)
 
-    def _paint_chip(self, p: QPainter, i: int, *, edited: bool) -> None:
+    def _paint_chip(self, p: QPainter, i: int, *, edited: bool, unknown: bool = False) -> None:
         r = self.tile_rect(i)
         if r.width() < CHIP_MIN_WIDTH:
             return
@@ -305,7 +314,7 @@ class ReviewFrameView(QWidget):
         lines = [f"S {student:.2f}", "T –" if teacher is None else f"T {teacher:.2f}"]
         p.setFont(theme.mono_font(8, bold=True))
         fm = p.fontMetrics()
-        w = max(fm.horizontalAdvance(t) for t in lines) + 10 + (12 if edited else 0)
+        w = max(fm.horizontalAdvance(t) for t in lines) + 10 + (12 if edited or unknown else 0)
         chip = QRectF(r.x() + 5, r.y() + 5, w, 2 * fm.height() + 4)
         p.setBrush(QColor(12, 13, 15, 185))
         strong = teacher is not None and abs(teacher - student) >= DISAGREEMENT_COUNTED
@@ -315,6 +324,7 @@ class ReviewFrameView(QWidget):
         for k, text in enumerate(lines):
             p.drawText(QRectF(chip.x() + 5, chip.y() + 2 + k * fm.height(), chip.width(), fm.height()),
                        Qt.AlignLeft | Qt.AlignVCenter, text)
-        if edited:
-            p.setPen(QColor(theme.ACCENT))
-            p.drawText(QRectF(chip.right() - 14, chip.y() + 2, 12, fm.height()), Qt.AlignCenter, "✎")
+        if edited or unknown:
+            p.setPen(QColor(theme.ACCENT) if edited else QColor(theme.TEXT))
+            p.drawText(QRectF(chip.right() - 14, chip.y() + 2, 12, fm.height()), Qt.AlignCenter,
+                       "✎" if edited else "?")

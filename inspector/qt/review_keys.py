@@ -7,17 +7,18 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QVBoxLayout, QW
 
 # (keys, method of ReviewWorkspace, what it does)
 KEYS = (
-    (("C", "1"), "label_crack", "Crack: the frame (its tiles as shown)"),
-    (("N", "2"), "label_no_crack", "No crack: the frame and every tile clean"),
+    (("C", "1"), "label_crack", "Crack: there is a crack here. Tiles you marked stay; the others are unknown "
+                                "(never trained as clean) until you mark the crack tiles (the frame 'needs tiles')"),
+    (("N", "2"), "label_no_crack", "No crack: the frame and every tile clean (trained as clean)"),
     (("U",), "label_unsure", "Unsure: left out of training exports"),
-    (("Space",), "accept", "Accept the model's tile verdicts as they are"),
+    (("Space",), "accept", "Accept the verdicts shown: every tile you did not mark takes the model's verdict"),
     (("Left",), "previous", "Previous flag"),
     (("Right",), "next", "Next flag"),
-    (("Ctrl+Right",), "next_unreviewed", "Next unreviewed flag"),
+    (("Ctrl+Right",), "next_unreviewed", "Next unreviewed flag, or crack frame that needs its tiles"),
     (("Ctrl+Z",), "undo", "Undo (also after a restart)"),
     (("Ctrl+Shift+Z", "Ctrl+Y"), "redo", "Redo"),
     (("Delete",), "delete", "Delete the flag (Ctrl+Z brings it back until the app closes)"),
-    (("T",), "toggle_tile", "Toggle the tile under the tile cursor (crack ↔ clean)"),
+    (("T",), "toggle_tile", "Toggle the tile under the tile cursor (crack ↔ clean): your label for that tile"),
     (("H",), "toggle_heat", "Heat-map on / off"),
     (("F1",), "show_keys", "This list"),
 )
@@ -27,7 +28,7 @@ MORE_KEYS = (
     ("Shift / Ctrl + click, Shift + arrows, Ctrl+A", "Select several flags: C N U Space Delete apply to all, "
                                                       "as one undo step"),
     ("Tab, or click the frame", "The frame takes the arrows: they move the tile cursor; Tab again to leave"),
-    ("Click a tile", "Toggle it"),
+    ("Click a tile", "Toggle it (a dotted outline: a tile nobody labelled yet, shown with the model's verdict)"),
     ("Enter / Esc in Location or Note", "Save / revert the field (it saves when you leave it, too)"),
     ("Ctrl+1  /  Ctrl+2", "Live / Review workspace (the live view keeps running)"),
 )

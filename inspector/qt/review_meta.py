@@ -136,7 +136,10 @@ class ReviewMetaPanel(QFrame):
         v = self.values
         v["flag"].setText(f"#{rec.id}  ·  {rec.uid[:8]}")
         colour = STATE_COLOURS.get(rec.label, theme.TEXT_DIM)
-        v["state"].setText(f"<span style='color:{colour.name()}'>●</span> {STATE_TEXT.get(rec.label, rec.label)}")
+        state = STATE_TEXT.get(rec.label, rec.label)
+        if rec.needs_tiles:
+            state += " · needs tiles: mark the crack tiles (or Space to accept the verdicts shown)"
+        v["state"].setText(f"<span style='color:{colour.name()}'>●</span> {state}")
         v["time"].setText(local_datetime(rec.created))
         v["source"].setText(rec.source)
         v["model"].setText(f"{rec.model.name} {rec.model.version}")

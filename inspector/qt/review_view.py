@@ -516,7 +516,8 @@ class ReviewWorkspace(QWidget):
         if r.left_out:
             text += f" {r.left_out} unreviewed or unsure flags left out."
         if r.needs_tiles:
-            text += f" {len(r.needs_tiles)} crack frames left out: they have no tile labels yet."
+            text += (f" {len(r.needs_tiles)} crack frames need tiles: no crack tile marked yet "
+                     "(their unmarked tiles are never exported as clean).")
         if r.skipped:
             text += f" {len(r.skipped)} skipped: their frame could not be read."
         self._say(text, "info")
