@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDialog, QDialogBut
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from .. import model_update as MU
-from ..model_history import ModelHistory, ModelVersion
+from ..model_history import ModelHistory, ModelVersion, override_package
 from ..paths import app_root
 from . import jobs, theme
 from .update_charts import TrainingCurves
@@ -320,9 +320,13 @@ class UpdateDialog(QDialog):
         plan = self.plan
         self._append("app", f"exported {report.flags} flags: {report.crack} crack, {report.no_crack} no crack, "
                             f"{report.unlabelled} unlabelled tiles")
+        extra = list(self.extra_args or [])
+        if "--version" not in extra:  # never a version this model had before (after a rollback too)
+            base_version = plan.base.version[:-5] if plan.base.version.endswith("-int8") else plan.base.version
+            extra += ["--version", self.history.next_version(plan.base.name, base_version)]
         argv = MU.update_command(MU.training_base(plan.base.path), self.export_dir, self.out_dir,
                                  unlabelled=self.export_dir / "unlabelled" if report.unlabelled else None,
-                                 seed=0, fast=self.fast, pushed_by=_user(), extra=self.extra_args,
+                                 seed=0, fast=self.fast, pushed_by=_user(), extra=extra,
                                  program=self.program)
         self._append("app", "$ " + " ".join(argv))
         self.state.started = time.monotonic()
@@ -500,13 +504,13 @@ class UpdateDialog(QDialog):
         dialog.open()
 
     def override(self, reason: str) -> None:
-        """Push the candidate although the gate failed: the reason and who go into the history."""
+        """Push the candidate although the gate failed: the reason and who are written into the
+        packages' signed lineage (the device refuses a refused candidate without it) and the history."""
         if len(reason) < MIN_REASON or not self.candidate:
             return
-        version = str(self.candidate.get("version", ""))
-        name = MU.read_manifest(self.candidate["int8"]).get("name", "crack-student")
         self._append("warning", f"gate overridden by {_user()}: {reason}")
-        jobs.run(self.history.record_override, name, version, reason, _user(),
+        jobs.run(override_package, self.candidate["int8"], reason=reason, by=_user(), history=self.history,
+                 also=tuple(p for p in (self.candidate.get("fp32"),) if p),
                  on_success=lambda _: self.deploy(),
                  on_failure=lambda exc: self._deploy_failed(f"the override could not be recorded, not pushed: {exc}"))
 
