@@ -26,7 +26,8 @@ from inspector.flagging import Flagger, FlagPolicy
 from inspector.model_history import HistoryError, ModelHistory, ModelVersion
 from inspector.paths import default_model, sample_video
 from inspector.qt.model_history_view import ModelHistoryDialog
-from inspector.qt.update_view import OverrideDialog, UpdateDialog
+from inspector.qt.override_dialog import ExpertOverrideDialog
+from inspector.qt.update_view import UpdateDialog
 from inspector.qt.window import MainWindow
 from inspector.sources import parse_source
 from inspector.store import FlagStore, ModelRef
@@ -312,7 +313,7 @@ def test_a_failed_gate_names_the_rule_and_pushes_nothing_until_an_expert_overrid
     assert [m["version"] for m in DeviceClient.from_pairing(pairing).models().models] == [SHIPPED_VERSION]
 
     d.override_button.click()
-    dialog = d.findChild(OverrideDialog)
+    dialog = d.findChild(ExpertOverrideDialog)
     assert not dialog.ok.isEnabled()
     dialog.reason.setText("site set mislabelled, checked by hand")
     assert not dialog.ok.isEnabled()

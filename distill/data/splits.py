@@ -175,7 +175,9 @@ def _parse_row(row: list[str], base: Path) -> Sample:
     return Sample(full, int(label), source, surface or None, parsed_box, sha)
 
 
-def _verify(path: Path, samples: list[Sample]) -> None:
+def hash_mismatches(samples: list[Sample]) -> tuple[list[str], list[str]]:
+    """``(missing, changed)``: the samples' files that are gone, and those (with their box) whose
+    pixels no longer hash to what the manifest recorded."""
     hasher = HashCache()
     missing, changed = [], []
     for s in samples:
@@ -183,6 +185,11 @@ def _verify(path: Path, samples: list[Sample]) -> None:
             missing.append(s.path)
         elif hasher(s.path, s.box) != s.sha256:
             changed.append(s.path + (f" box {s.box}" if s.box else ""))
+    return missing, changed
+
+
+def _verify(path: Path, samples: list[Sample]) -> None:
+    missing, changed = hash_mismatches(samples)
     if missing or changed:
         def listing(title: str, items: list[str], limit: int = 50) -> str:
             items = sorted(set(items))

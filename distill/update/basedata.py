@@ -66,14 +66,9 @@ def verify_samples(samples: list[Sample], what: str = "golden set") -> None:
     """Re-hash every sample's pixels against the hash it was read with; DatasetError naming the
     missing and changed files (the gate calls it each time it reads the golden set)."""
     from distill.data.layouts import DatasetError
-    from distill.data.samples import HashCache
+    from distill.data.splits import hash_mismatches
 
-    hasher, missing, changed = HashCache(), [], []
-    for s in samples:
-        if not os.path.isfile(s.path):
-            missing.append(s.path)
-        elif hasher(s.path, s.box) != s.sha256:
-            changed.append(s.path + (f" box {s.box}" if s.box else ""))
+    missing, changed = hash_mismatches(samples)
     if missing or changed:
         parts = ([f"missing ({len(missing)}): " + ", ".join(sorted(missing)[:10])] if missing else []) + \
                 ([f"content changed ({len(changed)}): " + ", ".join(sorted(changed)[:10])] if changed else [])

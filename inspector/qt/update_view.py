@@ -28,13 +28,13 @@ from typing import Callable
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QFrame,
-                               QHBoxLayout, QHeaderView, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDialog, QFormLayout, QFrame,
+                               QHBoxLayout, QHeaderView, QLabel, QListWidget, QListWidgetItem,
                                QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QStackedWidget, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from .. import model_update as MU
-from ..model_history import ModelHistory, ModelVersion, override_package
+from ..model_history import MIN_OVERRIDE_REASON, ModelHistory, ModelVersion, override_package
 from ..paths import app_root
 from . import jobs, theme
 from .update_charts import TrainingCurves
@@ -49,7 +49,6 @@ STAGE_MARKS = {"pending": ("○", theme.TEXT_DIM), "running": ("▶", theme.ACCE
                "skipped": ("–", theme.TEXT_DIM), "failed": ("✗", "#ff8a80"), "cancelled": ("■", "#ffb300")}
 OUTCOME_TEXT = {"passed": "✓ The gate passed", "failed": "✗ The gate failed", "error": "✗ The update failed",
                 "cancelled": "■ Cancelled: no model was changed"}
-MIN_REASON = 10
 
 
 def _user() -> str | None:
@@ -498,18 +497,22 @@ class UpdateDialog(QDialog):
         self.deployFailed.emit(text)
 
     def ask_override(self) -> None:
+        """The one expert-override dialog (also the device panel's): failed rules, reason, who."""
+        from .override_dialog import ExpertOverrideDialog
+
         state = self.state
-        dialog = OverrideDialog([MU.rule_text(r) for r in state.failed_rules()], self)
-        dialog.accepted.connect(lambda: self.override(dialog.reason.text().strip()))
+        dialog = ExpertOverrideDialog([MU.rule_text(r) for r in state.failed_rules()], "the candidate", self)
+        dialog.accepted.connect(lambda: self.override(*dialog.values()))
         dialog.open()
 
-    def override(self, reason: str) -> None:
+    def override(self, reason: str, by: str | None = None) -> None:
         """Push the candidate although the gate failed: the reason and who are written into the
         packages' signed lineage (the device refuses a refused candidate without it) and the history."""
-        if len(reason) < MIN_REASON or not self.candidate:
+        by = by or _user()
+        if len(reason) < MIN_OVERRIDE_REASON or not self.candidate or not by:
             return
-        self._append("warning", f"gate overridden by {_user()}: {reason}")
-        jobs.run(override_package, self.candidate["int8"], reason=reason, by=_user(), history=self.history,
+        self._append("warning", f"gate overridden by {by}: {reason}")
+        jobs.run(override_package, self.candidate["int8"], reason=reason, by=by, history=self.history,
                  also=tuple(p for p in (self.candidate.get("fp32"),) if p),
                  on_success=lambda _: self.deploy(),
                  on_failure=lambda exc: self._deploy_failed(f"the override could not be recorded, not pushed: {exc}"))
@@ -608,37 +611,6 @@ class UpdateDialog(QDialog):
         folder, self.export_dir = self.export_dir, None
         if folder is not None:
             jobs.run(shutil.rmtree, folder, ignore_errors=True)
-
-
-class OverrideDialog(QDialog):
-    """An expert pushes a candidate that failed the gate: which rules failed, a reason (required)
-    and an explicit confirmation."""
-
-    def __init__(self, failed_rules: list[str], parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setWindowTitle("Push a model that failed the gate")
-        lay = QVBoxLayout(self)
-        lay.addWidget(QLabel("The candidate failed these gate rules:", wordWrap=True))
-        lay.addWidget(QLabel("\n".join(f"✗ {r}" for r in failed_rules) or "(none listed)", objectName="error",
-                             wordWrap=True))
-        lay.addWidget(QLabel("Pushing it anyway is an expert decision; it is recorded in the model history with "
-                             "your name and this reason.", objectName="dim", wordWrap=True))
-        self.reason = QLineEdit(placeholderText=f"Why (at least {MIN_REASON} characters)")
-        lay.addWidget(self.reason)
-        self.confirm = QCheckBox("I checked the candidate and take responsibility for pushing it")
-        lay.addWidget(self.confirm)
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        self.ok = self.buttons.button(QDialogButtonBox.Ok)
-        self.ok.setText("Push anyway")
-        self.ok.setEnabled(False)
-        self.buttons.accepted.connect(self.accept)
-        self.buttons.rejected.connect(self.reject)
-        lay.addWidget(self.buttons)
-        self.reason.textChanged.connect(self._check)
-        self.confirm.toggled.connect(self._check)
-
-    def _check(self, *_) -> None:
-        self.ok.setEnabled(len(self.reason.text().strip()) >= MIN_REASON and self.confirm.isChecked())
 
 
 def _cell(v: float | None) -> str:
