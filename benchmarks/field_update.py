@@ -332,7 +332,11 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(result, indent=2))
     if args.docs:
         (REPO / "docs" / "benchmarks" / "field_update.md").write_text(
-            "# Field update benchmark (`benchmarks/field_update.py`)\n\n" + text)
+            "# Field update benchmark (`benchmarks/field_update.py`)\n\n"
+            f"Made from the {len(result['rows'])} rows in [field_update.rows.jsonl](field_update.rows.jsonl) "
+            "(each names its machine) by `python benchmarks/field_update.py --report-only --docs`. The "
+            "2026-12-03 grid and its analysis, whose rows were lost: "
+            "[field_update-2026-12-03.md](field_update-2026-12-03.md).\n\n" + text)
     return 0
 
 
