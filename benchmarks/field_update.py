@@ -266,14 +266,9 @@ def _machine() -> dict:
     """The CPU a row was measured on (model name and integer ISA) and the onnxruntime version."""
     import onnxruntime as ort
 
-    from inspector.numerics import int8_isa
+    from inspector.numerics import cpu_model, int8_isa
 
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    return {"cpu": cpu, "isa": int8_isa(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
+    return {"cpu": cpu_model(), "isa": int8_isa(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
             "date": time.strftime("%Y-%m-%d")}
 
 

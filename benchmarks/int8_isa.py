@@ -75,9 +75,7 @@ def machine() -> dict:
 
     from inspector import numerics
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "native_isa": numerics.int8_isa(), "onnxruntime": ort.__version__,
+    return {"cpu": numerics.cpu_model(), "native_isa": numerics.int8_isa(), "onnxruntime": ort.__version__,
             "machine": platform.machine(), "cores": os.cpu_count()}
 
 

@@ -63,20 +63,12 @@ def _ort(onnx_bytes: bytes, images: np.ndarray, path: str = numerics.OPTIMISED):
 
 
 def _emulated(onnx_bytes: bytes, images: np.ndarray, seed: float):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(numerics.emulated_tensorrt_graph(onnx_bytes, seed=seed), opts,
-                                providers=[numerics.CPU])
-    return sess.run(["probs", "cam"], {"image": images})
+    return numerics.session(onnx_bytes, numerics.EMULATED_TENSORRT, seed=seed).run(["probs", "cam"], {"image": images})
 
 
 def measure_package(kind: str, path: Path, wrong_dir: Path, use_foreign: bool, machine: dict):
     pkg = load_package(path, verify_reference=False)
-    ref, images, q = pkg.reference, np.ascontiguousarray(pkg.reference["image"]), pkg.manifest.quantization.type
+    ref, images = pkg.reference, np.ascontiguousarray(pkg.reference["image"])
 
     def row(case: str, name: str, probs, cam, **extra) -> dict:
         m = numerics.measure(ref["probs"], probs, ref["cam"], cam)
@@ -273,9 +265,8 @@ def main() -> int:
         return 0
     import onnxruntime as ort
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    machine = {"cpu": cpu, "isa": numerics.int8_isa(), "onnxruntime": ort.__version__, "machine": platform.machine()}
+    machine = {"cpu": numerics.cpu_model(), "isa": numerics.int8_isa(), "onnxruntime": ort.__version__,
+               "machine": platform.machine()}
     rows: list[dict] = []
     for kind, path in shipped().items():
         if args.only and kind not in args.only:

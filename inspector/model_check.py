@@ -18,6 +18,7 @@ numpy + onnxruntime only (no Qt): the agent and the app both use it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import numerics
+from .fsio import write_atomic
 from .package import ModelPackage, PackageError, ReferenceCheckError, load_package, verify_reference_outputs
 
 log = logging.getLogger("inspector.model_check")
@@ -105,13 +107,7 @@ def fp32_sibling(int8: Path) -> Path | None:
 
 def _tile_ms(pkg: ModelPackage, threads: int) -> float:
     """Median ms of one frame's tile batch (real reference patches, repeated to :data:`TILES`)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(pkg.onnx_bytes, sess_options=opts, providers=[numerics.CPU])
+    sess = numerics.session(pkg.onnx_bytes, threads=threads)
     images = np.ascontiguousarray(np.resize(pkg.reference["image"], (TILES, *pkg.reference["image"].shape[1:])))
     sess.run(["probs", "cam"], {"image": images})  # warm-up
     times = []
@@ -131,17 +127,17 @@ def choose_variant(int8: Path, threads: int, cache_dir: Path | None = None) -> C
     isa = numerics.int8_isa()
     if fp32 is None:
         return Choice(int8, f"INT8 on {isa} (no FP32 package beside it to compare)", {})
-    a, b = load_package(int8, verify_reference=False), load_package(fp32, verify_reference=False)
-    key = f"{a.sha256_of_file[:16]}-{b.sha256_of_file[:16]}-{isa}-{ort.__version__}-{threads}".replace(" ", "_")
+    # the key from the files' bytes alone: a remembered answer costs no package load at start-up
+    key = f"{_file_sha(int8)[:16]}-{_file_sha(fp32)[:16]}-{isa}-{ort.__version__}-{threads}".replace(" ", "_")
     cached = _read_cache(cache_dir, key)
     if cached is not None:
         chosen = int8 if cached["choice"] == "int8" else fp32
         return Choice(chosen, cached["reason"], cached["ms"])
     try:
-        load_package(fp32)  # verified here: an FP32 package this machine computes wrongly is no choice
+        b = load_package(fp32)  # verified here: an FP32 package this machine computes wrongly is no choice
     except PackageError as exc:
         return Choice(int8, f"INT8 on {isa} (the FP32 package fails here: {exc})", {})
-    ms = {"int8": _tile_ms(a, threads), "fp32": _tile_ms(b, threads)}
+    ms = {"int8": _tile_ms(load_package(int8, verify_reference=False), threads), "fp32": _tile_ms(b, threads)}
     ratio = ms["fp32"] / ms["int8"]
     if ratio >= 1.0:
         choice, reason = "int8", (f"INT8: {ratio:.1f}x faster than FP32 on {isa} "
@@ -152,6 +148,11 @@ def choose_variant(int8: Path, threads: int, cache_dir: Path | None = None) -> C
     _write_cache(cache_dir, key, {"choice": choice, "reason": reason, "ms": ms})
     log.info("model variant: %s", reason)
     return Choice(int8 if choice == "int8" else fp32, reason, ms)
+
+
+def _file_sha(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _read_cache(cache_dir: Path | None, key: str) -> dict | None:
@@ -174,8 +175,7 @@ def _write_cache(cache_dir: Path | None, key: str, value: dict) -> None:
         except (OSError, ValueError):
             data = {}
         data[key] = value
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
+        payload = json.dumps(data, indent=2).encode()
+        write_atomic(path, lambda f: f.write(payload))
     except OSError as exc:  # a read-only cache only costs a second at the next start
         log.warning("could not keep the variant choice in %s: %s", cache_dir, exc)

@@ -133,7 +133,7 @@ class ModelHistory:
 
     def find(self, name: str, version: str) -> ModelVersion | None:
         """The version ``version`` (or its INT8 twin ``version-int8``) of model ``name``."""
-        plain = version[:-5] if version.endswith("-int8") else version
+        plain = plain_version(version)
         return next((v for v in self.versions() if v.name == name and v.version == plain), None)
 
     def laptop_stack(self) -> list[dict]:
@@ -171,7 +171,7 @@ class ModelHistory:
                 d = info if isinstance(info, dict) else info.to_dict()
                 if d.get("name") == name:
                     taken.add(d["version"])
-        return {_plain(v) for v in taken if v}
+        return {plain_version(v) for v in taken if v}
 
     def next_version(self, name: str, base_version: str, *, device=None, folders=None) -> str:
         """The version for the next update of ``name`` from ``base_version``: the base's minor + 1,
@@ -308,7 +308,8 @@ def _event(doc: dict, kind: str, message: str, **extra: Any) -> None:
 _NUMERIC = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 
 
-def _plain(version: str) -> str:
+def plain_version(version: str) -> str:
+    """The version without its ``-int8`` suffix: an INT8 package and its FP32 parent are one version."""
     return version[:-5] if version.endswith("-int8") else version
 
 
@@ -322,7 +323,7 @@ def next_free_version(version: str, taken=()) -> str:
     major, minor = int(m.group(1)), int(m.group(2))
     used = set()
     for v in taken:
-        t = _NUMERIC.match(_plain(str(v)))
+        t = _NUMERIC.match(plain_version(str(v)))
         if t is not None and int(t.group(1)) == major:
             used.add(int(t.group(2)))
     minor += 1
@@ -439,6 +440,6 @@ def override_package(package: str | os.PathLike, *, reason: str, by: str | None,
         changed = True
     if history is not None and changed:
         name = first["name"]
-        version = _plain(first["version"])
+        version = plain_version(first["version"])
         history.record_override(name, version, reason, by, at=at)
     return Path(package)

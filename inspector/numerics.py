@@ -231,14 +231,26 @@ def verify(quantization_type: str, reference: Mapping[str, np.ndarray], probs: n
 # --------------------------------------------------------------------------- the machine
 
 
-def _cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            text = f.read()
+            return f.read()
     except OSError:
-        return set()
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform says: benchmark rows name it."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _cpu_flags() -> set[str]:
     flags: set[str] = set()
-    for line in text.splitlines():
+    for line in _cpuinfo().splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
@@ -298,9 +310,10 @@ def emulated_tensorrt_graph(onnx_bytes: bytes, seed: float = 7.0) -> bytes:
     return model.SerializeToString()
 
 
-def session(onnx_bytes: bytes, path: str = OPTIMISED, *, threads: int = 1, providers: list | None = None):
+def session(onnx_bytes: bytes, path: str = OPTIMISED, *, threads: int = 1, providers: list | None = None,
+            seed: float = 7.0):
     """An onnxruntime session computing ``onnx_bytes`` along numeric ``path`` (on the CPU for the
-    unfused and emulated paths)."""
+    unfused and emulated paths; ``seed``: the emulated path's dither)."""
     import onnxruntime as ort
 
     if path not in NUMERIC_PATHS:
@@ -313,5 +326,5 @@ def session(onnx_bytes: bytes, path: str = OPTIMISED, *, threads: int = 1, provi
         return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=providers or [CPU])
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if path == EMULATED_TENSORRT:
-        onnx_bytes = emulated_tensorrt_graph(onnx_bytes)
+        onnx_bytes = emulated_tensorrt_graph(onnx_bytes, seed=seed)
     return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=[CPU])

@@ -16,7 +16,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderView, QLabel, QListWidget,
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from ..model_history import ModelHistory, ModelVersion
+from ..model_history import ModelHistory, ModelVersion, plain_version
 from . import jobs, theme
 from .device_panel import gate_text
 
@@ -35,10 +35,6 @@ def metrics_text(metrics: dict) -> str:
         if isinstance(mcc, (int, float)):
             parts.append(f"{name.split(' (')[0].replace('_', ' ')} {mcc:.3f}")
     return " · ".join(parts[:3]) or "—"
-
-
-def _plain(version: str) -> str:
-    return version[:-5] if version.endswith("-int8") else version
 
 
 class ModelHistoryDialog(QDialog):
@@ -119,7 +115,7 @@ class ModelHistoryDialog(QDialog):
         versions, stack, events = value
         self.versions = versions
         m = self.engine().manifest
-        running = (m.name, _plain(m.version))
+        running = (m.name, plain_version(m.version))
         self.laptop.setRowCount(len(versions))
         for i, v in enumerate(reversed(versions)):
             gate = {None: "—", True: "passed", False: "failed"}[v.gate_passed]
@@ -145,7 +141,7 @@ class ModelHistoryDialog(QDialog):
         for i, info in enumerate(infos):
             state = "● active" if info.id == listing.active else (
                 "previous" if listing.previous and info.id == listing.previous[0] else "")
-            v = known.get((info.name, _plain(info.version)))
+            v = known.get((info.name, plain_version(info.version)))
             cells = (f"{info.name} {info.version}", info.stored[:16].replace("T", " "), info.signed_by or "—",
                      metrics_text(v.metrics) if v is not None else "—", state, gate_text(info))
             _fill_row(self.device_table, i, cells, bold=bool(state.startswith("●")))

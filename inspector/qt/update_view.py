@@ -321,8 +321,7 @@ class UpdateDialog(QDialog):
                             f"{report.unlabelled} unlabelled tiles")
         extra = list(self.extra_args or [])
         if "--version" not in extra:  # never a version this model had before (after a rollback too)
-            base_version = plan.base.version[:-5] if plan.base.version.endswith("-int8") else plan.base.version
-            extra += ["--version", self.history.next_version(plan.base.name, base_version)]
+            extra += ["--version", self.history.next_version(plan.base.name, plan.base.version)]
         argv = MU.update_command(MU.training_base(plan.base.path), self.export_dir, self.out_dir,
                                  unlabelled=self.export_dir / "unlabelled" if report.unlabelled else None,
                                  seed=0, fast=self.fast, pushed_by=_user(), extra=extra,
