@@ -1,7 +1,7 @@
 """The device link over loopback: stream speed and latency, model push time, frames lost in a swap.
 
 Starts a real agent (``python -m inspector.agent``) on 127.0.0.1 with the shipped sample video
-and default model, pairs with it through the app's client (``inspector.device``), then:
+and default model, pairs with it through the app's client (``inspector.link.client``), then:
 
 - **stream**: results per second received by one client and frame latency (agent capture →
   client decoded; both clocks are this machine's), p50 / p95, and results the agent dropped for
@@ -62,7 +62,7 @@ def start_agent(data: Path, tls: bool, threads: int | None) -> tuple[subprocess.
 
 def versioned(src: Path, version: str, out: Path) -> Path:
     """A copy of a package under another version (what a fine-tuned model would be)."""
-    from inspector.package import load_package, write_package
+    from inspector.edge.package import load_package, write_package
 
     p = load_package(src, verify_reference=False)
     manifest = {**p.manifest.to_dict(), "version": version, "signature": None}
@@ -76,7 +76,7 @@ def padded(src: Path, target_mb: float, version: str, out: Path) -> Path:
     size too (hashing, parsing, signature), so the push sizes the issue asks for can be measured
     exactly. The model itself is the real one: only the transported bytes grow."""
     import onnx
-    from inspector.package import load_package, write_package
+    from inspector.edge.package import load_package, write_package
 
     p = load_package(src, verify_reference=False)
     manifest = {**p.manifest.to_dict(), "version": version, "signature": None}
@@ -141,8 +141,8 @@ def swap_gap(rec: StreamRecorder, t0: float, t1: float, median_gap: float) -> di
 
 
 def run(args) -> dict:
-    from inspector.device import DeviceClient
-    from inspector.signing import SigningKey
+    from inspector.link.client import DeviceClient
+    from inspector.link.signing import SigningKey
 
     out: dict = {"tls": not args.insecure_http}
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:

@@ -10,7 +10,7 @@ Measures what the inspector sees, not what the model does alone:
 Goals (issue 4): ≥ 30 FPS displayed, p95 latency ≤ 50 ms, ≤ 600 MB after 5 minutes.
 The sample video plays at its own 30 fps, so 30 FPS displayed is also the ceiling.
 
-``--teachers on|off|both``: with the background teacher scorer (``inspector/teacher_scorer.py``,
+``--teachers on|off|both``: with the background teacher scorer (``inspector/review/teacher_scorer.py``,
 the shipped teacher package, 1 thread, nice 19 + SCHED_IDLE) or without (the default); ``both`` alternates
 the two arms ``--rounds`` times, each in a fresh window and store. An "on" arm's store is first
 filled with ``--prefill`` unscored flags (sample-video frames with the student's tiles), so the
@@ -79,7 +79,7 @@ def prefill(store, engine, n: int) -> float:
     student's tiles, as the app stores them. Returns the seconds it took."""
     import cv2
 
-    from inspector.live import engine_model, tile_dicts
+    from inspector.live.loop import engine_model, tile_dicts
     from inspector.paths import sample_video
 
     t0 = time.perf_counter()
@@ -107,13 +107,13 @@ def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
-    from inspector.flagging import Flagger
+    from inspector.live.flagging import Flagger
     from inspector.paths import sample_video
     from inspector.qt import theme
     from inspector.qt.main import load_engine
     from inspector.qt.window import MainWindow
-    from inspector.sources import parse_source
-    from inspector.store import FlagStore
+    from inspector.capture.sources import parse_source
+    from inspector.store.database import FlagStore
 
     app = QApplication.instance() or QApplication(["app_bench"])
     theme.apply(app)
@@ -126,7 +126,7 @@ def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_
         scorer = None
         if teachers:
             from inspector.paths import default_teachers
-            from inspector.teacher_scorer import TeacherScorer
+            from inspector.review.teacher_scorer import TeacherScorer
 
             scorer_info["prefill_s"] = prefill(store, engine, prefill_flags)
             scorer_info["prefilled"] = prefill_flags
@@ -223,9 +223,9 @@ def scoring_alone(engine, n: int = 20) -> dict:
     import cv2
     import psutil
 
-    from inspector.engine import InferenceEngine
+    from inspector.edge.engine import InferenceEngine
     from inspector.paths import default_teachers, sample_video
-    from inspector.teacher_scorer import tile_crack_probs
+    from inspector.review.teacher_scorer import tile_crack_probs
 
     rss0 = psutil.Process().memory_info().rss
     teachers = InferenceEngine(default_teachers(), threads=1, cv2_threads=None)

@@ -36,7 +36,7 @@ from distill.data.layouts import read_dataset  # noqa: E402
 from distill.data.patches import PatchRule  # noqa: E402
 from distill.data.splits import split_by_source, write_manifest  # noqa: E402
 from distill.metrics import mean_sd  # noqa: E402
-from distill.train import TrainConfig  # noqa: E402
+from distill.training.loop import TrainConfig  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 TEACHERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -59,7 +59,7 @@ def cross_surface_sets(work: Path, patch: int) -> dict[str, Path]:
 
 
 def evaluate_on(model_path: Path, manifests: dict[str, Path]) -> dict[str, float]:
-    from distill.runs import evaluate_model_path
+    from distill.training.runs import evaluate_model_path
 
     return {name: evaluate_model_path(model_path, path)["metrics"]["mcc"] for name, path in manifests.items()}
 
@@ -67,9 +67,9 @@ def evaluate_on(model_path: Path, manifests: dict[str, Path]) -> dict[str, float
 def evaluate_ensemble(teacher_paths: list[Path], manifests: dict[str, Path], size: int) -> dict[str, float]:
     from distill.data.splits import read_manifest
     from distill.data.torch_dataset import PatchDataset
-    from distill.ensemble import TeacherEnsemble
+    from distill.models.ensemble import TeacherEnsemble
     from distill.metrics import evaluate_predictions
-    from distill.train import predict
+    from distill.training.loop import predict
 
     ens = TeacherEnsemble.from_checkpoints(teacher_paths)
     ens.meta = ens.members[0].meta  # predict() only needs label names
@@ -112,7 +112,7 @@ def main() -> int:
     print({k: len(v) for k, v in splits.items()}, file=sys.stderr)
 
     from distill.config import to_dict
-    from distill.runs import run
+    from distill.training.runs import run
 
     def run_or_reuse(cfg: RunConfig) -> dict:
         """A finished run with the same resolved config is reused: an interrupted benchmark resumes."""

@@ -45,7 +45,7 @@ def median_ms(fn, runs: int) -> float:
 
 def real_patches(n: int, size: int) -> np.ndarray:
     from distill.data.layouts import read_dataset
-    from distill.edge import uint8_patches
+    from distill.export.package import uint8_patches
 
     samples = read_dataset(DATA / "ozgenel_ccic_subset")
     step = max(1, len(samples) // n)
@@ -73,7 +73,7 @@ def without_cam(onnx_path: Path) -> Path:
 def calibrated_model(arch: str, size: int, images: np.ndarray):
     import torch
 
-    from distill.models import build_model
+    from distill.models.registry import build_model
 
     model = build_model(arch, input_size=size, pretrained=arch.startswith("efficientnet_lite"))
     if not arch.startswith("efficientnet_lite"):
@@ -89,9 +89,9 @@ def bench_arch(arch: str, size: int, tile_batch: int, runs: int, images: np.ndar
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from distill.checkpoint import save_checkpoint
-    from distill.edge import build_packages, onnx_session
-    from distill.export import _GradCamTarget
+    from distill.models.checkpoint import save_checkpoint
+    from distill.export.package import build_packages, onnx_session
+    from distill.export.graph import _GradCamTarget
 
     model = calibrated_model(arch, size, images)
     ckpt = work / f"{arch}.pt"
@@ -106,7 +106,7 @@ def bench_arch(arch: str, size: int, tile_batch: int, runs: int, images: np.ndar
     row = {"arch": arch, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
            "fp32_mb": report["quantization"]["fp32_bytes"] / 1e6, "int8_mb": report["quantization"]["int8_bytes"] / 1e6,
            "latency_ms": {}}
-    from inspector.package import load_package
+    from inspector.edge.package import load_package
 
     onnx_files = {}
     for variant in ("fp32", "int8"):
@@ -143,7 +143,7 @@ FRAME_TILING = {"tile_size": TILE_SIZE, "tile_overlap": TILE_OVERLAP}
 
 def whole_frame_fps(package: str, frames, runs: int, tiling: dict | None = None) -> dict:
     """``tiling``: {"tile_size", "tile_overlap"}; None = the package's own (its manifest)."""
-    from inspector.engine import InferenceEngine, overlay
+    from inspector.edge.engine import InferenceEngine, overlay
 
     engine = InferenceEngine(package, **(tiling or {}))
 

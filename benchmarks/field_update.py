@@ -125,7 +125,7 @@ def draw_labelled(site_root: Path, n: int, seed: int, out: Path) -> Path:
 
 
 def site_mcc(package: Path, test_dir: Path) -> float:
-    from distill.runs import evaluate_model_path
+    from distill.training.runs import evaluate_model_path
 
     return evaluate_model_path(package, test_dir)["metrics"]["mcc"]
 
@@ -169,16 +169,16 @@ def _golden_change(update: dict) -> float | None:
 def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
     """From the click to the new version live on a loopback agent, the app's way: the
     ``distill update`` command line the app builds (a separate process: torch is imported there),
-    then :func:`inspector.model_update.deploy_to_device` (sign, upload, activate, poll until the
+    then :func:`inspector.update.plan.deploy_to_device` (sign, upload, activate, poll until the
     device reports the version live after its first-inference checks). The agent shares this
     machine's cores with the job all along, as a demo device on the laptop would."""
     import shutil
     import tempfile
 
-    from inspector import model_update as MU
-    from inspector.device import DeviceClient
+    from inspector.update import plan as MU
+    from inspector.link.client import DeviceClient
     from inspector.paths import default_model
-    from inspector.signing import SigningKey
+    from inspector.link.signing import SigningKey
 
     with tempfile.TemporaryDirectory(prefix="field-update-agent-") as tmp:
         cmd = [sys.executable, "-m", "inspector.agent", "--port", "0", "--host", "127.0.0.1", "--data",
@@ -266,7 +266,7 @@ def _machine() -> dict:
     """The CPU a row was measured on (model name and integer ISA) and the onnxruntime version."""
     import onnxruntime as ort
 
-    from inspector.numerics import cpu_model, int8_isa
+    from inspector.edge.numerics import cpu_model, int8_isa
 
     return {"cpu": cpu_model(), "isa": int8_isa(), "cores": os.cpu_count(), "onnxruntime": ort.__version__,
             "date": time.strftime("%Y-%m-%d")}

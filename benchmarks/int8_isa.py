@@ -11,7 +11,7 @@ same FP32 model re-quantized with 7-bit weights (``reduce_range``), which cannot
 **Accuracy**: for each INT8 package (old 8-bit ``../runs/old-models/crack-student-1.1.0-int8``,
 new 7-bit ``models/crack-student-1.1.1-int8``) and each numeric path
 
-* ``native``: onnxruntime's kernels for this CPU (:func:`inspector.numerics.int8_isa`),
+* ``native``: onnxruntime's kernels for this CPU (:func:`inspector.edge.numerics.int8_isa`),
 * ``x86-avx2``: its AVX2 kernels, under ``qemu-x86_64-static -cpu Haswell-v4``
   (``scripts/numeric_paths/paths.py``; bit-exact with an AMD EPYC, meaningless for speed),
 
@@ -73,7 +73,7 @@ EPYC = {"640x480": {"int8": 40.4, "fp32": 68.3}, "1280x720": {"int8": 130.7, "fp
 def machine() -> dict:
     import onnxruntime as ort
 
-    from inspector import numerics
+    from inspector.edge import numerics
 
     return {"cpu": numerics.cpu_model(), "native_isa": numerics.int8_isa(), "onnxruntime": ort.__version__,
             "machine": platform.machine(), "cores": os.cpu_count()}
@@ -84,7 +84,7 @@ def machine() -> dict:
 
 def eval_data(limit: int | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from build_default_models import DATA, prepare
-    from distill.edge import uint8_patches
+    from distill.export.package import uint8_patches
 
     with tempfile.TemporaryDirectory(prefix="int8-isa-") as tmp:
         _, eval_sets = prepare(Path(tmp), 96)
@@ -97,7 +97,7 @@ def eval_data(limit: int | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def run_native(onnx_bytes: bytes, images: np.ndarray) -> np.ndarray:
-    from inspector import numerics
+    from inspector.edge import numerics
 
     sess = numerics.session(onnx_bytes, numerics.OPTIMISED, threads=1)  # as runner.py: one thread
     return np.concatenate([sess.run(["probs"], {"image": images[i:i + CHUNK]})[0]
@@ -118,7 +118,7 @@ def accuracy(limit: int | None, mach: dict, use_avx2: bool) -> list[dict]:
     import hashlib
 
     from distill.metrics import mcc
-    from inspector.package import load_package
+    from inspector.edge.package import load_package
 
     data = eval_data(limit)
     rows: list[dict] = []
@@ -187,7 +187,7 @@ def frames() -> dict[str, np.ndarray]:
 
 
 def speed(mach: dict) -> list[dict]:
-    from inspector.engine import InferenceEngine
+    from inspector.edge.engine import InferenceEngine
 
     models = {"fp32": PACKAGES["new"][1], "old int8": PACKAGES["old"][0], "new int8": PACKAGES["new"][0]}
     weights = {"fp32": "fp32", "old int8": PACKAGES["old"][2], "new int8": PACKAGES["new"][2]}

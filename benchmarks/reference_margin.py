@@ -16,7 +16,7 @@ reference images
   initializer, and one layer perturbed by 1 %-100 % of its weights' spread (first, middle and
   last convolution); for the teachers also the student's model;
 
-and measures each against the shipped outputs (:func:`inspector.numerics.measure`). Every row
+and measures each against the shipped outputs (:func:`inspector.edge.numerics.measure`). Every row
 goes to ``docs/benchmarks/reference_margin.rows.jsonl``; the table
 ``docs/benchmarks/reference_margin.md`` and ``reference_margin.json`` are made from the rows
 (``--table-only`` remakes them without running anything).
@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO / "scripts" / "numeric_paths"))
 import paths as foreign  # noqa: E402
 import wrong_models  # noqa: E402
 
-from inspector import numerics  # noqa: E402
-from inspector.package import load_package  # noqa: E402
+from inspector.edge import numerics  # noqa: E402
+from inspector.edge.package import load_package  # noqa: E402
 from inspector.paths import default_model  # noqa: E402
 
 OUT = REPO / "docs" / "benchmarks"
@@ -193,7 +193,7 @@ def table(rows: list[dict]) -> str:
         "",
         f"Made by `python benchmarks/reference_margin.py` from the rows in `reference_margin.rows.jsonl` "
         f"(`--table-only` remakes this page and `reference_margin.json`). Machine: {machine['cpu']}, integer "
-        f"ISA **{machine['isa']}**, onnxruntime {machine['onnxruntime']}. Bounds: `inspector/numerics.py` "
+        f"ISA **{machine['isa']}**, onnxruntime {machine['onnxruntime']}. Bounds: `inspector/edge/numerics.py` "
         "(`RULES`); design: `docs/design/edge-models.md`. Each package is run on its own 48 reference images.",
         "",
         "## The margin",

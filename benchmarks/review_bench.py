@@ -48,10 +48,10 @@ def build_store(root: Path, n: int, teacher_flags: int) -> dict:
     """Fill ``root`` up to ``n`` flags (resumes a partial build); returns build timings."""
     import cv2
 
-    from inspector.engine import InferenceEngine
-    from inspector.live import tile_dicts
+    from inspector.edge.engine import InferenceEngine
+    from inspector.live.loop import tile_dicts
     from inspector.paths import default_model, sample_video
-    from inspector.store import FlagStore, ModelRef
+    from inspector.store.database import FlagStore, ModelRef
 
     engine = InferenceEngine(default_model(), threads=2)
     m = engine.manifest
@@ -102,7 +102,7 @@ def score_teachers(store, wanted: int) -> dict:
     flags carry the teachers' opinion."""
     try:
         from inspector.paths import default_teachers
-        from inspector.teacher_scorer import TeacherScorer
+        from inspector.review.teacher_scorer import TeacherScorer
     except ImportError as exc:
         print(f"  teachers: no scorer ({exc}); flags stay unscored")
         return {"scored": 0, "score_s": 0.0}
@@ -130,7 +130,7 @@ def _score_with_thread(scorer, store, wanted: int) -> None:
 
 
 def query_cases():
-    from inspector.store_query import FlagFilter
+    from inspector.store.query import FlagFilter
 
     return [
         ("all, most in need first", FlagFilter(), "need"),
@@ -181,10 +181,10 @@ def bench_view(root: Path, scroll_s: float) -> dict:
     from PySide6.QtWidgets import QApplication
 
     from inspector.qt import theme
-    from inspector.store import FlagStore
+    from inspector.store.database import FlagStore
 
     try:
-        from inspector.qt.review_view import ReviewWorkspace
+        from inspector.qt.review.view import ReviewWorkspace
     except ImportError as exc:
         return {"error": f"no review workspace yet: {exc}"}
     app = QApplication.instance() or QApplication(["review_bench"])
@@ -323,7 +323,7 @@ def main() -> int:
     ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/review_bench.md")
     args = ap.parse_args()
 
-    from inspector.store import FlagStore
+    from inspector.store.database import FlagStore
 
     result: dict = {"platform": os.environ.get("QT_QPA_PLATFORM", "xcb" if os.environ.get("DISPLAY") else "offscreen")}
     result["store"] = build_store(args.store, args.flags, args.teacher_flags)

@@ -187,7 +187,7 @@ def _training_config(args, defaults: dict) -> RunConfig:
 
 
 def cmd_train_teacher(args) -> int:
-    from distill.runs import run
+    from distill.training.runs import run
 
     cfg = _training_config(args, {"loss.name": "ce", "model.arch": "efficientnet_lite0",
                                   "model.pretrained": True, "train.lr": 3e-4, "out": "runs/teacher"})
@@ -199,9 +199,9 @@ def cmd_train_teacher(args) -> int:
 
 
 def cmd_distil(args) -> int:
-    from distill.runs import run
+    from distill.training.runs import run
 
-    from distill.losses import needs_teacher
+    from distill.training.losses import needs_teacher
 
     cfg = _training_config(args, {"out": "runs/student"})
     pretrained = args.init if args.init else (True if args.imagenet else None)
@@ -224,7 +224,7 @@ def cmd_distil(args) -> int:
 
 def cmd_eval(args) -> int:
     from distill.data.patches import PatchRule
-    from distill.runs import evaluate_model_path
+    from distill.training.runs import evaluate_model_path
 
     result = evaluate_model_path(args.model, args.data, layout=args.layout, batch_size=args.batch_size,
                                  patch_rule=PatchRule(size=args.patch_size, stride=args.patch_stride),
@@ -251,7 +251,7 @@ def cmd_split(args) -> int:
     from distill.data.imageio import BadFileReport
     from distill.data.patches import PatchRule
     from distill.data.splits import split_by_source, write_manifest
-    from distill.runs import read_samples
+    from distill.training.runs import read_samples
 
     report = BadFileReport()
     samples = read_samples(args.data, layout=args.layout, report=report, source_rule=args.source_rule,
@@ -281,8 +281,8 @@ def _named(items: list[str], flag: str) -> dict[str, str]:
 
 def cmd_export(args) -> int:
     from distill.data.patches import PatchRule
-    from distill.edge import build_packages
-    from distill.runs import read_samples
+    from distill.export.package import build_packages
+    from distill.training.runs import read_samples
 
     rule = PatchRule(size=args.patch_size, stride=args.patch_size)
     eval_sets = {k: read_samples(v, patch_rule=rule) for k, v in _named(args.eval, "--eval").items()}
@@ -325,7 +325,7 @@ def _export_lineage(args) -> tuple[str | None, dict | None]:
     """(parent version, tiling) from --parent (a version or a package) and --tiling."""
     parent, tiling = args.parent, parse_tiling(args.tiling) if args.tiling else None
     if parent and parent.endswith(".crackpkg"):
-        from inspector.package import PackageError, load_package
+        from inspector.edge.package import PackageError, load_package
 
         try:
             m = load_package(parent, verify_reference=False).manifest
@@ -339,8 +339,8 @@ def _export_lineage(args) -> tuple[str | None, dict | None]:
 
 def cmd_export_teachers(args) -> int:
     from distill.data.patches import PatchRule
-    from distill.runs import read_samples
-    from distill.teacher_export import build_teacher_package
+    from distill.training.runs import read_samples
+    from distill.export.teachers import build_teacher_package
 
     rule = PatchRule(size=args.patch_size, stride=args.patch_size)
     eval_sets = {k: read_samples(v, patch_rule=rule) for k, v in _named(args.eval, "--eval").items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from distill.train import TrainConfig
+from distill.training.loop import TrainConfig
 
 
 class ConfigError(ValueError):
@@ -190,7 +190,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def validate(cfg: RunConfig) -> None:
-    from distill.losses import LOSS_NAMES
+    from distill.training.losses import LOSS_NAMES
 
     d, t = cfg.data, cfg.train
     if len(d.split) != 3 or abs(sum(d.split) - 1.0) > 1e-6 or min(d.split) < 0:

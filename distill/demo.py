@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from distill.config import DataConfig, LossConfig, ModelConfig, RunConfig
-from distill.train import TrainConfig
+from distill.training.loop import TrainConfig
 
 INPUT_SIZE = 96
 
@@ -27,7 +27,7 @@ def run_demo(data: Path, out: Path) -> int:
     from distill.data.layouts import read_dataset
     from distill.data.patches import PatchRule
     from distill.data.splits import split_by_source, write_manifest
-    from distill.runs import evaluate_model_path, run
+    from distill.training.runs import evaluate_model_path, run
 
     if not data.is_dir():
         print(f"distill demo: no dataset at {data}; pass --data FOLDER (folder per class)", file=sys.stderr)

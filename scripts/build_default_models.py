@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from distill.config import DataConfig, LossConfig, ModelConfig, RunConfig  # noqa: E402
-from distill.train import TrainConfig  # noqa: E402
+from distill.training.loop import TrainConfig  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 TEACHERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -63,7 +63,7 @@ def prepare(work: Path, size: int):
 
 def save_half(src: Path, dst: Path) -> None:
     """Our checkpoint format with float16 tensors: half the size, loads into float models."""
-    from distill.checkpoint import atomic_torch_save, read_checkpoint
+    from distill.models.checkpoint import atomic_torch_save, read_checkpoint
 
     ckpt = read_checkpoint(src)
     ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
@@ -73,7 +73,7 @@ def save_half(src: Path, dst: Path) -> None:
 
 def export_teachers(out: Path, splits, eval_sets, version: str, tiling: dict) -> dict:
     """The shipped float16 teachers (what the student was distilled from) as one FP32 package."""
-    from distill.teacher_export import build_teacher_package
+    from distill.export.teachers import build_teacher_package
 
     report = build_teacher_package([out / "teachers" / f"{arch}.pt" for arch in TEACHERS], out,
                                    samples=splits["train"], eval_sets=eval_sets, training_data=TRAINING_DATA,
@@ -106,8 +106,8 @@ def main() -> int:
     (out / "teachers").mkdir(parents=True, exist_ok=True)
 
     from distill.cli import ProgressPrinter
-    from distill.edge import build_packages
-    from distill.runs import run
+    from distill.export.package import build_packages
+    from distill.training.runs import run
 
     splits, eval_sets = prepare(work, args.size)
     tiling = {"size": args.tile_size, "overlap": args.tile_overlap}

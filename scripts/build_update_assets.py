@@ -5,7 +5,7 @@ shared data (offline, deterministic):
     python scripts/build_update_assets.py --checkpoint    # only models/crack-student-<V>.pt
 
 * ``models/crack-student-<V>.pt``: the base student's PyTorch weights, recovered from the FP32
-  package's ONNX initializers (``distill/recover.py``), batch-norm statistics re-measured on 512 of
+  package's ONNX initializers (``distill/export/recover.py``), batch-norm statistics re-measured on 512 of
   its training patches, stored as float16. Checked: re-exported, the float32 recovery reproduces
   the package's reference probs and heat-maps (printed; ≤ 1e-5 required), the float16 file within
   within 1e-3 (float16 weights: 3.4e-4 measured).
@@ -30,10 +30,10 @@ REPLAY_PER_SET = {"ozgenel_ccic_subset": 360, "omu_port_quay": 40}
 def recover_checkpoint(models: Path, version: str, splits) -> None:
     import numpy as np
 
-    from distill.checkpoint import FORMAT, atomic_torch_save, load_classifier
-    from distill.edge import uint8_patches
-    from distill.recover import recover_classifier, verify_against_package
-    from inspector.package import load_package
+    from distill.models.checkpoint import FORMAT, atomic_torch_save, load_classifier
+    from distill.export.package import uint8_patches
+    from distill.export.recover import recover_classifier, verify_against_package
+    from inspector.edge.package import load_package
 
     pkg = load_package(models / f"crack-student-{version}.crackpkg")
     train = [s for parts in splits.values() for s in parts["train"]]

@@ -26,7 +26,7 @@ Plain versions, no ``-sibling`` suffix: the INT8 child's version is ``VERSION-in
 package format allows one pre-release part only (``9.0.0-sibling-int8`` is refused). What each is
 stands in the manifests' ``extra`` (the sibling's purpose and seed; the update's lineage).
 
-Every seed is fixed (torch on one thread; distill.train.fit is deterministic on CPU), so a re-run
+Every seed is fixed (torch on one thread; distill.training.loop.fit is deterministic on CPU), so a re-run
 should give the same models (not checked bit for bit). Finally
 ``OUT_DIR/wrong-models.json`` lists the packages with their MCC on the Özgenel test split.
 """
@@ -62,13 +62,13 @@ def have(out: Path, version: str) -> bool:
 
 def make_sibling(out: Path, splits, eval_sets) -> None:
     """The shipped recipe (build_default_models.main's student), another seed, shipped teachers."""
-    from distill.checkpoint import atomic_torch_save, read_checkpoint
+    from distill.models.checkpoint import atomic_torch_save, read_checkpoint
     from distill.cli import ProgressPrinter
     from distill.config import DataConfig, LossConfig, ModelConfig, RunConfig
-    from distill.edge import build_packages
-    from distill.runs import run
-    from distill.train import TrainConfig
-    from inspector.package import load_package
+    from distill.export.package import build_packages
+    from distill.training.runs import run
+    from distill.training.loop import TrainConfig
+    from inspector.edge.package import load_package
 
     work = out / "work" / "sibling"
     cfg = RunConfig(
@@ -136,7 +136,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from distill.edge import evaluate_package
+    from distill.export.package import evaluate_package
 
     t0 = time.perf_counter()
     splits, eval_sets = bdm.prepare(out / "work", 96)

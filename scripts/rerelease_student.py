@@ -5,10 +5,10 @@
 From ``models/crack-student-FROM.crackpkg`` (its ``model.onnx`` is reused byte for byte) it writes
 
 * ``crack-student-TO.crackpkg``: the same FP32 model with the new reference set (48 real patches,
-  24 of them near the decision boundary: :mod:`distill.reference`) and its provenance;
+  24 of them near the decision boundary: :mod:`distill.export.reference`) and its provenance;
 * ``crack-student-TO-int8.crackpkg``: re-quantized with 7-bit weights (``reduce_range``), the
   same 256 calibration patches and min-max ranges as before, so that onnxruntime computes it
-  exactly on every CPU, AVX2 included (:mod:`distill.quantize`);
+  exactly on every CPU, AVX2 included (:mod:`distill.export.quantize`);
 * ``crack-student-TO.report.json`` and ``crack-student-TO.pt`` (a copy of FROM's weights);
 
 and gives ``crack-teachers-*.crackpkg`` the new reference set in place (same model, same version).
@@ -33,9 +33,9 @@ from build_default_models import TRAINING_DATA, prepare  # noqa: E402
 
 def rereference_teachers(models: Path, splits) -> Path:
     """The teacher package with the new reference set; model, version and metrics unchanged."""
-    from distill import reference as refsel
-    from distill.edge import onnx_session, reference_pool, reference_spec, run_onnx
-    from inspector.package import load_package, write_package
+    from distill.export import reference as refsel
+    from distill.export.package import onnx_session, reference_pool, reference_spec, run_onnx
+    from inspector.edge.package import load_package, write_package
 
     path = sorted(models.glob("crack-teachers-*.crackpkg"))[-1]
     pkg = load_package(path, verify_reference=False)
@@ -59,8 +59,8 @@ def main() -> int:
     models, work = Path(args.models), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    from distill.edge import package_onnx
-    from inspector.package import load_package
+    from distill.export.package import package_onnx
+    from inspector.edge.package import load_package
 
     src = load_package(models / f"crack-student-{args.src}.crackpkg")
     m = src.manifest

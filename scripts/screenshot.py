@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from inspector.qt import theme
     from inspector.qt.main import load_engine, make_window, resolve_source
-    from inspector.store import FlagStore
+    from inspector.store.database import FlagStore
 
     app = QApplication.instance() or QApplication(["inspector"])
     theme.apply(app)

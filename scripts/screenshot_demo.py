@@ -36,14 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from inspector.device import PairingStore
-    from inspector.flagging import Flagger
+    from inspector.link.client import PairingStore
+    from inspector.live.flagging import Flagger
     from inspector.paths import sample_video
     from inspector.qt import theme
     from inspector.qt.main import load_engine
     from inspector.qt.window import MainWindow
-    from inspector.sources import parse_source
-    from inspector.store import FlagStore
+    from inspector.capture.sources import parse_source
+    from inspector.store.database import FlagStore
 
     app = QApplication.instance() or QApplication(["inspector"])
     theme.apply(app)

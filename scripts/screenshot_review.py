@@ -31,11 +31,11 @@ def fill_store(store, flags: int, scored: int) -> None:
     the teachers, a few reviewed."""
     import cv2
 
-    from inspector.engine import InferenceEngine
-    from inspector.live import engine_model
+    from inspector.edge.engine import InferenceEngine
+    from inspector.live.loop import engine_model
     from inspector.paths import default_model, default_teachers, sample_video
-    from inspector.store import ModelRef
-    from inspector.teacher_scorer import tile_crack_probs
+    from inspector.store.database import ModelRef
+    from inspector.review.teacher_scorer import tile_crack_probs
 
     student = InferenceEngine(default_model(), threads=2)
     model = ModelRef(student.manifest.name, student.manifest.version, student.manifest.model_sha256)
@@ -88,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    from inspector.flagging import Flagger, FlagPolicy
+    from inspector.live.flagging import Flagger, FlagPolicy
     from inspector.paths import sample_video
     from inspector.qt import theme
     from inspector.qt.main import load_engine, make_window
-    from inspector.sources import parse_source
-    from inspector.store import FlagStore
+    from inspector.capture.sources import parse_source
+    from inspector.store.database import FlagStore
 
     app = QApplication.instance() or QApplication(["inspector"])
     theme.apply(app)

@@ -25,7 +25,7 @@ def make_store(root: Path, engine):
     import cv2
 
     from inspector.paths import sample_video
-    from inspector.store import FlagStore, ModelRef
+    from inspector.store.database import FlagStore, ModelRef
 
     store = FlagStore(root)
     m = engine.manifest
@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from inspector.engine import InferenceEngine
-    from inspector.model_history import ModelHistory
+    from inspector.edge.engine import InferenceEngine
+    from inspector.update.history import ModelHistory
     from inspector.paths import default_model
     from inspector.qt import theme
-    from inspector.qt.update_view import UpdateDialog
+    from inspector.qt.update.view import UpdateDialog
 
     app = QApplication.instance() or QApplication(["inspector"])
     theme.apply(app)

@@ -30,8 +30,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from inspector import protocol
-from inspector.protocol import API
+from inspector.link import protocol
+from inspector.link.protocol import API
 
 REPO = Path(__file__).resolve().parents[1]
 READY_RE = re.compile(r"^AGENT READY port=(\d+) tls=([01]) cert_sha256=([0-9a-f]{64}) pairing_code=(\d{6}) data=(.+)$")
@@ -256,9 +256,9 @@ def signed_variant(dst: Path, key: Any | None, *, version: str = "1.5.0-int8",
                    edit: Callable[[dict], None] | None = None, src: Path | None = None) -> Path:
     """A copy of the package ``src`` (default: the shipped model) under a new ``version``,
     its manifest dict changed by ``edit`` (before signing), signed by ``key`` (an
-    :class:`inspector.signing.SigningKey`; None: unsigned). Verified as a device would
-    (:func:`inspector.package.write_package`), so only valid packages come out of here."""
-    from inspector import package as pkg
+    :class:`inspector.link.signing.SigningKey`; None: unsigned). Verified as a device would
+    (:func:`inspector.edge.package.write_package`), so only valid packages come out of here."""
+    from inspector.edge import package as pkg
     from inspector.paths import default_model
 
     p = pkg.load_package(src or default_model(), verify_reference=False)

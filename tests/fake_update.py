@@ -1,7 +1,7 @@
 """A stand-in for ``distill update`` in the app's fast tests: same arguments, the same JSON-lines
-events (made with inspector.update_protocol, so they are valid by construction), a real
+events (made with inspector.update.protocol, so they are valid by construction), a real
 ``OUT/update.json`` and real candidate packages (the shipped packages re-written under a bumped
-version with inspector.package.write_package, so a device verifies and runs them). No torch.
+version with inspector.edge.package.write_package, so a device verifies and runs them). No torch.
 
     python tests/fake_update.py update --base PKG --labelled DIR [--unlabelled DIR] --out DIR ...
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inspector import update_protocol as U  # noqa: E402
+from inspector.update import protocol as U  # noqa: E402
 
 MODE = os.environ.get("FAKE_UPDATE_MODE", "pass")
 DELAY = float(os.environ.get("FAKE_UPDATE_DELAY", "0.01"))
@@ -57,7 +57,7 @@ def stage_done(name: str, index: int) -> None:
 
 
 def write_candidates(base: Path, out: Path, version: str) -> dict:
-    from inspector.package import load_package, write_package
+    from inspector.edge.package import load_package, write_package
 
     int8_src = base if "-int8" in base.name else base.with_name(base.name.replace(".crackpkg", "-int8.crackpkg"))
     if not int8_src.is_file():

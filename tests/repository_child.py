@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from inspector.agent.repository import ModelRepository
-from inspector.signing import key_id_of, public_key_from_b64
+from inspector.link.signing import key_id_of, public_key_from_b64
 
 
 class SlowStream(io.RawIOBase):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import sys
 
-from inspector.store import FlagStore
+from inspector.store.database import FlagStore
 
 
 def main(root: str, seed: int) -> None:

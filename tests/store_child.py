@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inspector.store import FlagStore, ModelRef
+from inspector.store.database import FlagStore, ModelRef
 
 MODEL = ModelRef("crack-student", "1.0.0", "0" * 64)
 SIZE = (320, 240)  # width, height: small frames keep each add quick

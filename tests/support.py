@@ -72,7 +72,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def engine():
     """The shipped model on one thread, shared by the tests of a module."""
-    from inspector.engine import InferenceEngine
+    from inspector.edge.engine import InferenceEngine
     from inspector.paths import default_model
 
     return InferenceEngine(default_model(), threads=1)
@@ -102,7 +102,7 @@ def sample_video_results(engine, n: int, step: int) -> list:
 @pytest.fixture
 def store(tmp_path):
     """An empty flag store in ``tmp_path / "flags"``, closed after the test."""
-    from inspector.store import FlagStore
+    from inspector.store.database import FlagStore
 
     with FlagStore(tmp_path / "flags") as s:
         yield s

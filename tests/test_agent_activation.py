@@ -17,14 +17,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from inspector import engine_cache, protocol
+from inspector.edge import engine_cache
+from inspector.link import protocol
 from inspector.agent.repository import ENGINES_DIR, ModelRepository
 from inspector.agent.runtime import AgentRuntime
-from inspector.engine import CPU, InferenceEngine
-from inspector.package import INPUT_NAME
+from inspector.edge.engine import CPU, InferenceEngine
+from inspector.edge.package import INPUT_NAME
 from inspector.paths import default_model, sample_video
-from inspector.protocol import ApiError
-from inspector.sources import FrameGrabber, parse_source
+from inspector.link.protocol import ApiError
+from inspector.capture.sources import FrameGrabber, parse_source
 from test_agent_runtime import FakeEngine, FakeRepository
 
 TRT = engine_cache.TENSORRT
@@ -262,7 +263,7 @@ def test_a_failing_activation_reports_failed_and_the_old_model_stays(runtime, ba
 
 def test_the_client_polls_until_live_or_failed():
     """DeviceClient.wait_activation over a scripted sequence of statuses (no network)."""
-    from inspector.device import DeviceClient, DeviceError
+    from inspector.link.client import DeviceClient, DeviceError
 
     def status(act, model="good-1"):
         return protocol.Status(agent_id="a", agent_name="jetson", camera={}, model={"id": model}, provider="",

@@ -44,11 +44,11 @@ from agent_support import (Agent, check_frame, error_code, pair_token, rewrite_z
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inspector import protocol
+from inspector.link import protocol
 from inspector.agent.repository import INCOMING_DIR, PACKAGES_DIR, STATE_FILE
 from inspector.paths import default_model
-from inspector.protocol import API
-from inspector.signing import SigningKey
+from inspector.link.protocol import API
+from inspector.link.signing import SigningKey
 from support import SHIPPED_ID, SHIPPED_PARENT, SHIPPED_VERSION, read_manifest
 
 OLD_ID = SHIPPED_ID                           # the shipped model, given on the agent's command line
@@ -415,7 +415,7 @@ class TestPushFaults:
 
 def manual_signature(key: SigningKey, manifest: dict) -> dict:
     """Sign a manifest the library would refuse to sign (it validates first): the canonical
-    JSON of the manifest without ``signature``, as :func:`inspector.package.signed_payload`."""
+    JSON of the manifest without ``signature``, as :func:`inspector.edge.package.signed_payload`."""
     from cryptography.hazmat.primitives import serialization
 
     priv = serialization.load_pem_private_key(key.private_pem(), password=None)

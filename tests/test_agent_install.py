@@ -6,7 +6,7 @@ pyqtgraph; importing the agent's modules loads none of them; the installed ``ins
 (the wheel carries the code, not ``models/`` and ``resources/``: the model and the video are
 given on the command line, and without them it says so) starts, streams, pairs with the code
 from its data folder and takes a pushed model through the polled activation, driven from this
-process with :class:`inspector.device.DeviceClient`.
+process with :class:`inspector.link.client.DeviceClient`.
 
 The source is copied to a temporary folder first, so the build writes nothing into the checkout
 (other work may be building from it at the same time). PyPI must be reachable; pip's cache
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from inspector.device import DeviceClient
+from inspector.link.client import DeviceClient
 from inspector.paths import default_model, sample_video
-from inspector.signing import SigningKey
+from inspector.link.signing import SigningKey
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_TIMEOUT_S = 900
@@ -39,7 +39,7 @@ FORBIDDEN = ("torch", "torchvision", "PySide6", "fpdf", "pyqtgraph", "shiboken6"
 CHECK = """
 import importlib.util, json, sys
 import inspector.agent.main, inspector.agent.runtime, inspector.agent.server, inspector.agent.repository
-import inspector.agent.identity, inspector.agent.discovery, inspector.engine, inspector.engine_cache
+import inspector.agent.identity, inspector.agent.discovery, inspector.edge.engine, inspector.edge.engine_cache
 import cv2, onnxruntime
 forbidden = %r
 print(json.dumps({

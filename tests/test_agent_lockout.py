@@ -22,8 +22,8 @@ import time
 import pytest
 from agent_support import REPO, Agent, error_code, new_public_key, open_stream, pair, pair_token
 
-from inspector import protocol
-from inspector.protocol import API
+from inspector.link import protocol
+from inspector.link.protocol import API
 
 FLOOD_IDLE = 200
 FLOOD_SLOW = 8
@@ -246,9 +246,9 @@ def test_a_client_rotates_its_token_and_unpairs_itself(agent):
 
 
 def test_the_app_renews_its_token_and_forgets_the_device(agent, tmp_path, qtbot):
-    from inspector.device import DeviceClient, DeviceError, Pairing, PairingStore
-    from inspector.qt.device_panel import DevicePanel
-    from inspector.signing import SigningKey
+    from inspector.link.client import DeviceClient, DeviceError, Pairing, PairingStore
+    from inspector.qt.device.panel import DevicePanel
+    from inspector.link.signing import SigningKey
 
     store = PairingStore(tmp_path / "config")
     key = SigningKey.load_or_create(tmp_path / "signing-key.pem")

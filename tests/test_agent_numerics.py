@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from agent_support import Agent, pair_token, stopped_cleanly, wait_status
-from inspector import protocol
+from inspector.link import protocol
 from inspector.agent.runtime import AgentRuntime
-from inspector.engine import InferenceEngine
-from inspector.package import load_package, write_package
+from inspector.edge.engine import InferenceEngine
+from inspector.edge.package import load_package, write_package
 from inspector.paths import default_model, sample_video
-from inspector.protocol import API
-from inspector.signing import SigningKey
-from inspector.sources import FrameGrabber, parse_source
+from inspector.link.protocol import API
+from inspector.link.signing import SigningKey
+from inspector.capture.sources import FrameGrabber, parse_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "numeric_paths"))
 import wrong_models  # noqa: E402

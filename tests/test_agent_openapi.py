@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 
 from agent_support import Agent, error_code, pair_token, stopped_cleanly
-from inspector import protocol
-from inspector.protocol import API
+from inspector.link import protocol
+from inspector.link.protocol import API
 
 pytestmark = pytest.mark.slow
 

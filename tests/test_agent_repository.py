@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from inspector.agent.repository import ModelRepository, RepositoryError
-from inspector.package import load_package, write_package
-from inspector.protocol import ApiError, ModelList
-from inspector.signing import SigningKey
+from inspector.edge.package import load_package, write_package
+from inspector.link.protocol import ApiError, ModelList
+from inspector.link.signing import SigningKey
 from support import SHIPPED, SHIPPED_ID, SHIPPED_VERSION, run_and_kill
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspector import protocol
+from inspector.link import protocol
 from inspector.agent.repository import RepositoryError
 from inspector.agent.runtime import AgentRuntime, check_result
-from inspector.engine import FrameResult, TileResult
+from inspector.edge.engine import FrameResult, TileResult
 from inspector.paths import sample_video
-from inspector.protocol import ApiError, ModelInfo, ModelList
-from inspector.sources import FrameGrabber, parse_source
+from inspector.link.protocol import ApiError, ModelInfo, ModelList
+from inspector.capture.sources import FrameGrabber, parse_source
 
 
 def info(model_id: str) -> ModelInfo:

@@ -22,8 +22,8 @@ import pytest
 from agent_support import (PROTECTED, REPO, Agent, PinnedHTTPSConnection, check_frame, error_code, open_stream,
                            pair, signed_variant, stopped_cleanly, wait_status)
 
-from inspector import protocol
-from inspector.protocol import API
+from inspector.link import protocol
+from inspector.link.protocol import API
 from support import SHIPPED_ID
 
 # ---------------------------------------------------------------------------- plain HTTP
@@ -168,7 +168,7 @@ class TestPlainHTTP:
             conn.close()
 
     def test_upload_activate_rollback_while_streaming(self, agent, tmp_path):
-        from inspector.signing import SigningKey
+        from inspector.link.signing import SigningKey
 
         key = SigningKey.generate()
         status, _, body = pair(agent, name="pusher", key=key.public_b64())

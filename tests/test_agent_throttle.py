@@ -138,7 +138,7 @@ def test_a_burst_of_parallel_guesses_is_counted_before_any_passes(tmp_path):
     from agent_support import new_public_key
 
     from inspector.agent.identity import Identity
-    from inspector.protocol import ApiError
+    from inspector.link.protocol import ApiError
 
     class SlowThrottle(PairingThrottle):   # widens the window between check and count
         def check(self, peer: str) -> None:

@@ -11,19 +11,19 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.numerics import int8_isa
+from inspector.edge.numerics import int8_isa
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage
 
-from inspector.engine import FrameResult, TileResult, overlay
-from inspector.flagging import Flagger, FlagPolicy
-from inspector.live import LiveResult
+from inspector.edge.engine import FrameResult, TileResult, overlay
+from inspector.live.flagging import Flagger, FlagPolicy
+from inspector.live.loop import LiveResult
 from inspector.paths import sample_video
 from inspector.qt.bridge import LiveBridge
 from inspector.qt.main import NO_CAMERA
-from inspector.qt.view import LiveView
+from inspector.qt.live.view import LiveView
 from inspector.qt.window import MainWindow
-from inspector.sources import Frame, FrameGrabber, parse_source
+from inspector.capture.sources import Frame, FrameGrabber, parse_source
 from layout_check import field_layout_problems, themed  # noqa: F401  (fixture)
 from support import engine, store  # noqa: F401  (fixtures)
 
@@ -135,7 +135,7 @@ def test_view_paints_the_frame_in_its_own_colours(qtbot):
 def test_an_auto_flag_toast_goes_with_its_crack(qtbot):
     """"Auto-flag #2: crack" is about what the frame shows: it stays while later frames show a
     crack and goes with the first one that shows none; a manual flag's toast goes after its time."""
-    from inspector.qt.view import TOAST_MS
+    from inspector.qt.live.view import TOAST_MS
 
     view = LiveView()
     qtbot.addWidget(view)

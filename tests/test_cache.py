@@ -1,4 +1,4 @@
-"""distill.cache.TeacherCache: the on-disk SQLite cache of teacher outputs."""
+"""distill.training.cache.TeacherCache: the on-disk SQLite cache of teacher outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from distill.cache import TeacherCache
+from distill.training.cache import TeacherCache
 
 FP = "0123456789abcdef"
 

@@ -1,4 +1,4 @@
-"""distill.checkpoint: self-describing checkpoints, atomic writes, initialising from files."""
+"""distill.models.checkpoint: self-describing checkpoints, atomic writes, initialising from files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 import torchvision
 from torch import nn
 
-from distill.checkpoint import checkpoint_info, init_from_file, load_classifier, save_checkpoint
-from distill.models import ModelError, build_model
+from distill.models.checkpoint import checkpoint_info, init_from_file, load_classifier, save_checkpoint
+from distill.models.registry import ModelError, build_model
 from support import calibrated
 
 torch.set_num_threads(1)  # tiny models; extra OpenMP threads only slow a busy machine down

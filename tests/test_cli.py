@@ -16,14 +16,14 @@ import torch
 import yaml
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
-from distill.checkpoint import load_classifier
+from distill.models.checkpoint import load_classifier
 from distill.cli import main
 from distill.data.layouts import read_dataset
 from distill.data.patches import PatchRule
 from distill.data.splits import read_manifest, write_manifest
 from distill.data.torch_dataset import PatchDataset
 from distill.metrics import evaluate_predictions
-from distill.train import predict
+from distill.training.loop import predict
 from support import one_thread  # noqa: F401  (autouse fixture)
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])

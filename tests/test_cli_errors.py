@@ -36,7 +36,7 @@ def test_export_and_report_from_a_store_that_does_not_exist_fail_and_create_noth
 
 
 def test_export_without_store_option_needs_the_default_store_to_exist(tmp_path, monkeypatch, capsys):
-    import inspector.store as store_mod
+    import inspector.store.database as store_mod
 
     monkeypatch.setattr(store_mod, "default_root", lambda: tmp_path / "user-data" / "flags")
     assert main(["--export-flags", str(tmp_path / "out")]) == 2

@@ -1,4 +1,4 @@
-"""distill.train.fit under torchrun: two CPU ranks (gloo) on a tiny real Özgenel set."""
+"""distill.training.loop.fit under torchrun: two CPU ranks (gloo) on a tiny real Özgenel set."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ SCRIPT = textwrap.dedent('''
     from distill.data.layouts import read_dataset
     from distill.data.augment import AugmentConfig
     from distill.data.torch_dataset import PatchDataset
-    from distill.losses import build_loss
-    from distill.models import build_model
-    from distill.train import TrainConfig, fit
+    from distill.training.losses import build_loss
+    from distill.models.registry import build_model
+    from distill.training.loop import TrainConfig, fit
 
     root, out, records = sys.argv[1:4]
     rank = int(os.environ["RANK"])

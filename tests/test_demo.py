@@ -1,7 +1,7 @@
 """The demo device (``inspector --demo``): a real agent on loopback, paired with the code it wrote
 to its data folder, streaming verdicts; stopped without leaving a process behind; failures told.
 
-No Qt first (:class:`inspector.demo.DemoDevice`), then the window (offscreen) started with the demo.
+No Qt first (:class:`inspector.link.demo.DemoDevice`), then the window (offscreen) started with the demo.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from inspector.demo import PID_FILE, DemoDevice, DemoError, agent_program, demo_data_dir
-from inspector.device import DeviceClient, PairingStore, client_name
-from inspector.flagging import Flagger, FlagPolicy
+from inspector.link.demo import PID_FILE, DemoDevice, DemoError, agent_program, demo_data_dir
+from inspector.link.client import DeviceClient, PairingStore, client_name
+from inspector.live.flagging import Flagger, FlagPolicy
 from inspector.paths import sample_video
-from inspector.sources import parse_source
-from inspector.store import FlagStore
+from inspector.capture.sources import parse_source
+from inspector.store.database import FlagStore
 from agent_support import signed_variant
 from support import SHIPPED_ID, SHIPPED_VERSION, engine  # noqa: F401  (fixtures)
 
@@ -159,8 +159,8 @@ def test_a_crashed_demo_device_says_so(tmp_path):
 
 ORPHAN_MAKER = """
 import sys
-from inspector.demo import DemoDevice
-from inspector.device import PairingStore
+from inspector.link.demo import DemoDevice
+from inspector.link.client import PairingStore
 demo = DemoDevice(PairingStore(sys.argv[1]), data=sys.argv[2], threads=1)
 demo.start()
 print(demo.pid, flush=True)
@@ -296,7 +296,7 @@ def test_update_model_goes_live_on_the_demo_device(qtbot, engine, tmp_path, monk
     passes, the new model is signed, pushed and activated on the demo device, the view follows."""
     from test_update_view import FAKE, NEW_VERSION, RUN_MS, one_thread_engine, reviewed_store
 
-    from inspector.model_history import ModelHistory
+    from inspector.update.history import ModelHistory
     from inspector.qt.window import MainWindow
     from support import sample_video_results
 

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from inspector.numerics import int8_isa
+from inspector.edge.numerics import int8_isa
 
-from inspector.device import (DeviceClient, DeviceError, DeviceFeed, FingerprintMismatch, Pairing, PairingStore,
+from inspector.link.client import (DeviceClient, DeviceError, DeviceFeed, FingerprintMismatch, Pairing, PairingStore,
                               format_fingerprint, parse_address)
-from inspector.flagging import Flagger, FlagPolicy
-from inspector.live import LiveInspector
-from inspector.package import load_package, write_package
+from inspector.live.flagging import Flagger, FlagPolicy
+from inspector.live.loop import LiveInspector
+from inspector.edge.package import load_package, write_package
 from inspector.paths import default_model, sample_video
-from inspector.signing import SigningKey
-from inspector.sources import parse_source
-from inspector.store import FlagStore, ModelRef
+from inspector.link.signing import SigningKey
+from inspector.capture.sources import parse_source
+from inspector.store.database import FlagStore, ModelRef
 from layout_check import field_layout_problems, themed  # noqa: F401  (fixture)
 from support import SHIPPED_ID, SHIPPED_VERSION, engine  # noqa: F401  (fixtures)
 
@@ -446,7 +446,7 @@ def test_a_saved_device_is_listed_and_selected_on_start_and_connect_needs_a_pair
     """The next start after pairing: the paired device is the selected entry (not the "no device
     found" placeholder over a list that holds it), Connect is the next step; found devices do not
     displace it."""
-    from inspector.qt.device_panel import DevicePanel
+    from inspector.qt.device.panel import DevicePanel
 
     store = PairingStore(tmp_path / "config")
     store.save(paired)
@@ -509,9 +509,9 @@ def with_lineage(folder: Path, version: str, *, promoted: bool) -> Path:
 
 def test_push_model_sends_a_refused_candidate_only_with_the_expert_override_in_its_signed_lineage(
         qtbot, paired, key, tmp_path, engine):
-    from inspector.model_history import ModelHistory
-    from inspector.qt.device_panel import DevicePanel
-    from inspector.qt.model_history_view import ModelHistoryDialog
+    from inspector.update.history import ModelHistory
+    from inspector.qt.device.panel import DevicePanel
+    from inspector.qt.update.history_view import ModelHistoryDialog
 
     store = PairingStore(tmp_path / "config")
     store.save(paired)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import save_checkpoint
+from distill.models.checkpoint import save_checkpoint
 from distill.cli import main
 from distill.data.layouts import read_dataset
 from distill.data.splits import write_manifest
-from distill.models import build_model
-from inspector.package import load_package
+from distill.models.registry import build_model
+from inspector.edge.package import load_package
 from support import calibrated
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""The inference engine (``inspector/engine.py``) on REAL frames from ``uav75`` and
+"""The inference engine (``inspector/edge/engine.py``) on REAL frames from ``uav75`` and
 ``crackforest_cfd`` (with their crack masks), using the dark-thin-line fixture model of
 ``tests/test_package.py`` (a real ONNX graph following the contract; the exported student will
 get its own test). Sessions use one intra-op thread: a benchmark shares this machine.
@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from inspector import engine as engine_mod
-from inspector.engine import FrameResult, InferenceEngine, overlay, select_providers, tile_grid
-from inspector.package import PackageError, load_package, write_package
+from inspector.edge import engine as engine_mod
+from inspector.edge.engine import FrameResult, InferenceEngine, overlay, select_providers, tile_grid
+from inspector.edge.package import PackageError, load_package, write_package
 from test_package import S, build_fixture_onnx, fixture_manifest, make_reference, real_patches, rewrite, npz_bytes
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
@@ -322,7 +322,7 @@ def test_inspector_never_imports_torch_or_qt():
     import subprocess
     import sys
 
-    code = ("import sys, inspector.engine, inspector.package; "
+    code = ("import sys, inspector.edge.engine, inspector.edge.package; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'PySide6', 'distill')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(engine_mod.__file__).parents[1])

@@ -1,4 +1,4 @@
-"""distill.ensemble.TeacherEnsemble: averaging, per-member input sizes, freezing, fingerprint."""
+"""distill.models.ensemble.TeacherEnsemble: averaging, per-member input sizes, freezing, fingerprint."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.checkpoint import save_checkpoint
-from distill.ensemble import TeacherEnsemble
-from distill.models import ModelError, build_model
+from distill.models.checkpoint import save_checkpoint
+from distill.models.ensemble import TeacherEnsemble
+from distill.models.registry import ModelError, build_model
 from support import calibrated
 
 torch.set_num_threads(1)  # tiny models; extra OpenMP threads only slow a busy machine down

@@ -1,4 +1,4 @@
-"""distill.export: the ONNX contract's graph, and its Grad-CAM against pytorch-grad-cam.
+"""distill.export.graph: the ONNX contract's graph, and its Grad-CAM against pytorch-grad-cam.
 
 Every model gets realistic weights first (random ones give degenerate heat-maps that any
 formula would match): ImageNet EfficientNet-Lite0 with a linear probe fitted on real
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from distill.data.imageio import load_mask, load_rgb
-from distill.export import (
+from distill.export.graph import (
     FEATURES_NAME,
     EdgeGraph,
     ExportError,
@@ -30,7 +30,7 @@ from distill.export import (
     ort_session,
     pearson,
 )
-from distill.models import build_model
+from distill.models.registry import build_model
 
 torch.set_num_threads(1)
 DATA = Path(os.environ["CRACK_DATA_DIR"])

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.flag_export import ExportReport
-from inspector.review import ReviewQueue
-from inspector.store import FlagStore, StoreError
-from inspector.store_query import FlagFilter
+from inspector.store.export import ExportReport
+from inspector.review.queue import ReviewQueue
+from inspector.store.database import FlagStore, StoreError
+from inspector.store.query import FlagFilter
 from support import store  # noqa: F401  (a fixture)
 from test_store import TILE_BOXES, add, real_frame
 
@@ -121,7 +121,7 @@ def test_c_on_a_frame_the_student_called_clean_writes_no_clean_patch(store, tmp_
     assert (after_c.label, after_c.tile_labels, after_c.needs_tiles) == ("crack", None, True)
     report = store.export_dataset(tmp_path / "c")
     assert (report.crack, report.no_crack, report.needs_tiles) == (0, 0, (rec.uid,))
-    from inspector.flag_export import count_export
+    from inspector.store.export import count_export
     assert count_export(store)["no_crack"] == 0 and count_export(store)["needs_tiles"] == 1
     report = store.export_dataset(tmp_path / "c_teachers", include_unreviewed=True)
     assert (report.no_crack, report.unlabelled) == (0, 4)        # unknown tiles go to the teachers only

@@ -1,4 +1,4 @@
-"""inspector.flagging: the automatic rules, the manual button and de-duplication.
+"""inspector.live.flagging: the automatic rules, the manual button and de-duplication.
 
 Frames are real wall photographs (Özgenel, ``$CRACK_DATA_DIR``) and the shipped sample video;
 the results come from the shipped engine where the model matters, and are built with chosen
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from inspector import paths
-from inspector.engine import FrameResult, TileResult
-from inspector.flagging import FlagPolicy, Flagger, thumbnail, thumbnail_distance
+from inspector.edge.engine import FrameResult, TileResult
+from inspector.live.flagging import FlagPolicy, Flagger, thumbnail, thumbnail_distance
 from support import engine  # noqa: F401  (fixtures)
 
 DATA = Path(os.environ["CRACK_DATA_DIR"]) / "ozgenel_ccic_subset"

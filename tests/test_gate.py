@@ -139,7 +139,7 @@ def test_a_tampered_golden_file_is_a_clear_error(tmp_path):
 
 
 def test_site_split_is_stratified_deterministic_and_never_empty_for_a_class():
-    from inspector.model_update import site_split
+    from inspector.update.plan import site_split
 
     # the masonry site: 100 patches, 50 crack / 50 clean, four folder blocks
     masonry = {"crack/0": (25, 0), "crack/1": (25, 0), "no_crack/0": (0, 37), "no_crack/1": (0, 13)}
@@ -158,7 +158,7 @@ def test_site_split_is_stratified_deterministic_and_never_empty_for_a_class():
 
 
 def test_site_split_says_what_is_missing():
-    from inspector.model_update import site_split
+    from inspector.update.plan import site_split
 
     one_crack_frame = {"flag:a": (3, 9), **{f"flag:{i}": (0, 12) for i in range(10)}}
     split = site_split(one_crack_frame)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.engine import InferenceEngine, compose_heatmap, tile_grid
+from inspector.edge.engine import InferenceEngine, compose_heatmap, tile_grid
 from inspector.paths import default_model, sample_video
 
 

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from inspector.flagging import Flagger, FlagPolicy
-from inspector.live import LiveError, LiveInspector, LiveResult
+from inspector.live.flagging import Flagger, FlagPolicy
+from inspector.live.loop import LiveError, LiveInspector, LiveResult
 from inspector.paths import sample_video
-from inspector.sources import FrameGrabber, parse_source
+from inspector.capture.sources import FrameGrabber, parse_source
 from support import engine, store  # noqa: F401  (fixtures)
 
 FLAG_EVERY_FRAME = FlagPolicy(crack_threshold=1e-6, min_interval_s=0.0, duplicate_memory=0)
@@ -144,6 +144,6 @@ def test_threshold_is_validated(engine, store):
 
 
 def test_the_live_pipeline_imports_no_qt():
-    code = ("import sys, inspector.live, inspector.sources, inspector.flagging, inspector.store; "
+    code = ("import sys, inspector.live.loop, inspector.capture.sources, inspector.live.flagging, inspector.store.database; "
             "assert not [m for m in sys.modules if m.startswith(('PySide6', 'shiboken6'))]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

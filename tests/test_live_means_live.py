@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from inspector import protocol
-from inspector.model_update import NotLiveError, UpdateError, wait_until_live
+from inspector.link import protocol
+from inspector.update.plan import NotLiveError, UpdateError, wait_until_live
 from test_agent_runtime import make_runtime, model_ids  # noqa: F401 - the fixture
 
 SHA = "ab" * 32

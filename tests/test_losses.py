@@ -1,4 +1,4 @@
-"""Tests for distill.losses.
+"""Tests for distill.training.losses.
 
 Expected values come from hand arithmetic with :mod:`math` in this file, or from
 ``tests/fixtures/losses_expected.json`` (plain numpy, see its ``_comment`` and
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.losses import (
+from distill.training.losses import (
     LOSS_NAMES,
     CompositeLoss,
     CrossEntropyLoss,

@@ -1,4 +1,4 @@
-"""``inspector --check-model`` and the INT8/FP32 choice the app makes on this CPU (inspector.model_check)."""
+"""``inspector --check-model`` and the INT8/FP32 choice the app makes on this CPU (inspector.edge.check)."""
 from __future__ import annotations
 
 import subprocess
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inspector import model_check, numerics
-from inspector.package import load_package, write_package
+from inspector.edge import check as model_check, numerics
+from inspector.edge.package import load_package, write_package
 from inspector.paths import default_model
 
 REPO = Path(__file__).resolve().parents[1]

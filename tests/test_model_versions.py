@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from distill.update.lineage import next_version
-from inspector.model_history import (HistoryError, ModelHistory, ModelVersion, OverrideError, gate_refused,
+from inspector.update.history import (HistoryError, ModelHistory, ModelVersion, OverrideError, gate_refused,
                                      next_free_version, override_package)
-from inspector.package import load_package, write_package
+from inspector.edge.package import load_package, write_package
 from inspector.paths import default_model
-from inspector.protocol import ModelInfo, ModelList
-from inspector.signing import SigningKey, verify_manifest_signature
+from inspector.link.protocol import ModelInfo, ModelList
+from inspector.link.signing import SigningKey, verify_manifest_signature
 
 
 def candidate(folder: Path, version: str, *, promoted: bool | None, seed: int = 0) -> Path:

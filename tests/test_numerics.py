@@ -1,4 +1,4 @@
-"""The reference check tells a wrong model from another numeric path (inspector.numerics).
+"""The reference check tells a wrong model from another numeric path (inspector.edge.numerics).
 
 Every shipped package must pass on every numeric path this machine reaches (onnxruntime's
 optimised kernels, the unfused QDQ path, the emulated accelerator, and under qemu the AVX2 path)
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspector import numerics
-from inspector.engine import InferenceEngine
-from inspector.package import PackageError, ReferenceCheckError, load_package, write_package
+from inspector.edge import numerics
+from inspector.edge.engine import InferenceEngine
+from inspector.edge.package import PackageError, ReferenceCheckError, load_package, write_package
 from inspector.paths import default_model
 
 REPO = Path(__file__).resolve().parents[1]

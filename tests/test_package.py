@@ -1,9 +1,9 @@
-"""Model packages (``inspector/package.py``): a valid package round-trips, every kind of bad
+"""Model packages (``inspector/edge/package.py``): a valid package round-trips, every kind of bad
 package is refused with a message naming the problem.
 
 The model inside is a REAL small ONNX graph that follows the contract of
 ``docs/design/edge-models.md``, built here with ``onnx.helper`` (no dependency on
-``distill/export.py``): a hand-made dark-thin-line detector (oriented "centre darker than both
+``distill/export/graph.py``): a hand-made dark-thin-line detector (oriented "centre darker than both
 sides" kernels, stride-8 pooling to ``features``, GAP + Gemm head, in-graph Grad-CAM). It is a
 fixture, not a crack model: it also fires on formwork joints and other dark lines.
 ``tests/test_engine.py`` imports the builders from here.
@@ -27,7 +27,7 @@ from onnx import TensorProto as TP
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
-from inspector.package import (
+from inspector.edge.package import (
     FORMAT,
     Manifest,
     ModelPackage,
@@ -282,7 +282,7 @@ def test_extra_and_signature_round_trip(tmp_path, fixture_model, reference):
 
 
 def test_tiling_travels_with_the_model_and_sets_the_engine_default(tmp_path, fixture_model, reference):
-    from inspector.engine import InferenceEngine
+    from inspector.edge.engine import InferenceEngine
 
     path = write_package(tmp_path / "t.crackpkg", fixture_manifest(tiling={"size": 96, "overlap": 0.0}),
                          fixture_model, reference)

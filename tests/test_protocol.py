@@ -4,7 +4,7 @@ import io
 import numpy as np
 import pytest
 
-from inspector import protocol as P
+from inspector.link import protocol as P
 
 
 def header(**kw):

@@ -1,4 +1,4 @@
-"""distill.quantize: INT8 QDQ of an exported EfficientNet-Lite0, calibrated and judged on real images.
+"""distill.export.quantize: INT8 QDQ of an exported EfficientNet-Lite0, calibrated and judged on real images.
 
 The model is ImageNet Lite0 at 96 px with a linear probe fitted on real crack / no-crack
 patches (a random head would make top-1 agreement meaningless: its margins are tiny). The
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from distill.data.imageio import load_mask, load_rgb
-from distill.export import FEATURES_NAME, export_onnx, ort_session
-from distill.models import build_model
-from distill.quantize import (
+from distill.export.graph import FEATURES_NAME, export_onnx, ort_session
+from distill.models.registry import build_model
+from distill.export.quantize import (
     QuantizeError,
     QuantReport,
     compare_models,

@@ -1,7 +1,7 @@
-"""inspector.rate.RateWindow: the one sliding-window rate (sources, agent, HUD)."""
+"""inspector.capture.rate.RateWindow: the one sliding-window rate (sources, agent, HUD)."""
 import pytest
 
-from inspector.rate import RateWindow
+from inspector.capture.rate import RateWindow
 
 
 def test_rate_over_the_window_only():

@@ -1,4 +1,4 @@
-"""The inspection report (inspector/report.py): HTML and PDF from a real flag store.
+"""The inspection report (inspector/report/build.py): HTML and PDF from a real flag store.
 
 The store holds frames of the shipped sample video with the shipped student's real tile
 probabilities and heat-maps, reviewed through the store's review API. The PDF is checked with
@@ -18,10 +18,10 @@ import pytest
 from support import REPO, engine  # noqa: F401 - engine is a fixture
 
 from inspector.paths import sample_video
-from inspector.report import IMAGE_WIDTH, ReportError, build_report
-from inspector.store import FlagStore
-from inspector.store_query import FlagFilter
-from inspector.store_schema import ModelRef
+from inspector.report.build import IMAGE_WIDTH, ReportError, build_report
+from inspector.store.database import FlagStore
+from inspector.store.query import FlagFilter
+from inspector.store.schema import ModelRef
 
 STUDENT = ModelRef("crack-student", "1.1.0-int8", "ab" * 32)
 TEACHER = ModelRef("crack-teachers", "1.0.0", "cd" * 32)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspector.review import ReviewQueue
-from inspector.store import FlagStore, ModelRef, ReviewCounts, StoreError
-from inspector.store_query import FlagFilter
+from inspector.review.queue import ReviewQueue
+from inspector.store.database import FlagStore, ModelRef, ReviewCounts, StoreError
+from inspector.store.query import FlagFilter
 from support import run_and_kill, store  # noqa: F401  (store: a fixture)
 from test_store import add, image_files, real_frame
 

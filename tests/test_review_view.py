@@ -17,14 +17,14 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QFileDialog
 
-from inspector.flagging import Flagger, FlagPolicy
+from inspector.live.flagging import Flagger, FlagPolicy
 from inspector.paths import sample_video
 from inspector.qt import jobs
-from inspector.qt.review_grid import MISSING, RecordRole, ThumbRole
-from inspector.qt.review_view import ReviewWorkspace, merge_new_ids
+from inspector.qt.review.grid import MISSING, RecordRole, ThumbRole
+from inspector.qt.review.view import ReviewWorkspace, merge_new_ids
 from inspector.qt.window import MainWindow
-from inspector.sources import parse_source
-from inspector.store import FlagStore, ModelRef, StoreError
+from inspector.capture.sources import parse_source
+from inspector.store.database import FlagStore, ModelRef, StoreError
 from support import engine, sample_video_results, store  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]

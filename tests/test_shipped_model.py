@@ -13,8 +13,8 @@ import pytest
 
 from distill.data.imageio import load_mask, load_rgb
 from distill.metrics import roc_auc
-from inspector.engine import InferenceEngine
-from inspector.package import load_package
+from inspector.edge.engine import InferenceEngine
+from inspector.edge.package import load_package
 from inspector.paths import default_model, models_dir
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
@@ -89,8 +89,8 @@ def test_shipped_teacher_ensemble_loads_from_float16_and_sees_cracks():
 
     from distill.data.layouts import read_dataset
     from distill.data.splits import split_by_source
-    from distill.edge import uint8_patches
-    from distill.ensemble import TeacherEnsemble
+    from distill.export.package import uint8_patches
+    from distill.models.ensemble import TeacherEnsemble
 
     ensemble = TeacherEnsemble.from_checkpoints(sorted((MODELS / "teachers").glob("efficientnet_lite*.pt")))
     assert len(ensemble.members) == 3

@@ -1,4 +1,4 @@
-"""Ed25519 package signing (``inspector.signing``) on the shipped int8 package's manifest.
+"""Ed25519 package signing (``inspector.link.signing``) on the shipped int8 package's manifest.
 
 The signatures are checked against ``cryptography`` directly as well, over
 ``package.signed_payload``: a device that only knows the format must accept them.
@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from inspector import package as pkg
-from inspector.signing import (SigningError, SigningKey, key_id_of, public_key_from_b64,
+from inspector.edge import package as pkg
+from inspector.link.signing import (SigningError, SigningKey, key_id_of, public_key_from_b64,
                                verify_manifest_signature)
 from support import SHIPPED
 

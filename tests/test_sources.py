@@ -1,4 +1,4 @@
-"""inspector.sources: parsing source specs and the newest-frame-only, reconnecting grabber.
+"""inspector.capture.sources: parsing source specs and the newest-frame-only, reconnecting grabber.
 
 The videos are real MJPG .avi files written into tmp_path from real crack photographs; a
 breaking stream is a factory that hands out real ``cv2.VideoCapture`` objects on such a file
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from inspector import paths
-from inspector.sources import (FrameGrabber, SourceError, SourceSpec, SourceStatus, gstreamer_available,
+from inspector.capture.sources import (FrameGrabber, SourceError, SourceSpec, SourceStatus, gstreamer_available,
                                list_cameras, parse_source)
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])

@@ -1,4 +1,4 @@
-"""The flag store (``inspector/store.py``): real SQLite files and real images in tmp_path.
+"""The flag store (``inspector/store/database.py``): real SQLite files and real images in tmp_path.
 
 Frames are real concrete photos (Özgenel patches, enlarged to a non-square frame so that a
 swapped width/height shows). The crash test kills a writing process (``store_child.py``) with
@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.flag_export import ExportReport
-from inspector.store import (SCHEMA_VERSION, UNSET, FlagRecord, FlagStore, ModelRef,
+from inspector.store.export import ExportReport
+from inspector.store.database import (SCHEMA_VERSION, UNSET, FlagRecord, FlagStore, ModelRef,
                              RecoveryReport, StoreError)
 from support import run_and_kill, store  # noqa: F401  (store: a fixture)
 
@@ -119,7 +119,7 @@ def test_round_trip(store, tmp_path):
 
 
 def test_created_and_engine_tiles(store):
-    from inspector.engine import TileResult  # the engine's own tile objects are accepted as they come
+    from inspector.edge.engine import TileResult  # the engine's own tile objects are accepted as they come
 
     frame = real_frame()
     result_tiles = [TileResult((0, 0, 150, 150), np.array([0.2, 0.8], np.float32), np.float32(0.8), np.zeros((5, 5)))]

@@ -1,4 +1,4 @@
-"""distill.teacher_export and the shipped teacher package: the ensemble the student was distilled
+"""distill.export.teachers and the shipped teacher package: the ensemble the student was distilled
 from, as ONNX, must give the PyTorch ensemble's probabilities and its exact Grad-CAM.
 
 Everything runs on real patches (Özgenel walls, UAV75 bridge crops) and the shipped teachers.
@@ -16,15 +16,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.checkpoint import load_classifier
+from distill.models.checkpoint import load_classifier
 from distill.config import RunConfig
 from distill.data.layouts import read_dataset
-from distill.edge import uint8_patches
-from distill.ensemble import TeacherEnsemble
-from distill.export import ExportError, ort_session
-from distill.models import build_model
-from distill.teacher_export import EnsembleGraph, export_ensemble_onnx
-from inspector.package import load_package
+from distill.export.package import uint8_patches
+from distill.models.ensemble import TeacherEnsemble
+from distill.export.graph import ExportError, ort_session
+from distill.models.registry import build_model
+from distill.export.teachers import EnsembleGraph, export_ensemble_onnx
+from inspector.edge.package import load_package
 from inspector.paths import default_model, default_teachers, models_dir
 from support import one_thread, read_manifest  # noqa: F401 - one_thread is an autouse fixture
 

@@ -1,4 +1,4 @@
-"""inspector.teacher_scorer: the teachers' per-tile opinion of every flag, in the background.
+"""inspector.review.teacher_scorer: the teachers' per-tile opinion of every flag, in the background.
 
 A real FlagStore (temporary folder), real frames (UAV75 bridges, CrackForest pavement, the
 sample video) flagged with the shipped student, scored with the shipped teacher package.
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from distill.data.imageio import load_rgb
-from inspector.engine import InferenceEngine
-from inspector.live import engine_model, tile_dicts
+from inspector.edge.engine import InferenceEngine
+from inspector.live.loop import engine_model, tile_dicts
 from inspector.paths import default_teachers, sample_video
-from inspector.store import StoreError
-from inspector.teacher_scorer import NICE, TeacherScorer, tile_batch, tile_crack_probs
+from inspector.store.database import StoreError
+from inspector.review.teacher_scorer import NICE, TeacherScorer, tile_batch, tile_crack_probs
 from support import engine, store  # noqa: F401 - fixtures
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
@@ -171,7 +171,7 @@ def test_stop_joins_and_is_idempotent(store, scorers):
 
 
 def test_a_closed_store_ends_the_thread(tmp_path, engine, frames, scorers):
-    from inspector.store import FlagStore
+    from inspector.store.database import FlagStore
 
     store = FlagStore(tmp_path / "flags")
     scorer = scorers(store, poll_s=3600.0)
@@ -188,9 +188,9 @@ def test_a_closed_store_ends_the_thread(tmp_path, engine, frames, scorers):
 
 
 def test_the_window_runs_the_scorer_and_wakes_it_for_each_flag(qtbot, engine, store):
-    from inspector.flagging import Flagger, FlagPolicy
+    from inspector.live.flagging import Flagger, FlagPolicy
     from inspector.qt.window import MainWindow
-    from inspector.sources import parse_source
+    from inspector.capture.sources import parse_source
 
     scorer = TeacherScorer(store, default_teachers(), poll_s=3600.0)  # only notify() wakes it in time
     w = MainWindow(engine, store, Flagger(FlagPolicy(auto=False)), parse_source(sample_video()), scorer=scorer)

@@ -1,4 +1,4 @@
-"""distill.train.fit and distill.runs.run on a tiny real Özgenel set: events, checkpoints,
+"""distill.training.loop.fit and distill.training.runs.run on a tiny real Özgenel set: events, checkpoints,
 early stopping, exact resume, seeds, the KD path with a teacher-output cache."""
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from distill.cache import TeacherCache
-from distill.checkpoint import checkpoint_info, load_classifier
+from distill.training.cache import TeacherCache
+from distill.models.checkpoint import checkpoint_info, load_classifier
 from distill.config import DataConfig, LossConfig, ModelConfig, RunConfig
 from distill.data.augment import AugmentConfig
 from distill.data.layouts import read_dataset
 from distill.data.torch_dataset import PatchDataset
-from distill.ensemble import TeacherEnsemble
-from distill.losses import build_loss
-from distill.models import build_model
-from distill.runs import run
-from distill.train import TrainConfig, evaluate, fit, teacher_targets
+from distill.models.ensemble import TeacherEnsemble
+from distill.training.losses import build_loss
+from distill.models.registry import build_model
+from distill.training.runs import run
+from distill.training.loop import TrainConfig, evaluate, fit, teacher_targets
 from support import one_thread  # noqa: F401  (autouse fixture)
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])

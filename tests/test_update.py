@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.update_protocol import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, FINAL_EVENTS, parse_line
+from inspector.update.protocol import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, FINAL_EVENTS, parse_line
 from support import REPO, one_thread, store  # noqa: F401  (fixtures)
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
@@ -42,8 +42,8 @@ def flag_export(store, out: Path, reviewed: int = 10, unreviewed: int = 3) -> Pa
     """A real export of the app's flag store: crackforest frames flagged with the shipped tiling
     (160 px tiles), reviewed with tile labels from their masks; a few left unreviewed
     (-> unlabelled/)."""
-    from inspector.engine import tile_grid
-    from inspector.store_schema import ModelRef
+    from inspector.edge.engine import tile_grid
+    from inspector.store.schema import ModelRef
 
     images = sorted((DATA / "crackforest_cfd" / "images").glob("*.jpg"))[: reviewed + unreviewed]
     model = ModelRef("crack-student", "1.1.0-int8", "ab" * 32)
@@ -96,7 +96,7 @@ def assert_one_final(events: list[dict], kind: str) -> None:
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    from inspector.store import FlagStore
+    from inspector.store.database import FlagStore
 
     tmp = tmp_path_factory.mktemp("site")
     with FlagStore(tmp / "flags") as s:
@@ -114,7 +114,7 @@ def first_run(export_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_update_end_to_end_on_a_flag_export(first_run):
-    from inspector.package import load_package
+    from inspector.edge.package import load_package
 
     out, _, proc, events = first_run
     assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
@@ -171,7 +171,7 @@ def test_update_end_to_end_on_a_flag_export(first_run):
 def assert_checkpoint_reproduces(ckpt: Path, package, atol: float = 1e-4) -> None:
     import torch
 
-    from distill.checkpoint import load_classifier
+    from distill.models.checkpoint import load_classifier
 
     model = load_classifier(ckpt)
     x = torch.from_numpy(np.ascontiguousarray(package.reference["image"])).permute(0, 3, 1, 2).float() / 255.0
@@ -197,7 +197,7 @@ def test_a_second_run_resumes_and_an_override_is_recorded(first_run, export_dir)
     assert record["override"]["by"] == "ben" and record["override"]["reason"].startswith("site lead accepts")
     assert record["resumed"] == ["adapt_teachers", "teacher_outputs", "distil", "calibrate"]
     assert not (out / ".work").exists()            # promoted: the ~0.7 GB of working files are gone
-    from inspector.package import load_package
+    from inspector.edge.package import load_package
 
     lineage = load_package(events[-1]["candidate"]["int8"]).manifest.extra["lineage"]
     assert lineage["override"]["reason"] == record["override"]["reason"] and lineage["pushed_by"] == "ben"
@@ -236,7 +236,7 @@ def corrupting(quantize):
 
 @pytest.mark.slow
 def test_the_gate_refuses_a_candidate_that_forgets_the_golden_set_and_an_int8_that_drifts(tmp_path, monkeypatch):
-    import distill.quantize
+    import distill.export.quantize
     from distill.data.splits import read_manifest
     from distill.update.config import UpdateConfig
     from distill.update.pipeline import run_update
@@ -246,7 +246,7 @@ def test_the_gate_refuses_a_candidate_that_forgets_the_golden_set_and_an_int8_th
     replay = read_manifest(MODELS / "replay" / "replay.csv")
     walls = [s for s in replay if s.surface == "wall"][:48]
     labelled = write_patches(walls, tmp_path / "wrong", invert=True)
-    monkeypatch.setattr(distill.quantize, "quantize_int8", corrupting(distill.quantize.quantize_int8))
+    monkeypatch.setattr(distill.export.quantize, "quantize_int8", corrupting(distill.export.quantize.quantize_int8))
     events = []
     cfg = UpdateConfig(base=str(BASE_FP32), labelled=str(labelled), out=str(tmp_path / "out"),
                        golden=str(golden_slice(tmp_path)), recipe="finetune", epochs=2, lr=2e-3, replay_ratio=0.0,
@@ -268,7 +268,7 @@ def test_a_base_without_its_weights_is_refused_by_name(tmp_path):
     from distill.update.config import UpdateConfig
     from distill.update.errors import BaseModelError
     from distill.update.pipeline import run_update
-    from inspector.package import load_package, write_package
+    from inspector.edge.package import load_package, write_package
 
     pkg = load_package(BASE_FP32)
     manifest = {**pkg.manifest.to_dict(), "version": "9.9.0"}
@@ -330,7 +330,7 @@ def test_sigterm_cancels_within_seconds_and_leaves_no_package(export_dir, tmp_pa
 
 
 def test_the_shipped_base_checkpoint_is_the_shipped_package():
-    from inspector.package import load_package
+    from inspector.edge.package import load_package
 
     ckpt = MODELS / "crack-student-1.1.1.pt"
     assert ckpt.is_file(), "ship the base's weights beside its packages (scripts/build_update_assets.py)"
@@ -344,9 +344,9 @@ def test_the_shipped_base_checkpoint_is_the_shipped_package():
 @pytest.mark.slow
 def test_weights_recovered_from_the_package_reexport_to_its_reference_outputs(tmp_path):
     from distill.data.splits import read_manifest
-    from distill.edge import uint8_patches
-    from distill.recover import recover_classifier, verify_against_package
-    from inspector.package import load_package
+    from distill.export.package import uint8_patches
+    from distill.export.recover import recover_classifier, verify_against_package
+    from inspector.edge.package import load_package
 
     pkg = load_package(BASE_FP32)
     calibration = uint8_patches(read_manifest(MODELS / "replay" / "replay.csv")[:64], 96)
@@ -374,11 +374,11 @@ def test_the_golden_set_is_the_base_test_split_and_the_replay_set_its_training_d
 def test_every_package_the_tools_write_keeps_the_tiling_of_the_model_it_came_from(tmp_path):
     """distill export: from --tiling, from the --parent package, from the checkpoint (what
     distill update and the recovered base carry); never the engine's 96 px fallback."""
-    from distill.checkpoint import save_checkpoint
+    from distill.models.checkpoint import save_checkpoint
     from distill.cli import main
     from distill.data.splits import read_manifest, write_manifest
-    from distill.models import build_model
-    from inspector.package import load_package
+    from distill.models.registry import build_model
+    from inspector.edge.package import load_package
     from support import calibrated
 
     manifest = tmp_path / "patches.csv"
@@ -406,7 +406,7 @@ def test_every_package_the_tools_write_keeps_the_tiling_of_the_model_it_came_fro
 def test_threshold_rule_and_baking_it_into_the_bias():
     import torch
 
-    from distill.models import build_model
+    from distill.models.registry import build_model
     from distill.update.threshold import bake_threshold, decide
 
     rng = np.random.default_rng(0)
@@ -493,7 +493,7 @@ def test_a_run_that_cannot_be_promoted_stops_before_training(tmp_path):
 def test_site_kd_loss_learns_labels_only_where_there_are_labels():
     import torch
 
-    from distill.losses import HintonKDLoss, StepOutputs
+    from distill.training.losses import HintonKDLoss, StepOutputs
     from distill.update.student import SiteKDLoss
 
     s, t = torch.randn(6, 2), torch.randn(6, 2)

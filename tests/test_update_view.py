@@ -4,7 +4,7 @@ the push to a real device agent on loopback and the swap into this laptop's live
 model history and its rollbacks.
 
 The fast tests run ``tests/fake_update.py`` in place of ``distill update``: the same arguments,
-real events (made with inspector.update_protocol), a real update.json and real candidate
+real events (made with inspector.update.protocol), a real update.json and real candidate
 packages (the shipped ones re-written under version 1.2.0). The slow test runs the real
 ``distill update`` on its short path.
 """
@@ -19,18 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from inspector import model_update as MU
-from inspector.device import DeviceClient, PairingStore, client_name
-from inspector.engine import InferenceEngine
-from inspector.flagging import Flagger, FlagPolicy
-from inspector.model_history import HistoryError, ModelHistory, ModelVersion
+from inspector.update import plan as MU
+from inspector.link.client import DeviceClient, PairingStore, client_name
+from inspector.edge.engine import InferenceEngine
+from inspector.live.flagging import Flagger, FlagPolicy
+from inspector.update.history import HistoryError, ModelHistory, ModelVersion
 from inspector.paths import default_model, sample_video
-from inspector.qt.model_history_view import ModelHistoryDialog
-from inspector.qt.override_dialog import ExpertOverrideDialog
-from inspector.qt.update_view import UpdateDialog
+from inspector.qt.update.history_view import ModelHistoryDialog
+from inspector.qt.device.override_dialog import ExpertOverrideDialog
+from inspector.qt.update.view import UpdateDialog
 from inspector.qt.window import MainWindow
-from inspector.sources import parse_source
-from inspector.store import FlagStore, ModelRef
+from inspector.capture.sources import parse_source
+from inspector.store.database import FlagStore, ModelRef
 from agent_support import Agent
 from support import SHIPPED_VERSION, engine, sample_video_results  # noqa: F401  (fixtures)
 
@@ -383,7 +383,7 @@ def test_the_base_is_the_devices_model_when_this_laptop_has_it_else_the_laptops_
 
 def test_cancel_kills_a_job_that_ignores_sigterm(qtbot):
     """Cancel is SIGTERM; a job that ignores it is killed after the grace period, and says so."""
-    from inspector.qt.update_process import UpdateProcess
+    from inspector.qt.update.process import UpdateProcess
 
     job = UpdateProcess(kill_after_ms=500)
     logs = []

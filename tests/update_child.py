@@ -10,11 +10,11 @@ from pathlib import Path
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtWidgets import QApplication
 
-from inspector.engine import InferenceEngine
-from inspector.model_history import ModelHistory
+from inspector.edge.engine import InferenceEngine
+from inspector.update.history import ModelHistory
 from inspector.paths import default_model
-from inspector.qt.update_view import UpdateDialog
-from inspector.store import FlagStore
+from inspector.qt.update.view import UpdateDialog
+from inspector.store.database import FlagStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -60,9 +60,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .imageio import BadFileReport, BadImageError, check_image, image_size, load_mask
-from .patches import PatchRule, check_mask_size, patches_from_mask
-from .samples import LABELS, HashCache, Sample
+from distill.data.imageio import BadFileReport, BadImageError, check_image, image_size, load_mask
+from distill.data.patches import PatchRule, check_mask_size, patches_from_mask
+from distill.data.samples import LABELS, HashCache, Sample
 
 log = logging.getLogger(__name__)
 

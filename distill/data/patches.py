@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .imageio import BadImageError, image_size, load_mask
+from distill.data.imageio import BadImageError, image_size, load_mask
 
 Box = tuple[int, int, int, int]
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from inspector.fsio import write_atomic
 
-from .layouts import DatasetError
-from .samples import HashCache, Sample
+from distill.data.layouts import DatasetError
+from distill.data.samples import HashCache, Sample
 
 MANIFEST_COLUMNS = ("path", "label", "source", "surface", "box", "sha256")
 

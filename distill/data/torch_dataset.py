@@ -24,9 +24,16 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .augment import IDENTITY, AugmentConfig, AugmentParams, apply, draw_params, shrink_to
-from .imageio import load_rgb
-from .samples import HashCache, Sample
+from distill.data.augment import (
+    IDENTITY,
+    AugmentConfig,
+    AugmentParams,
+    apply,
+    draw_params,
+    shrink_to,
+)
+from distill.data.imageio import load_rgb
+from distill.data.samples import HashCache, Sample
 
 CACHE_MARGIN = 1.25
 """Cached crops keep a longer side of ``round(input_size * 1.25)``: room for zoom and rotation."""

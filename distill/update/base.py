@@ -60,7 +60,7 @@ def _find(names: list[str], places: list[Path]) -> Path | None:
 
 def find_base(path: str | Path) -> BaseModel:
     """The base model of ``path`` (a .crackpkg), or BaseModelError saying what is missing."""
-    from inspector.package import PackageError, load_package
+    from inspector.edge.package import PackageError, load_package
 
     given = Path(path)
     try:
@@ -94,8 +94,8 @@ def find_base(path: str | Path) -> BaseModel:
 def _check_weights(ckpt: Path, fp32) -> float:
     import torch
 
-    from distill.checkpoint import load_classifier
-    from distill.models import ModelError
+    from distill.models.checkpoint import load_classifier
+    from distill.models.registry import ModelError
 
     try:
         model = load_classifier(ckpt)

@@ -48,7 +48,7 @@ def read_set(path: str | os.PathLike, patch_size: int = 96, *, verify: bool = Fa
     a dataset folder is hashed as it is read anyway."""
     from distill.data.patches import PatchRule
     from distill.data.splits import read_manifest
-    from distill.runs import read_samples
+    from distill.training.runs import read_samples
 
     path = Path(path)
     if path.is_dir():

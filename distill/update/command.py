@@ -1,6 +1,6 @@
 """``distill update``: the command line of :func:`distill.update.pipeline.run_update`.
 
-Events go to stdout as JSON lines (``inspector/update_protocol.py``), one per line, flushed;
+Events go to stdout as JSON lines (``inspector/update/protocol.py``), one per line, flushed;
 everything else (logging, library warnings, stray prints) goes to stderr. SIGTERM and SIGINT
 stop the run at the next batch. Exit status: 0 result, 1 error, 2 usage, 3 cancelled.
 """
@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from inspector.update_protocol import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, encode
+from inspector.update.protocol import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, encode
 
 USAGE = """distill update --base PACKAGE --labelled DIR [--unlabelled DIR] --out DIR [--teachers DIR] [--golden DIR]
        [--seed N] [--epochs N] [--teacher-epochs N] [--version X.Y.Z] [--override-gate --confirm "text"]

@@ -1,6 +1,6 @@
 """The exceptions of ``distill update``: one root, one subclass per way a run can end early.
 
-The command maps them to the final event and exit status (``inspector/update_protocol.py``):
+The command maps them to the final event and exit status (``inspector/update/protocol.py``):
 :class:`UpdateCancelled` → ``cancelled`` (3), every other :class:`UpdateError` → ``error`` (1).
 Messages name the option, file or field at fault.
 """

@@ -1,4 +1,4 @@
-"""Reporting and cancelling a model update: events through ``inspector/update_protocol.py``.
+"""Reporting and cancelling a model update: events through ``inspector/update/protocol.py``.
 
 :class:`Reporter` turns what the stages do into the protocol's events (``make_event``) and hands
 each to ``emit`` (the command prints it as a JSON line on stdout; the API's caller may collect
@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Callable
 
-from inspector.update_protocol import EXIT_CANCELLED, STAGES, make_event
+from inspector.update.protocol import EXIT_CANCELLED, STAGES, make_event
 
 from distill.update.errors import UpdateCancelled
 
@@ -102,7 +102,7 @@ class Reporter:
         self.send("log", level=level, message=message)
 
     def fit_callback(self, model: str) -> Callable[[dict], None]:
-        """A ``distill.train.fit`` callback: steps → progress (and cancel checks), epochs → epoch events."""
+        """A ``distill.training.loop.fit`` callback: steps → progress (and cancel checks), epochs → epoch events."""
         state = {"steps": 1, "epoch": 0, "epochs": 1}
 
         def on(event: dict) -> None:

@@ -17,7 +17,7 @@ site_validation_mcc       the site shows the gain (:func:`site_evidence`): site 
                           other half, never at one tuned on the same frames
 int8_top1_agreement       INT8 and FP32 candidate agree on ≥ INT8_MIN_AGREEMENT (0.98) of the drift
                           images (golden + site validation + up to DRIFT_SITE_IMAGES site patches)
-int8_heatmap_correlation  ``cam_corr_mean`` of ``distill.quantize.int8_drift`` ≥ INT8_MIN_CAM_CORR
+int8_heatmap_correlation  ``cam_corr_mean`` of ``distill.export.quantize.int8_drift`` ≥ INT8_MIN_CAM_CORR
                           (0.9): mean Pearson correlation of the crack heat-maps, INT8 against
                           FP32, at input resolution, over the images whose FP32 map is visible
 ========================= ======================================================================
@@ -39,7 +39,7 @@ GOLDEN_MAX_DROP = 0.01
 INT8_MIN_AGREEMENT = 0.98
 INT8_MIN_CAM_CORR = 0.9
 DRIFT_SITE_IMAGES = 256
-SITE_MIN_PER_CLASS = 5     # = inspector.model_update.SITE_MIN_PER_CLASS and the threshold rule's minimum
+SITE_MIN_PER_CLASS = 5     # = inspector.update.plan.SITE_MIN_PER_CLASS and the threshold rule's minimum
 BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0
 LOWER_PERCENTILE = 5.0     # one-sided 95 % lower bound
@@ -127,7 +127,7 @@ def site_evidence(labels, base_pred, cand_pred, *, n_boot: int = BOOTSTRAP, seed
 def folds(sources, labels, k: int = CROSSFIT_FOLDS, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
     """Fold index per patch: sources stratified as in the site split (crack sources, clean
     sources), each stratum's sources ranked by hash and dealt round-robin to the k folds."""
-    from inspector.model_update import _source_rank
+    from inspector.update.plan import _source_rank
 
     units: dict[str, bool] = {}
     for s, y in zip(sources, labels):
@@ -215,8 +215,8 @@ def rules(metrics: dict, drift: dict, site: dict | None = None, int8_golden: tup
 def evaluate_base(base, sets: dict[str, list], check=lambda: None) -> dict:
     """Every metric of the base's FP32 (and INT8, when at hand) package on ``sets``; ``check``
     is called between the sets (a cancel point)."""
-    from distill.edge import evaluate_package
-    from inspector.package import load_package
+    from distill.export.package import evaluate_package
+    from inspector.edge.package import load_package
 
     out = {}
     for variant, path in (("fp32", base.fp32_path), ("int8", base.int8_path)):

@@ -1,6 +1,6 @@
 """Lineage: what a candidate came from, recorded in its manifest and in update.json.
 
-The manifest (``inspector/package.py``) is extended only where it is free-form, so every package
+The manifest (``inspector/edge/package.py``) is extended only where it is free-form, so every package
 still loads on an older agent: ``parent_version`` (the base's FP32 version), ``training_data``
 (the parent's datasets, replayed, plus one entry for the site with its counts and licence;
 scalars only, as the loader requires) and ``extra.lineage``::
@@ -24,8 +24,8 @@ def next_version(version: str, taken=()) -> str:
     past every minor version already used for the model (``taken``: versions of the same name on
     the laptop, in its history, in the updates folder, on the device; ``-int8`` twins count), so a
     rollback followed by an update never hands out a version a different model already has. One
-    definition for the app and the engine: :func:`inspector.model_history.next_free_version`."""
-    from inspector.model_history import next_free_version
+    definition for the app and the engine: :func:`inspector.update.history.next_free_version`."""
+    from inspector.update.history import next_free_version
 
     return next_free_version(version, taken)
 
@@ -76,7 +76,7 @@ def lineage(base, record: dict, recipe: dict, threshold: dict | None, gate: dict
 
 def finalize_package(src, dst, *, training: list[dict], lineage_record: dict):
     """Rewrite the package at ``src`` with the final training data and lineage, atomically at ``dst``."""
-    from inspector.package import load_package, write_package
+    from inspector.edge.package import load_package, write_package
 
     pkg = load_package(src)
     manifest = pkg.manifest.to_dict()

@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from inspector.update_protocol import STAGES
+from inspector.update.protocol import STAGES
 
 from distill.update import lineage as lin
 from distill.update.config import UpdateConfig

@@ -16,7 +16,7 @@ from distill.update.training import student_input_size
 
 
 def stage_export(run: Run) -> None:
-    from distill.edge import build_packages
+    from distill.export.package import build_packages
     from distill.update.gate import GOLDEN, SITE_VAL
 
     cfg, rep, d, base = run.cfg, run.rep, run.data, run.base
@@ -37,10 +37,10 @@ def stage_export(run: Run) -> None:
 
 
 def stage_gate(run: Run) -> None:
-    from distill.edge import uint8_patches
-    from distill.quantize import int8_drift
+    from distill.export.package import uint8_patches
+    from distill.export.quantize import int8_drift
     from distill.update.gate import DRIFT_SITE_IMAGES, GOLDEN, SITE_VAL, evaluate_base, judge
-    from inspector.package import load_package
+    from inspector.edge.package import load_package
 
     cfg, rep, d = run.cfg, run.rep, run.data
     rep.begin("gate")
@@ -88,9 +88,9 @@ def _site_evidence(run: Run, candidate_onnx: Path) -> dict:
     predicted at the threshold the calibrate rule picks on the other folds."""
     import numpy as np
 
-    from distill.edge import onnx_session, run_onnx, uint8_patches
+    from distill.export.package import onnx_session, run_onnx, uint8_patches
     from distill.update.gate import crossfit, site_evidence, unbake
-    from inspector.package import load_package
+    from inspector.edge.package import load_package
 
     d = run.data
     base_pkg = load_package(run.base.fp32_path)
@@ -149,7 +149,7 @@ def stage_write(run: Run) -> None:
     record = lin.data_record(cfg, d["labelled"], d["adapt"], d["val"], d["unlabelled_used"],
                              _replay_used(run), d["golden"])
     record["site"]["label_source"] = dict(run.label_sources)
-    record["site"]["split"] = {**run.split, "rule": "stratified by class over sources (inspector.model_update."
+    record["site"]["split"] = {**run.split, "rule": "stratified by class over sources (inspector.update.plan."
                                                     "site_split): crack sources and clean sources ranked by hash, "
                                                     f"{cfg.val_fraction:g} of each to site validation, topped up "
                                                     "to 5 patches per class, one source per stratum kept for training"}

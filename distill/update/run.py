@@ -42,7 +42,7 @@ class Run:
     report: dict = field(default_factory=dict)     # build_packages' report
     gate: dict = field(default_factory=dict)
     label_sources: dict = field(default_factory=dict)   # how the labelled patches were labelled: counts
-    split: dict = field(default_factory=dict)           # the site split's counts (inspector.model_update.SiteSplit)
+    split: dict = field(default_factory=dict)           # the site split's counts (inspector.update.plan.SiteSplit)
 
     def done(self, stage: str) -> bool:
         """``stage`` was finished by an earlier run with the same inputs (its fingerprint)."""

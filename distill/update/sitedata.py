@@ -108,10 +108,10 @@ def site_units(samples: list[Sample]) -> dict[str, tuple[int, int]]:
 
 def split_site(labelled: list[Sample], val_fraction: float, seed: int):
     """(adapt, site-validation, the SiteSplit): stratified by class over sources by
-    ``inspector.model_update.site_split`` (the rule the app's plan shows before Start).
+    ``inspector.update.plan.site_split`` (the rule the app's plan shows before Start).
     UpdateDataError, before any training, when site validation cannot hold at least
     ``SITE_MIN_PER_CLASS`` patches of each class (the gate could not promote the candidate)."""
-    from inspector.model_update import SITE_MIN_PER_CLASS, site_split
+    from inspector.update.plan import SITE_MIN_PER_CLASS, site_split
 
     split = site_split(site_units(labelled), val_fraction=val_fraction, seed=seed)
     if split.missing:

@@ -9,7 +9,7 @@ cross-entropy on the labelled ones:
          + (1 − α) · CE(s, y)                         (labelled samples only)
 
 ``teacher_outputs`` runs the ensemble before training and stores the logits in the teacher
-cache (``distill/cache.py``, in the work folder): ``distil`` then never runs a teacher, and a
+cache (``distill/training/cache.py``, in the work folder): ``distil`` then never runs a teacher, and a
 re-run finds every output cached. Two ways (``teacher_views``):
 
 * ``"once"`` (default): one output per sample, on its un-augmented view; the student's
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.losses import StepOutputs
+from distill.training.losses import StepOutputs
 
 TEACHER_BATCH = 64
 
@@ -39,7 +39,7 @@ TEACHER_BATCH = 64
 class SiteKDLoss(nn.Module):
     """Hinton et al. (2015) KD over every sample, cross-entropy over the labelled ones (label ≥ 0).
 
-    Same calling convention as ``distill/losses.py``; returns ``{"loss", "kd", "ce"}`` with
+    Same calling convention as ``distill/training/losses.py``; returns ``{"loss", "kd", "ce"}`` with
     ``kd`` including T² and ``ce`` 0 for a batch without labels. ``alpha = 0`` with no teacher
     logits is plain cross-entropy on the labelled samples (the "finetune" recipe).
     """
@@ -130,7 +130,7 @@ class SampleKeyed(torch.utils.data.Dataset):
 
 
 def open_cache(path: Path, ensemble):
-    from distill.cache import TeacherCache
+    from distill.training.cache import TeacherCache
 
     return TeacherCache(path, ensemble.fingerprint(), store_features=False)
 
@@ -170,8 +170,8 @@ def _key(dataset, i: int) -> str:
 def distil(checkpoint: Path, train_ds, val_ds, plan: StudentPlan, work: Path, reporter, *,
            ensemble=None, cache=None):
     """The student from ``checkpoint`` trained on ``train_ds``; returns the model (last epoch)."""
-    from distill.checkpoint import load_classifier
-    from distill.train import TrainConfig, fit
+    from distill.models.checkpoint import load_classifier
+    from distill.training.loop import TrainConfig, fit
 
     model = load_classifier(checkpoint).float()
     if plan.freeze_bn:

@@ -82,11 +82,11 @@ def adapt_teacher(path: Path, train: list, val: list, plan: TeacherPlan, work: P
     """Fine-tune the teacher at ``path``; returns the adapted checkpoint (float32) in ``work``."""
     import torch
 
-    from distill.checkpoint import load_classifier, save_checkpoint
+    from distill.models.checkpoint import load_classifier, save_checkpoint
     from distill.data.augment import AugmentConfig
     from distill.data.torch_dataset import PatchDataset
-    from distill.losses import CrossEntropyLoss
-    from distill.train import TrainConfig, fit
+    from distill.training.losses import CrossEntropyLoss
+    from distill.training.loop import TrainConfig, fit
 
     model = load_classifier(path).float()
     set_trainable(model, plan.layers)

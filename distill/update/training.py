@@ -46,7 +46,7 @@ def _student_train_samples(run: Run) -> list:
 
 
 def _ensemble(run: Run):
-    from distill.ensemble import TeacherEnsemble
+    from distill.models.ensemble import TeacherEnsemble
 
     return TeacherEnsemble.from_checkpoints([str(p) for p in run.teachers], average="logits")
 
@@ -81,7 +81,7 @@ def student_input_size(run: Run) -> int:
 
 
 def stage_distil(run: Run) -> None:
-    from distill.checkpoint import save_checkpoint
+    from distill.models.checkpoint import save_checkpoint
     from distill.data.torch_dataset import PatchDataset
     from distill.update.student import StudentPlan, distil, open_cache, train_dataset
 
@@ -118,9 +118,9 @@ def stage_distil(run: Run) -> None:
 
 
 def stage_calibrate(run: Run) -> None:
-    from distill.checkpoint import load_classifier, save_checkpoint
+    from distill.models.checkpoint import load_classifier, save_checkpoint
     from distill.data.torch_dataset import PatchDataset
-    from distill.train import predict
+    from distill.training.loop import predict
     from distill.update.threshold import ThresholdDecision, bake_threshold, decide
 
     cfg, rep = run.cfg, run.rep

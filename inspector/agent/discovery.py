@@ -1,6 +1,6 @@
 """Finding agents on the local network: mDNS/DNS-SD with zeroconf.
 
-The agent advertises ``<name>.`` :data:`~inspector.protocol.SERVICE_TYPE` with TXT properties
+The agent advertises ``<name>.`` :data:`~inspector.link.protocol.SERVICE_TYPE` with TXT properties
 ``agent_id``, ``name``, ``tls`` ("1"/"0"), ``cert_sha256`` (the first
 :data:`CERT_PREFIX_HEX` hex digits of the certificate fingerprint: enough for the app to tell
 agents apart and to check the certificate it meets before pairing; the full fingerprint comes
@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from .. import protocol
+from inspector.link import protocol
 
 log = logging.getLogger(__name__)
 

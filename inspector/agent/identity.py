@@ -57,10 +57,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import protocol
-from ..fsio import fsync_dir, write_atomic
-from ..protocol import ApiError
-from .throttle import PairingThrottle, TooManyAttempts
+from inspector.link import protocol
+from inspector.fsio import fsync_dir, write_atomic
+from inspector.link.protocol import ApiError
+from inspector.agent.throttle import PairingThrottle, TooManyAttempts
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class Identity:
         ``retry_after``) while this address or the agent as a whole must wait, before the code
         is compared; 403 ``wrong_pairing_code`` (the code stays; see the module doc).
         """
-        from .. import signing
+        from inspector.link import signing
 
         try:
             raw = signing.public_key_from_b64(public_key_b64)

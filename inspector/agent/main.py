@@ -10,7 +10,7 @@ A config file (YAML or JSON) holds the same long options as keys (``insecure-htt
 ``insecure_http`` works too); the command line wins over the file, the file over the defaults;
 an unknown key is refused. Defaults: the shipped sample video, the shipped model, the data
 folder ``platformdirs.user_data_dir("crack-inspector-agent")``, port
-:data:`~inspector.protocol.DEFAULT_PORT` on all interfaces, TLS on, mDNS on.
+:data:`~inspector.link.protocol.DEFAULT_PORT` on all interfaces, TLS on, mDNS on.
 ``--insecure-http`` (tokens in clear) is allowed on a loopback address only (127.0.0.0/8,
 ``::1``, ``localhost``; it is then the default host); any other host is refused (exit 2).
 
@@ -41,7 +41,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import protocol
+from inspector.link import protocol
 
 log = logging.getLogger("inspector.agent")
 
@@ -144,7 +144,7 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
     merged = load_config(args.config) if args.config else {}
     merged.update({k: v for k, v in given.items() if v is not None})
     if "source" not in merged or "model" not in merged:
-        from .. import paths
+        from inspector import paths
 
         try:
             merged.setdefault("source", str(paths.sample_video()))
@@ -175,7 +175,7 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
         raise ConfigError(f"port must be 0..65535, got {merged['port']}")
     if merged["threads"] is not None and merged["threads"] < 1:
         raise ConfigError(f"threads must be 1 or more, got {merged['threads']}")
-    from ..numerics import NUMERIC_PATHS
+    from inspector.edge.numerics import NUMERIC_PATHS
     if merged["numeric-path"] is not None and merged["numeric-path"] not in NUMERIC_PATHS:
         raise ConfigError(f"numeric-path must be one of {', '.join(NUMERIC_PATHS)}, got {merged['numeric-path']!r}")
     if str(merged["log-level"]).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -197,7 +197,7 @@ def is_loopback(host: str) -> bool:
 
 def manage_clients(opts: dict[str, Any]) -> int:
     """``--list-clients`` / ``--revoke``: on the data folder, with or without a running agent."""
-    from .identity import IDENTITY_DIR, ClientRegistry, IdentityError
+    from inspector.agent.identity import IDENTITY_DIR, ClientRegistry, IdentityError
 
     data = Path(opts["data"]).expanduser().resolve()
     try:
@@ -259,7 +259,7 @@ def _lock_data_dir(data: Path) -> Any:
 
 def run(opts: dict[str, Any]) -> int:
     """Start everything, print the READY line, serve until SIGTERM/SIGINT, stop cleanly."""
-    from ..sources import SourceError, parse_source
+    from inspector.capture.sources import SourceError, parse_source
 
     stop = threading.Event()
     new_code = threading.Event()
@@ -293,8 +293,8 @@ def run(opts: dict[str, Any]) -> int:
 
 def _open_store(opts: dict[str, Any], data: Path) -> tuple[Any, Any]:
     """(identity, repository) with the command-line package imported."""
-    from .identity import Identity, IdentityError
-    from .repository import ModelRepository, RepositoryError
+    from inspector.agent.identity import Identity, IdentityError
+    from inspector.agent.repository import ModelRepository, RepositoryError
 
     try:
         identity = Identity(data, name=opts["name"])
@@ -332,9 +332,9 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _serve(opts: dict[str, Any], spec: Any, data: Path, stop: threading.Event, new_code: threading.Event) -> None:
-    from ..sources import FrameGrabber
-    from .runtime import AgentRuntime
-    from .server import AgentServer
+    from inspector.capture.sources import FrameGrabber
+    from inspector.agent.runtime import AgentRuntime
+    from inspector.agent.server import AgentServer
 
     tls = not opts["insecure-http"]
     _check_port(opts["host"], opts["port"])   # before the identity shows a pairing code for an agent that never serves
@@ -356,7 +356,7 @@ def _serve(opts: dict[str, Any], spec: Any, data: Path, stop: threading.Event, n
         log.info("agent %r (%s) on port %d, %s, source %s; pairing code %s", identity.name, identity.agent_id,
                  server.port, "TLS" if tls else "PLAIN HTTP (insecure)", spec.label, identity.pairing_code)
         if not opts["no-mdns"]:
-            from .discovery import start_advertising
+            from inspector.agent.discovery import start_advertising
 
             advertiser = start_advertising(name=identity.name, port=server.port, agent_id=identity.agent_id,
                                            tls=tls, cert_sha256=identity.cert_sha256, host=opts["host"])

@@ -4,19 +4,19 @@ Layout under ``root``::
 
     packages/<sha256 of the file>.crackpkg   immutable, content-addressed
     engines/<sha256 of the file>/            what the runtime builds from that version (its
-                                             TensorRT engine cache, :mod:`inspector.engine_cache`)
+                                             TensorRT engine cache, :mod:`inspector.edge.engine_cache`)
     incoming/<random>.part                   an upload or import being received
     state.json                               {"active", "previous", "models", "failed"}
     .lock                                    one repository per folder (flock)
 
-``state.json`` maps a model id ``"<name>-<version>"`` to its :class:`~inspector.protocol.ModelInfo`
+``state.json`` maps a model id ``"<name>-<version>"`` to its :class:`~inspector.link.protocol.ModelInfo`
 plus ``"file"``; a name from a request is only ever looked up there, never joined into a path.
 Every change (store, activate, rollback) is one atomic replace of ``state.json`` (temporary
 file, fsync, rename, fsync of the folder) made after the package file is in place, so a crash
 leaves the old or the new state, both pointing at verified files.
 
 An upload is refused before anything is stored unless it is a complete package
-(:func:`inspector.package.load_package`: manifest, model hash, ONNX contract, reference run),
+(:func:`inspector.edge.package.load_package`: manifest, model hash, ONNX contract, reference run),
 signed by a trusted key, with the labels of the active model (a silent change of label order
 is the classic field bug), not a different file under an existing id, and not a candidate its
 gate refused (``extra.lineage.promoted`` false) unless the lineage carries the expert override.
@@ -24,7 +24,7 @@ The model list shows, per version, ``promoted`` and ``override`` from the signed
 
 Opening repairs what a crash or a bad disk left: temporary uploads and package files no state
 refers to are removed; a ``state.json`` that does not parse is kept as ``state.json.corrupt``
-and rebuilt from the package files that pass :func:`~inspector.package.load_package` -- with *no*
+and rebuilt from the package files that pass :func:`~inspector.edge.package.load_package` -- with *no*
 active model, because which one was active is exactly what was lost (the agent's command-line
 package, imported at start, then becomes active); an active model whose file is missing or
 damaged (its SHA-256 no longer matches its name) is replaced by the newest previous one that
@@ -46,10 +46,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
-from inspector import package as pkg
-from inspector import signing
+from inspector.edge import package as pkg
+from inspector.link import signing
 from inspector.fsio import fsync_dir, write_atomic
-from inspector.protocol import MAX_PACKAGE_BYTES, ApiError, ModelInfo, ModelList
+from inspector.link.protocol import MAX_PACKAGE_BYTES, ApiError, ModelInfo, ModelList
 
 STATE_FILE = "state.json"
 PACKAGES_DIR = "packages"

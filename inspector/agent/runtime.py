@@ -3,10 +3,10 @@ handed to every client's newest-only slot; model changes without stopping the st
 
 Threads
 -------
-* the :class:`~inspector.sources.FrameGrabber`'s capture thread (newest frame only);
+* the :class:`~inspector.capture.sources.FrameGrabber`'s capture thread (newest frame only);
 * one **inference thread**: takes the newest frame it has not seen, runs the engine in
   service, checks the result, encodes it **once** (JPEG of the frame, heat-map via
-  :func:`~inspector.protocol.heat_to_wire`, :func:`~inspector.protocol.encode_frame`) and
+  :func:`~inspector.link.protocol.heat_to_wire`, :func:`~inspector.link.protocol.encode_frame`) and
   publishes the bytes. Each :class:`Subscription` (one per stream client) only ever gets the
   newest published frame it has not had yet: a slow client skips frames, it never builds a
   backlog, and a fast one costs no extra encoding;
@@ -15,7 +15,7 @@ Threads
   :meth:`AgentRuntime.start_activation` runs the same change on a worker thread and returns at
   once. The new engine is loaded off the serving path (a low-priority thread), reference outputs
   verified (``verify_reference=True``) and run once on a frame of the camera's size -- where
-  TensorRT builds its engine, cached per version in the repository (:mod:`inspector.engine_cache`)
+  TensorRT builds its engine, cached per version in the repository (:mod:`inspector.edge.engine_cache`)
   -- and only then is the engine reference swapped, between two frames. The stream goes on with
   the old model meanwhile; at most the frame in flight still comes from the old model.
   :meth:`AgentRuntime.activation` (the status's ``activation``) follows the latest change:
@@ -48,12 +48,12 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from .. import protocol
-from ..newest import FPS_WINDOW_S
-from ..numerics import int8_isa
-from ..package import ReferenceCheckError
-from ..protocol import ApiError, ModelInfo, ModelList, StreamHeader
-from ..rate import RateWindow
+from inspector.link import protocol
+from inspector.capture.newest import FPS_WINDOW_S
+from inspector.edge.numerics import int8_isa
+from inspector.edge.package import ReferenceCheckError
+from inspector.link.protocol import ApiError, ModelInfo, ModelList, StreamHeader
+from inspector.capture.rate import RateWindow
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _Loaded:
 
 @dataclass
 class _ActivationRecord:
-    """The latest model change (see :class:`~inspector.protocol.Activation`); ``t_state`` is
+    """The latest model change (see :class:`~inspector.link.protocol.Activation`); ``t_state`` is
     the monotonic time it entered ``state``."""
     model_id: str
     state: str
@@ -212,7 +212,7 @@ class AgentRuntime:
     """Inference, model swaps and the stream slots of the agent (see the module doc).
 
     ``repository``: a :class:`~inspector.agent.repository.ModelRepository`; ``grabber``: a
-    :class:`~inspector.sources.FrameGrabber` (started and stopped here). ``threads``: ORT
+    :class:`~inspector.capture.sources.FrameGrabber` (started and stopped here). ``threads``: ORT
     intra-op threads per engine (None: the engine's default). ``on_event(event)``: called with
     every event dict ``{"time", "kind", "message"}`` on the thread that made it; exceptions are
     logged. ``engine_factory(path)``: how a package becomes an engine (tests). Thread-safe.
@@ -256,8 +256,8 @@ class AgentRuntime:
     def _default_factory(self, path: Path) -> Any:
         """The engine for a stored package: TensorRT (when this onnxruntime has it) caches its
         engine in the version's folder of the repository, with a profile for the camera's frames."""
-        from ..engine import InferenceEngine, select_providers
-        from ..engine_cache import CACHE_DIR, TENSORRT
+        from inspector.edge.engine import InferenceEngine, select_providers
+        from inspector.edge.engine_cache import CACHE_DIR, TENSORRT
 
         engine_dir = getattr(self.repository, "engine_dir", None)
         tensorrt = engine_dir is not None and TENSORRT in select_providers()

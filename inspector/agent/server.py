@@ -1,4 +1,4 @@
-"""The agent's HTTP(S) API: exactly the endpoints of :data:`inspector.protocol.ENDPOINTS`.
+"""The agent's HTTP(S) API: exactly the endpoints of :data:`inspector.link.protocol.ENDPOINTS`.
 
 ``http.server.ThreadingHTTPServer`` (one daemon thread per connection, HTTP/1.1 keep-alive),
 TLS 1.2+ with the identity's certificate unless ``tls=False`` (``--insecure-http``, loopback
@@ -7,9 +7,9 @@ client that connects and says nothing cannot stall the server.
 
 Order of checks for every request
 ---------------------------------
-0. A method no endpoint uses (:data:`~inspector.protocol.METHODS`; TRACE, PUT, ...): 501 on
+0. A method no endpoint uses (:data:`~inspector.link.protocol.METHODS`; TRACE, PUT, ...): 501 on
    every path, before authentication (RFC 9110: not implemented for any resource).
-1. ``(method, path)`` in :data:`~inspector.protocol.OPEN_ENDPOINTS` (pairing, the OpenAPI
+1. ``(method, path)`` in :data:`~inspector.link.protocol.OPEN_ENDPOINTS` (pairing, the OpenAPI
    document): no credentials needed.
 2. Otherwise ``Authorization: Bearer <token>`` must name a paired client, **before anything
    else is looked at**: a missing or wrong token gets 401 for every path and method, known or
@@ -17,16 +17,16 @@ Order of checks for every request
    method on the path of an open endpoint is 405 without credentials (that path is public).
 3. Unknown path: 404; known path, another of our methods: 405 (with ``Allow``).
 4. Bodies: ``Content-Length`` required where a body is expected (411; chunked bodies are not
-   accepted), JSON at most :data:`~inspector.protocol.MAX_JSON_BYTES` (413) and parsed by the
+   accepted), JSON at most :data:`~inspector.link.protocol.MAX_JSON_BYTES` (413) and parsed by the
    protocol's message classes (ProtocolError → 400); a package upload over
-   :data:`~inspector.protocol.MAX_PACKAGE_BYTES` is refused (413) before a byte is read.
+   :data:`~inspector.link.protocol.MAX_PACKAGE_BYTES` is refused (413) before a byte is read.
    ``Expect: 100-continue`` is honoured *after* these checks, so a client that waits for it
    never sends a body that will be refused.
 
-Every error is an :class:`~inspector.protocol.ApiError` JSON body and closes the connection;
+Every error is an :class:`~inspector.link.protocol.ApiError` JSON body and closes the connection;
 an unexpected exception is logged with its traceback and answered 500 ``internal`` without
-one. Sockets time out (:data:`~inspector.protocol.REQUEST_TIMEOUT` while reading a request,
-:data:`~inspector.protocol.STREAM_READ_TIMEOUT` while writing the stream), so a stalled client
+one. Sockets time out (:data:`~inspector.link.protocol.REQUEST_TIMEOUT` while reading a request,
+:data:`~inspector.link.protocol.STREAM_READ_TIMEOUT` while writing the stream), so a stalled client
 frees its thread; a stream with no frame for STREAM_READ_TIMEOUT (camera gone) is ended by the
 agent, as the client would.
 
@@ -61,8 +61,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .. import protocol
-from ..protocol import API, ApiError, Message, ProtocolError
+from inspector.link import protocol
+from inspector.link.protocol import API, ApiError, Message, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -629,7 +629,7 @@ class AgentServer:
 
     def __init__(self, identity: Any, repository: Any, runtime: Any, *, host: str = "127.0.0.1",
                  port: int = protocol.DEFAULT_PORT, tls: bool = True, max_connections: int = MAX_CONNECTIONS):
-        from .repository import RepositoryError
+        from inspector.agent.repository import RepositoryError
 
         self.identity, self.repository, self.runtime = identity, repository, runtime
         self.repository_error = RepositoryError

@@ -1,5 +1,5 @@
 """The desktop window and the ``inspector`` command: the only package that imports PySide6.
 
 Everything here paints and forwards user input; the work (capture, inference, flagging,
-storage) happens in :mod:`inspector.live` and below, on their own threads.
+storage) happens in :mod:`inspector.live.loop` and below, on their own threads.
 """

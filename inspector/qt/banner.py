@@ -12,7 +12,7 @@ import time
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from . import theme
+from inspector.qt import theme
 
 
 class Banner(QFrame):
@@ -75,7 +75,7 @@ def problem_text(status) -> str:
 
 
 class SourceBanner(Banner):
-    """Follows the grabber's :class:`~inspector.sources.SourceStatus`."""
+    """Follows the grabber's :class:`~inspector.capture.sources.SourceStatus`."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)

@@ -23,8 +23,8 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
-from ..engine import overlay
-from ..live import LiveResult
+from inspector.edge.engine import overlay
+from inspector.live.loop import LiveResult
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ def thumbnail(rgb: np.ndarray, height: int = THUMB_HEIGHT) -> QImage:
 
 
 class LiveBridge(QObject):
-    """Pass ``on_result`` … ``on_error`` of this object to :class:`~inspector.live.LiveInspector`.
+    """Pass ``on_result`` … ``on_error`` of this object to :class:`~inspector.live.loop.LiveInspector`.
 
-    ``resultReady`` → call :meth:`take` for the newest :class:`~inspector.live.LiveResult`;
+    ``resultReady`` → call :meth:`take` for the newest :class:`~inspector.live.loop.LiveResult`;
     ``statusChanged(SourceStatus)``; ``flagStored(FlagRecord, QImage | None)`` with a thumbnail;
     ``errorRaised(LiveError)``; ``historyLoaded(list[(FlagRecord, QImage | None)], count)``.
     """

@@ -12,10 +12,10 @@ Without ``--source`` the first camera found is used, else the shipped sample vid
 then says so and offers the source chooser). ``--device`` opens on a device paired earlier
 (Device panel → Pair…): its stream, verdicts and model; "Disconnect" goes to ``--source`` or the
 sample video. ``--demo`` starts a device agent on this laptop (loopback, the sample video, the
-shipped model; :mod:`inspector.demo`), pairs with it with the code it wrote to its data folder and
+shipped model; :mod:`inspector.link.demo`), pairs with it with the code it wrote to its data folder and
 opens on it, as ``--device`` would; it is stopped when the window closes. Stored flags are
 scored by the teacher ensemble on a low-priority background thread
-(``inspector/teacher_scorer.py``; the shipped ``models/crack-teachers-X.Y.Z.crackpkg`` unless
+(``inspector/review/teacher_scorer.py``; the shipped ``models/crack-teachers-X.Y.Z.crackpkg`` unless
 ``--teachers`` or ``--no-teachers``), for the review's disagreement ranking.
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_model(args) -> int:
     """``--check-model``: no Qt; the report on stdout; 0 if the package passes on this machine."""
-    from ..model_check import check_report
+    from inspector.edge.check import check_report
 
     ok, report = check_report(args.check_model)
     print(report)
@@ -105,7 +105,7 @@ def check_model(args) -> int:
 
 def export_flags(args) -> int:
     """``--export-flags``: no Qt, no model; the report on stdout, a reason on stderr."""
-    from ..store import FlagStore, StoreError, existing_store
+    from inspector.store.database import FlagStore, StoreError, existing_store
 
     try:
         with FlagStore(existing_store(args.store)) as store:
@@ -129,8 +129,8 @@ def export_flags(args) -> int:
 
 def write_report(args) -> int:
     """``--report``: no Qt, no model; what was written on stdout, a reason on stderr (exit 2)."""
-    from ..report import ReportError, build_report
-    from ..store import FlagStore, StoreError, existing_store
+    from inspector.report.build import ReportError, build_report
+    from inspector.store.database import FlagStore, StoreError, existing_store
 
     try:
         with FlagStore(existing_store(args.store)) as store:
@@ -149,8 +149,8 @@ class StartupError(RuntimeError):
 
 def resolve_source(spec: str | None):
     """``(SourceSpec, notice or None)``: the given source, else the first camera, else the sample."""
-    from ..paths import sample_video
-    from ..sources import SourceError, list_cameras, parse_source
+    from inspector.paths import sample_video
+    from inspector.capture.sources import SourceError, list_cameras, parse_source
 
     if spec is not None:
         try:
@@ -171,9 +171,9 @@ def resolve_source(spec: str | None):
 
 
 def resolve_device(address: str, pairings=None):
-    """The saved :class:`~inspector.device.Pairing` for ``HOST:PORT``; StartupError if none."""
-    from ..device import DeviceError, PairingStore, parse_address
-    from ..protocol import DEFAULT_PORT
+    """The saved :class:`~inspector.link.client.Pairing` for ``HOST:PORT``; StartupError if none."""
+    from inspector.link.client import DeviceError, PairingStore, parse_address
+    from inspector.link.protocol import DEFAULT_PORT
 
     if not re.fullmatch(r"\s*(\[[^\]]+\]|[^\s:\[\]/]+):\d+\s*", address or ""):
         raise StartupError(f"--device {address!r}: not a host:port (e.g. 192.168.1.20:{DEFAULT_PORT} or "
@@ -192,13 +192,13 @@ def resolve_device(address: str, pairings=None):
 
 def load_engine(model: Path | None, threads: int | None):
     """The engine for ``model``; without one, the shipped student in the variant that is faster
-    on this CPU (:func:`inspector.model_check.choose_variant`; ``engine.variant_reason`` says why)."""
+    on this CPU (:func:`inspector.edge.check.choose_variant`; ``engine.variant_reason`` says why)."""
     from platformdirs import user_cache_dir
 
-    from ..engine import InferenceEngine
-    from ..model_check import choose_variant
-    from ..package import PackageError
-    from ..paths import default_model
+    from inspector.edge.engine import InferenceEngine
+    from inspector.edge.check import choose_variant
+    from inspector.edge.package import PackageError
+    from inspector.paths import default_model
 
     threads = threads or default_threads()
     try:
@@ -216,7 +216,7 @@ def load_engine(model: Path | None, threads: int | None):
 def resolve_teachers(path: Path | None, disabled: bool = False) -> Path | None:
     """The teacher package the scorer runs: ``path`` (must exist), else the shipped one, else None
     (the app works without; flags then wait unscored for a later run)."""
-    from ..paths import default_teachers
+    from inspector.paths import default_teachers
 
     if disabled:
         return None
@@ -235,14 +235,14 @@ def make_scorer(store, teachers: Path | None):
     """A TeacherScorer on ``store`` (one thread, lowest priority), or None without a package."""
     if teachers is None:
         return None
-    from ..teacher_scorer import TeacherScorer
+    from inspector.review.teacher_scorer import TeacherScorer
 
     return TeacherScorer(store, teachers, threads=1)
 
 
 def make_window(engine, store, source, notice, flagger=None, device=None, scorer=None):
-    from ..flagging import Flagger
-    from .window import MainWindow
+    from inspector.live.flagging import Flagger
+    from inspector.qt.window import MainWindow
 
     return MainWindow(engine, store, flagger or Flagger(), source, notice=notice, device=device, scorer=scorer)
 
@@ -308,20 +308,20 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.selftest:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from .platform_check import check    # Qt aborts without its xcb libraries: name them instead
+    from inspector.qt.platform_check import check  # Qt aborts without its xcb libraries: name them instead
     if (missing := check()) is not None:
         print(f"inspector: {missing}", file=sys.stderr)
         return 1
     from PySide6.QtWidgets import QApplication, QMessageBox
 
-    from . import theme
+    from inspector.qt import theme
 
     _route_qt_messages()
     app = QApplication.instance() or QApplication(["inspector"])
     app.setApplicationName("Crack Inspector")
     theme.apply(app)
     if args.selftest:
-        from .selftest import run_selftest
+        from inspector.qt.selftest import run_selftest
 
         return run_selftest(app, args)
     try:
@@ -329,13 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         engine = load_engine(args.model, args.threads)
         teachers = resolve_teachers(args.teachers, args.no_teachers)
         if (device is not None or args.demo) and args.source is None:
-            from ..paths import sample_video
-            from ..sources import parse_source
+            from inspector.paths import sample_video
+            from inspector.capture.sources import parse_source
 
             source, notice = parse_source(str(sample_video())), None   # no camera probing: a device is viewed
         else:
             source, notice = resolve_source(args.source)
-        from ..store import FlagStore
+        from inspector.store.database import FlagStore
 
         store = FlagStore(args.store)
     except Exception as exc:  # noqa: BLE001 - startup: say why in a dialog and on stderr, exit 2

@@ -73,8 +73,8 @@ def _wait(app, window, seconds: float, deadline_s: float) -> tuple[bool, float]:
 
 
 def run_selftest(app, args) -> int:
-    from ..store import FlagStore
-    from .main import StartupError, load_engine, make_window, resolve_source
+    from inspector.store.database import FlagStore
+    from inspector.qt.main import StartupError, load_engine, make_window, resolve_source
 
     out = sys.stdout
     print("inspector self-test", file=out)

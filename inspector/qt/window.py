@@ -1,23 +1,23 @@
 """The main window: live view + HUD on the left, source / display / flag panels on the right.
 
-Two workspaces in tabs: **Live** (the above) and **Review** (:mod:`inspector.qt.review_view`,
+Two workspaces in tabs: **Live** (the above) and **Review** (:mod:`inspector.qt.review.view`,
 the store's flags to label; Ctrl+1 / Ctrl+2). The live pipeline runs whichever is shown; each
 workspace's keys are active only while it is shown.
 
-It owns one :class:`~inspector.live.LiveInspector` (the work) and one
+It owns one :class:`~inspector.live.loop.LiveInspector` (the work) and one
 :class:`~inspector.qt.bridge.LiveBridge` (its callbacks as signals) and only wires widgets to
 them. Closing the window stops the inspector, which writes every queued flag first.
 
 Viewing a device (:meth:`MainWindow.use_device`) swaps the inspector's source for a
-:class:`~inspector.device.DeviceFeed`: the same view, verdicts, flagging and flag store; the HUD
+:class:`~inspector.link.client.DeviceFeed`: the same view, verdicts, flagging and flag store; the HUD
 then shows the device's model, provider and the link latency.
 
-**Update model…** in the review workspace opens :class:`~inspector.qt.update_view.UpdateDialog`
+**Update model…** in the review workspace opens :class:`~inspector.qt.update.view.UpdateDialog`
 (``distill update`` in its own process; the new model goes live on the device on screen, or in
 this window through :meth:`MainWindow.set_engine`); **Models…** the model history.
 
 **Start demo device** in the Device panel (``inspector --demo``: :meth:`MainWindow.start_demo`)
-runs the device agent on this laptop (:class:`~inspector.qt.demo_control.DemoControl`), pairs
+runs the device agent on this laptop (:class:`~inspector.qt.device.demo_control.DemoControl`), pairs
 with it and views it; it is stopped with the window.
 """
 from __future__ import annotations
@@ -29,19 +29,19 @@ from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import QHBoxLayout, QMainWindow, QScrollArea, QTabBar, QTabWidget, QVBoxLayout, QWidget
 
-from ..live import LiveInspector
-from ..sources import SourceSpec
-from . import theme
-from .banner import Banner, SourceBanner
-from .bridge import LiveBridge, RenderSettings
-from .controls import DisplayControls, FlagFields
-from .demo_control import DemoControl
-from .device_panel import DevicePanel
-from .flags_panel import FlagsPanel
-from .hud import Hud
-from .review_view import ReviewWorkspace
-from .source_panel import SourceChooser
-from .view import LiveView
+from inspector.live.loop import LiveInspector
+from inspector.capture.sources import SourceSpec
+from inspector.qt import theme
+from inspector.qt.banner import Banner, SourceBanner
+from inspector.qt.bridge import LiveBridge, RenderSettings
+from inspector.qt.live.controls import DisplayControls, FlagFields
+from inspector.qt.device.demo_control import DemoControl
+from inspector.qt.device.panel import DevicePanel
+from inspector.qt.live.flags_panel import FlagsPanel
+from inspector.qt.live.hud import Hud
+from inspector.qt.review.view import ReviewWorkspace
+from inspector.qt.live.source_panel import SourceChooser
+from inspector.qt.live.view import LiveView
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,13 @@ ERROR_SHOWN_MS = 8000
 
 
 def default_grabber(spec):
-    from ..sources import FrameGrabber
+    from inspector.capture.sources import FrameGrabber
 
     return FrameGrabber(spec, loop=True, realtime=True)
 
 
 def default_feed(pairing):
-    from ..device import DeviceFeed
+    from inspector.link.client import DeviceFeed
 
     return DeviceFeed(pairing)
 
@@ -82,11 +82,11 @@ class MainWindow(QMainWindow):
     ``grabber``: use this grabber for the first source instead of ``make_grabber(source)``
     (tests inject failing ones). ``notice``: a message for the notice banner at start (e.g.
     "No camera found — playing the sample video"), with a "Choose source…" action.
-    ``pairings``: the saved devices (default: the per-user :class:`~inspector.device.PairingStore`);
+    ``pairings``: the saved devices (default: the per-user :class:`~inspector.link.client.PairingStore`);
     ``device``: open on this paired device instead of ``source`` (``source`` is then where
     "Disconnect" goes); ``make_feed(pairing)`` makes its DeviceFeed; ``browse``: mDNS discovery
     for the device panel (default: :func:`inspector.agent.discovery.browse`).
-    ``scorer``: a :class:`~inspector.teacher_scorer.TeacherScorer`, started and stopped with the
+    ``scorer``: a :class:`~inspector.review.teacher_scorer.TeacherScorer`, started and stopped with the
     window and woken by every stored flag (None: flags are not scored).
     Signals for tests and the self-test: ``resultShown(LiveResult)``, ``flagShown(FlagRecord)``.
     """
@@ -144,7 +144,7 @@ class MainWindow(QMainWindow):
 
         self.chooser = SourceChooser()
         if pairings is None:
-            from ..device import PairingStore
+            from inspector.link.client import PairingStore
 
             pairings = PairingStore()
         self.device_panel = DevicePanel(pairings, browse=browse)
@@ -318,7 +318,7 @@ class MainWindow(QMainWindow):
             self._show_local_model()
 
     def use_device(self, pairing) -> None:
-        """View the paired device ``pairing`` (a :class:`~inspector.device.Pairing`): its stream
+        """View the paired device ``pairing`` (a :class:`~inspector.link.client.Pairing`): its stream
         replaces the local source; flags go to the same store with the device's model."""
         feed = self.make_feed(pairing)
         self.inspector.set_grabber(feed)
@@ -328,7 +328,7 @@ class MainWindow(QMainWindow):
 
     def start_demo(self, **options) -> None:
         """Start the demo device on a job thread, then pair with it and view it (``options`` go to
-        :class:`~inspector.demo.DemoDevice`, e.g. ``data=``)."""
+        :class:`~inspector.link.demo.DemoDevice`, e.g. ``data=``)."""
         self.source_tabs.setCurrentIndex(1)
         self.notice.show_message("Starting the demo device on this laptop…", "info")
         self.demo.start(**options)
@@ -384,7 +384,7 @@ class MainWindow(QMainWindow):
 
     def _model_history(self):
         if self.history is None:
-            from ..model_history import ModelHistory
+            from inspector.update.history import ModelHistory
 
             self.history = ModelHistory()
         return self.history
@@ -396,7 +396,7 @@ class MainWindow(QMainWindow):
     def open_update(self):
         """Update model…: the update dialog (one per window; shown again if open)."""
         if self.update_dialog is None:
-            from .update_view import UpdateDialog
+            from inspector.qt.update.view import UpdateDialog
 
             self.update_dialog = UpdateDialog(self.store, engine=lambda: self.engine, swap_engine=self.set_engine,
                                               device=self._device_for_update, history=self._model_history(),
@@ -415,7 +415,7 @@ class MainWindow(QMainWindow):
 
     def open_model_history(self):
         """Models…: versions on this laptop and the device; roll back."""
-        from .model_history_view import ModelHistoryDialog
+        from inspector.qt.update.history_view import ModelHistoryDialog
 
         dialog = ModelHistoryDialog(self._model_history(), engine=lambda: self.engine, swap_engine=self.set_engine,
                                     device=self._device_for_update, on_device_changed=self.device_panel.refresh_status,

@@ -71,7 +71,7 @@ cat "$WORK/export.log" >&2
 base=$(ls "$DIST"/_internal/models/crack-student-*-int8.crackpkg 2>/dev/null | tail -1)
 [ -n "$base" ] || fail "no shipped INT8 package in the bundle"
 # One run, seed 0. No retry: the site-validation split is deterministic and stratified by class
-# over the flags (inspector.model_update.site_split), so a seed cannot make it empty; data that
+# over the flags (inspector.update.plan.site_split), so a seed cannot make it empty; data that
 # cannot give it 5 crack and 5 clean tiles stop the job before training with exit 1 and a message
 # saying what to label, which is a failure of this test, not something another seed would fix.
 # (The loop that was here waited for exit 2 while such a job exits 1: it never retried.)

@@ -1,0 +1,3 @@
+"""Live inspection: frames from capture → the engine (newest frame wins) → the flagger → the flag
+store. Imports capture, edge and store; never Qt.
+"""

@@ -1,0 +1,243 @@
+"""Model history: every version on this laptop (shipped and made by updates) and on the paired
+device, with metrics, parent and date; roll back either from here.
+
+The laptop's list comes from :class:`~inspector.update.history.ModelHistory` (the registry in the
+per-user data folder, plus the shipped packages), the device's from its ``models`` endpoint,
+with what each stored version's signed lineage says of its gate: promoted, or overridden (by
+whom, why), or not promoted.
+Rolling back the laptop loads the previous version's package (a job) and swaps it into the live
+view, then records it; rolling back the device is the agent's own rollback.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderView, QLabel, QListWidget,
+                               QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from inspector.update.history import ModelHistory, ModelVersion, plain_version
+from inspector.qt import jobs, theme
+from inspector.qt.device.panel import gate_text
+
+LAPTOP_COLUMNS = ("Version", "Parent", "Date", "Metrics (MCC)", "Gate", "Here")
+DEVICE_COLUMNS = ("Version", "Stored", "Signed by", "Metrics (MCC)", "State", "Gate (signed lineage)")
+
+
+def metrics_text(metrics: dict) -> str:
+    """MCC per set, short: the candidate's side of a gate's table, or a manifest's metrics."""
+    parts = []
+    for name, value in (metrics or {}).items():
+        if not isinstance(value, dict):
+            continue
+        side = value.get("candidate") if isinstance(value.get("candidate"), dict) else value
+        mcc = side.get("mcc")
+        if isinstance(mcc, (int, float)):
+            parts.append(f"{name.split(' (')[0].replace('_', ' ')} {mcc:.3f}")
+    return " · ".join(parts[:3]) or "—"
+
+
+class ModelHistoryDialog(QDialog):
+    """``ModelHistoryDialog(history, engine=, swap_engine=, device=, make_engine=)``: see the module doc.
+    Signals: ``message(text, level)``, ``rolledBack(where, version)``, ``refreshed()``."""
+
+    message = Signal(str, str)
+    rolledBack = Signal(str, str)
+    refreshed = Signal()
+
+    def __init__(self, history: ModelHistory, *, engine: Callable, swap_engine: Callable,
+                 device: Callable = lambda: None, make_engine: Callable | None = None,
+                 on_device_changed: Callable | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        from inspector.qt.update.view import default_make_engine
+
+        self.setWindowTitle("Model history")
+        self.history, self.engine, self.swap_engine, self.device = history, engine, swap_engine, device
+        self.make_engine = make_engine or default_make_engine
+        self.on_device_changed = on_device_changed
+        self.versions: list[ModelVersion] = []
+        self.device_models = None
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("THIS LAPTOP", objectName="sectionTitle"))
+        self.laptop = _table(LAPTOP_COLUMNS)
+        lay.addWidget(self.laptop, 3)
+        row = QHBoxLayout()
+        self.laptop_info = QLabel("", objectName="dim", wordWrap=True)
+        self.laptop_rollback = QPushButton("Roll back this laptop", enabled=False)
+        self.laptop_rollback.clicked.connect(self.rollback_laptop)
+        row.addWidget(self.laptop_info, 1)
+        row.addWidget(self.laptop_rollback)
+        lay.addLayout(row)
+        self.device_title = QLabel("DEVICE", objectName="sectionTitle")
+        lay.addWidget(self.device_title)
+        self.device_table = _table(DEVICE_COLUMNS)
+        lay.addWidget(self.device_table, 2)
+        row = QHBoxLayout()
+        self.device_info = QLabel("", objectName="dim", wordWrap=True)
+        self.device_rollback = QPushButton("Roll back the device", enabled=False)
+        self.device_rollback.clicked.connect(self.rollback_device)
+        row.addWidget(self.device_info, 1)
+        row.addWidget(self.device_rollback)
+        lay.addLayout(row)
+        lay.addWidget(QLabel("EVENTS", objectName="sectionTitle"))
+        self.events = QListWidget()
+        self.events.setMaximumHeight(120)
+        lay.addWidget(self.events)
+        close = QPushButton("Close")
+        close.clicked.connect(self.accept)
+        bottom = QHBoxLayout()
+        bottom.addStretch(1)
+        bottom.addWidget(close)
+        lay.addLayout(bottom)
+        self.resize(980, 640)
+        self.refresh()
+
+    # ---------------------------------------------------------------- reading
+
+    def refresh(self) -> None:
+        jobs.run(_read_laptop, self.history, on_success=self._show_laptop,
+                 on_failure=lambda exc: self._say(f"Cannot read the model history: {exc}", "error"))
+        dev = self.device()
+        if dev is None:
+            self.device_title.setText("DEVICE")
+            self.device_info.setText("No device connected (Device panel on the Live tab).")
+            self.device_table.setRowCount(0)
+            self.device_rollback.setEnabled(False)
+            return
+        pairing = dev[0]
+        self.device_title.setText(f"DEVICE {pairing.agent_name.upper()}")
+        self.device_info.setText(f"Reading the models on {pairing.agent_name}…")
+        self.device_rollback.setEnabled(False)
+        jobs.run(_read_device, pairing, on_success=self._show_device,
+                 on_failure=lambda exc: self.device_info.setText(f"{pairing.agent_name} did not answer: {exc}"))
+
+    def _show_laptop(self, value) -> None:
+        versions, stack, events = value
+        self.versions = versions
+        m = self.engine().manifest
+        running = (m.name, plain_version(m.version))
+        self.laptop.setRowCount(len(versions))
+        for i, v in enumerate(reversed(versions)):
+            gate = {None: "—", True: "passed", False: "failed"}[v.gate_passed]
+            if v.override:
+                gate = f"failed, pushed by {v.override.get('by') or '?'}: {v.override.get('reason', '')}"
+            here = "● live" if (v.name, v.version) == running else ""
+            cells = (f"{v.name} {v.version}" + ("  (shipped)" if v.origin == "shipped" else ""), v.parent or "—",
+                     v.created[:16].replace("T", " "), metrics_text(v.metrics), gate, here)
+            _fill_row(self.laptop, i, cells, bold=bool(here))
+        self.laptop_rollback.setEnabled(len(stack) >= 2)
+        self.laptop_info.setText(f"Back to {stack[-2]['name']} {stack[-2]['version']}" if len(stack) >= 2
+                                 else "Nothing to roll back to: no earlier version ran on this laptop.")
+        self.events.clear()
+        for e in reversed(events[-50:]):
+            self.events.addItem(f"{e['time'][:19].replace('T', ' ')}   {e['message']}")
+        self.refreshed.emit()
+
+    def _show_device(self, listing) -> None:
+        self.device_models = listing
+        known = {(v.name, v.version): v for v in self.versions}
+        infos = sorted(listing.infos(), key=lambda i: i.stored, reverse=True)
+        self.device_table.setRowCount(len(infos))
+        for i, info in enumerate(infos):
+            state = "● active" if info.id == listing.active else (
+                "previous" if listing.previous and info.id == listing.previous[0] else "")
+            v = known.get((info.name, plain_version(info.version)))
+            cells = (f"{info.name} {info.version}", info.stored[:16].replace("T", " "), info.signed_by or "—",
+                     metrics_text(v.metrics) if v is not None else "—", state, gate_text(info))
+            _fill_row(self.device_table, i, cells, bold=bool(state.startswith("●")))
+            self.device_table.item(i, 5).setToolTip(gate_text(info, long=True))
+        self.device_rollback.setEnabled(bool(listing.previous))
+        self.device_info.setText(f"Roll back to {listing.previous[0]}" if listing.previous
+                                 else "Nothing to roll back to on the device.")
+        self.refreshed.emit()
+
+    # ---------------------------------------------------------------- rolling back
+
+    def rollback_laptop(self) -> None:
+        stack = self.history.laptop_stack()
+        if len(stack) < 2:
+            return
+        target = stack[-2]
+        self.laptop_rollback.setEnabled(False)
+        self.laptop_info.setText(f"Loading {target['name']} {target['version']}…")
+
+        def loaded(engine):
+            self.swap_engine(engine)
+            jobs.run(self.history.laptop_rollback, on_success=lambda _: self._rolled("this laptop", target),
+                     on_failure=lambda exc: self._say(f"Rolled back, but not recorded: {exc}", "warning"))
+
+        jobs.run(self.make_engine, target["package"], on_success=loaded,
+                 on_failure=lambda exc: self._failed(f"Cannot load {target['package']}: {exc}", self.laptop_rollback))
+
+    def rollback_device(self) -> None:
+        dev = self.device()
+        if dev is None:
+            return
+        pairing = dev[0]
+        self.device_rollback.setEnabled(False)
+        self.device_info.setText(f"Rolling {pairing.agent_name} back…")
+        jobs.run(_rollback_device, pairing, self.history,
+                 on_success=lambda listing: self._rolled(pairing.agent_name, {"version": listing.active, "name": ""}),
+                 on_failure=lambda exc: self._failed(f"Rolling {pairing.agent_name} back failed: {exc}",
+                                                     self.device_rollback))
+
+    def _rolled(self, where: str, target: dict) -> None:
+        text = f"{where} rolled back to {target.get('name', '')} {target.get('version', '')}".replace("  ", " ")
+        self._say(text, "info")
+        if where != "this laptop" and self.on_device_changed is not None:
+            self.on_device_changed()
+        self.rolledBack.emit(where, str(target.get("version")))
+        self.refresh()
+
+    def _failed(self, text: str, button: QPushButton) -> None:
+        button.setEnabled(True)
+        self._say(text, "error")
+
+    def _say(self, text: str, level: str) -> None:
+        self.message.emit(text, level)
+
+
+def _table(columns) -> QTableWidget:
+    t = QTableWidget(0, len(columns))
+    t.setHorizontalHeaderLabels(list(columns))
+    t.verticalHeader().hide()
+    t.setEditTriggers(QAbstractItemView.NoEditTriggers)
+    t.setSelectionBehavior(QAbstractItemView.SelectRows)
+    t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+    t.horizontalHeader().setStretchLastSection(True)
+    t.setStyleSheet(f"QTableWidget {{ background: #121416; gridline-color: {theme.PANEL_EDGE}; }}"
+                    f"QHeaderView::section {{ background: {theme.PANEL}; color: {theme.TEXT_DIM}; border: 0; "
+                    f"padding: 4px; }}")
+    return t
+
+
+def _fill_row(table: QTableWidget, row: int, cells, *, bold: bool = False) -> None:
+    for j, text in enumerate(cells):
+        item = QTableWidgetItem(str(text))
+        item.setToolTip(str(text))
+        if bold:
+            f = item.font()
+            f.setBold(True)
+            item.setFont(f)
+        table.setItem(row, j, item)
+
+
+# ---------------------------------------------------------------------------- jobs
+
+def _read_laptop(history: ModelHistory):
+    return history.versions(), history.laptop_stack(), history.events()
+
+
+def _read_device(pairing):
+    from inspector.link.client import DeviceClient
+
+    return DeviceClient.from_pairing(pairing).models()
+
+
+def _rollback_device(pairing, history: ModelHistory):
+    from inspector.link.client import DeviceClient
+
+    listing = DeviceClient.from_pairing(pairing).rollback()
+    history.record_event("device", f"{pairing.agent_name} rolled back to {listing.active}",
+                         device=pairing.agent_name, version=listing.active)
+    return listing
