@@ -12,9 +12,10 @@ from pathlib import Path
 import yaml
 
 from distill.training.loop import TrainConfig
+from distill.errors import DistillError
 
 
-class ConfigError(ValueError):
+class ConfigError(DistillError, ValueError):
     """A configuration file or override that does not fit the schema."""
 
 

@@ -362,7 +362,7 @@ class TestTLS:
 
 
 def test_config_file_and_command_line(tmp_path):
-    from inspector.agent.main import ConfigError, main, resolve_options
+    from inspector.agent.main import AgentConfigError, main, resolve_options
 
     cfg = tmp_path / "agent.yaml"
     cfg.write_text("port: 9000\nno-mdns: true\ninsecure_http: true\nsource: 0\nname: from file\n")
@@ -374,10 +374,10 @@ def test_config_file_and_command_line(tmp_path):
     assert resolve_options(["--port", "9100", "--data", str(tmp_path)])["host"] == "0.0.0.0"
 
     (tmp_path / "bad.json").write_text(json.dumps({"port": 1, "colour": "red"}))
-    with pytest.raises(ConfigError, match="unknown key 'colour'"):
+    with pytest.raises(AgentConfigError, match="unknown key 'colour'"):
         resolve_options(["--config", str(tmp_path / "bad.json")])
     (tmp_path / "bad.yaml").write_text("port: lots\n")
-    with pytest.raises(ConfigError, match="port must be int"):
+    with pytest.raises(AgentConfigError, match="port must be int"):
         resolve_options(["--config", str(tmp_path / "bad.yaml")])
     assert main(["--config", str(tmp_path / "bad.json")]) == 2
 
@@ -386,13 +386,13 @@ def test_config_file_and_command_line(tmp_path):
                                      ("localhost", True), ("0.0.0.0", False), ("::", False),
                                      ("192.168.1.20", False), ("jetson.local", False)])
 def test_plain_http_only_on_loopback(tmp_path, capsys, host, ok):
-    from inspector.agent.main import ConfigError, main, resolve_options
+    from inspector.agent.main import AgentConfigError, main, resolve_options
 
     argv = ["--insecure-http", "--host", host, "--data", str(tmp_path)]
     if ok:
         assert resolve_options(argv)["host"] == host
         return
-    with pytest.raises(ConfigError, match="loopback"):
+    with pytest.raises(AgentConfigError, match="loopback"):
         resolve_options(argv)
     assert main(argv) == 2
     assert "--insecure-http" in capsys.readouterr().err and not (tmp_path / "identity").exists()

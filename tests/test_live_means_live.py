@@ -11,7 +11,7 @@ import time
 import pytest
 
 from inspector.link import protocol
-from inspector.update.plan import NotLiveError, UpdateError, wait_until_live
+from inspector.update.plan import NotLiveError, ModelUpdateError, wait_until_live
 from test_agent_runtime import make_runtime, model_ids  # noqa: F401 - the fixture
 
 SHA = "ab" * 32
@@ -57,7 +57,7 @@ NEW = {"name": "crack-student", "version": "1.2.0-int8", "sha256": SHA, "id": "c
 def test_the_old_models_fps_does_not_make_the_new_one_live():
     # before: status.fps > 0 from the old model's window satisfied it at once
     client = FakeClient({"model": NEW, "fps": 24.0, "frames": 0, "checked": False})
-    with pytest.raises(UpdateError, match="did not report crack-student 1.2.0-int8 live on checked frames"):
+    with pytest.raises(ModelUpdateError, match="did not report crack-student 1.2.0-int8 live on checked frames"):
         wait_until_live(client, "crack-student", "1.2.0-int8", SHA, timeout=0.3, poll=0.05)
 
 

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from distill.errors import DistillError
 
 MAX_PIXELS = 60_000_000
 """Default pixel limit: far above any camera frame, far below a decompression bomb."""
@@ -59,7 +60,7 @@ _JPEG_EOI = b"\xff\xd9"
 _ORIENTATION_TAG = 0x0112
 
 
-class BadImageError(ValueError):
+class BadImageError(DistillError, ValueError):
     """The file cannot be used as an image; ``str(err)`` is the reason."""
 
 

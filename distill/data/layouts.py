@@ -63,6 +63,7 @@ from pathlib import Path
 from distill.data.imageio import BadFileReport, BadImageError, check_image, image_size, load_mask
 from distill.data.patches import PatchRule, check_mask_size, patches_from_mask
 from distill.data.samples import LABELS, HashCache, Sample
+from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ _TILE_SUFFIX = re.compile(r"^(?P<source>.+)_\d+_\d+$")
 _MASK_PREFERENCE = (".png", ".bmp", ".tif", ".tiff", ".webp", ".jpg", ".jpeg")
 
 
-class DatasetError(ValueError):
+class DatasetError(DistillError, ValueError):
     """The dataset cannot be read as asked; the message says what to change."""
 
 

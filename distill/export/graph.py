@@ -49,6 +49,7 @@ from torch import nn
 
 from distill.models.checkpoint import atomic_write
 from distill.models.registry import Classifier
+from distill.errors import DistillError
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "probs", "cam")
@@ -72,7 +73,7 @@ _ACTIVATIONS_NAMES = tuple(t.__name__ for t in _ACTIVATIONS)
 _IDENTITIES = (nn.Dropout, nn.Identity)
 
 
-class ExportError(ValueError):
+class ExportError(DistillError, ValueError):
     """The model cannot be exported faithfully, or the exported graph disagrees with PyTorch."""
 
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from distill.export.graph import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, cam_to_image, ort_session, pearson
 from distill.metrics import mcc
+from distill.errors import DistillError
 
 METHODS = ("minmax", "entropy", "percentile")
 CALIBRATION_BATCH = 8
@@ -55,7 +56,7 @@ CAM_VISIBLE = 0.05
 MIN_NEIGHBOUR_CORRELATION = 0.3
 
 
-class QuantizeError(ValueError):
+class QuantizeError(DistillError, ValueError):
     """Quantization refused (bad calibration data, a graph without the contract's tensors)."""
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from distill.data.samples import LABELS
 from distill.models.efficientnet_lite import VARIANTS as LITE_VARIANTS
 from distill.models.efficientnet_lite import EfficientNetLite, load_imagenet_weights
+from distill.errors import DistillError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,7 +32,7 @@ LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 
 
-class ModelError(ValueError):
+class ModelError(DistillError, ValueError):
     """An unknown architecture or a checkpoint that does not fit."""
 
 

@@ -5,9 +5,10 @@ The command maps them to the final event and exit status (``inspector/update/pro
 Messages name the option, file or field at fault.
 """
 from __future__ import annotations
+from distill.errors import DistillError
 
 
-class UpdateError(Exception):
+class UpdateError(DistillError):
     """A model update that cannot go on; ``stage`` is where it stopped (or None)."""
 
     def __init__(self, message: str, stage: str | None = None):

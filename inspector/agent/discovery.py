@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from inspector.link import protocol
+from inspector.errors import InspectorError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def start_advertising(*, name: str, port: int, agent_id: str, tls: bool, cert_sh
     return adv
 
 
-class DiscoveryError(OSError):
+class DiscoveryError(InspectorError, OSError):
     """mDNS browsing cannot work here (no zeroconf, no multicast, no network): not the same
     answer as "no agent found", so the app can say "enter host:port" with the reason."""
 

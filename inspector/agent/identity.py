@@ -61,6 +61,7 @@ from inspector.link import protocol
 from inspector.fsio import fsync_dir, write_atomic
 from inspector.link.protocol import ApiError
 from inspector.agent.throttle import PairingThrottle, TooManyAttempts
+from inspector.errors import InspectorError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ PAIRING_CODE_FILE = "pairing-code.txt"
 CERT_VALID_DAYS = 3650
 
 
-class IdentityError(RuntimeError):
+class IdentityError(InspectorError, RuntimeError):
     """The identity files exist but cannot be used (corrupt JSON, unreadable key); says which."""
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from inspector.link import protocol
+from inspector.errors import InspectorError
 
 log = logging.getLogger("inspector.agent")
 
@@ -66,7 +67,7 @@ OPTIONS: dict[str, tuple[type, str]] = {
 }
 
 
-class ConfigError(ValueError):
+class AgentConfigError(InspectorError, ValueError):
     """A bad option or config file; the message says which and why."""
 
 
@@ -91,7 +92,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"config {path}: cannot read it ({exc.strerror or exc})") from None
+        raise AgentConfigError(f"config {path}: cannot read it ({exc.strerror or exc})") from None
     try:
         if path.suffix.lower() == ".json":
             doc = json.loads(text)
@@ -99,29 +100,29 @@ def load_config(path: str | Path) -> dict[str, Any]:
             try:
                 import yaml
             except ImportError:
-                raise ConfigError(f"config {path}: reading YAML needs PyYAML (pip install pyyaml); "
+                raise AgentConfigError(f"config {path}: reading YAML needs PyYAML (pip install pyyaml); "
                                   f"or write the config as JSON (.json)") from None
             doc = yaml.safe_load(text)
-    except ConfigError:
+    except AgentConfigError:
         raise
     except ValueError as exc:  # json.JSONDecodeError
-        raise ConfigError(f"config {path}: not valid JSON ({exc})") from None
+        raise AgentConfigError(f"config {path}: not valid JSON ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - yaml.YAMLError has no common base with ValueError
-        raise ConfigError(f"config {path}: not valid YAML ({exc})") from None
+        raise AgentConfigError(f"config {path}: not valid YAML ({exc})") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
-        raise ConfigError(f"config {path}: expected a mapping of option: value, got {type(doc).__name__}")
+        raise AgentConfigError(f"config {path}: expected a mapping of option: value, got {type(doc).__name__}")
     out: dict[str, Any] = {}
     for key, value in doc.items():
         name = str(key).replace("_", "-")
         if name not in OPTIONS:
-            raise ConfigError(f"config {path}: unknown key {key!r}; known keys: {', '.join(OPTIONS)}")
+            raise AgentConfigError(f"config {path}: unknown key {key!r}; known keys: {', '.join(OPTIONS)}")
         typ = OPTIONS[name][0]
         if name == "source" and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # a camera index written as a number
         if typ is int and isinstance(value, bool) or not isinstance(value, typ):
-            raise ConfigError(f"config {path}: {key} must be {typ.__name__}, got {type(value).__name__} {value!r}")
+            raise AgentConfigError(f"config {path}: {key} must be {typ.__name__}, got {type(value).__name__} {value!r}")
         out[name] = value
     return out
 
@@ -151,7 +152,7 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
             merged.setdefault("model", str(paths.default_model()))
         except FileNotFoundError as exc:
             # a wheel install (pip install ".[agent]") carries the code, not models/ and resources/
-            raise ConfigError(f"{exc}; an installed agent has no shipped files next to it: give --model PACKAGE "
+            raise AgentConfigError(f"{exc}; an installed agent has no shipped files next to it: give --model PACKAGE "
                               f"and --source (camera, file or pipeline), or run it from a checkout") from None
     if "data" not in merged:
         merged["data"] = _default_data_dir()
@@ -166,20 +167,20 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
     merged.setdefault("max-connections", None)
     merged["list-clients"], merged["revoke"] = args.list_clients, args.revoke
     if merged["insecure-http"] and not is_loopback(merged["host"]):
-        raise ConfigError(f"--insecure-http sends tokens and frames in clear: it is allowed on a loopback "
+        raise AgentConfigError(f"--insecure-http sends tokens and frames in clear: it is allowed on a loopback "
                           f"address only (127.0.0.0/8, ::1, localhost), not on {merged['host']!r}; "
                           f"drop --insecure-http to serve HTTPS there")
     if merged["max-connections"] is not None and merged["max-connections"] < 1:
-        raise ConfigError(f"max-connections must be 1 or more, got {merged['max-connections']}")
+        raise AgentConfigError(f"max-connections must be 1 or more, got {merged['max-connections']}")
     if not 0 <= merged["port"] <= 65535:
-        raise ConfigError(f"port must be 0..65535, got {merged['port']}")
+        raise AgentConfigError(f"port must be 0..65535, got {merged['port']}")
     if merged["threads"] is not None and merged["threads"] < 1:
-        raise ConfigError(f"threads must be 1 or more, got {merged['threads']}")
+        raise AgentConfigError(f"threads must be 1 or more, got {merged['threads']}")
     from inspector.edge.numerics import NUMERIC_PATHS
     if merged["numeric-path"] is not None and merged["numeric-path"] not in NUMERIC_PATHS:
-        raise ConfigError(f"numeric-path must be one of {', '.join(NUMERIC_PATHS)}, got {merged['numeric-path']!r}")
+        raise AgentConfigError(f"numeric-path must be one of {', '.join(NUMERIC_PATHS)}, got {merged['numeric-path']!r}")
     if str(merged["log-level"]).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"log-level must be DEBUG, INFO, WARNING or ERROR, got {merged['log-level']!r}")
+        raise AgentConfigError(f"log-level must be DEBUG, INFO, WARNING or ERROR, got {merged['log-level']!r}")
     return merged
 
 
@@ -225,7 +226,7 @@ def manage_clients(opts: dict[str, Any]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = resolve_options(argv)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (AgentConfigError, FileNotFoundError) as exc:
         print(f"inspector-agent: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=str(opts["log-level"]).upper(), stream=sys.stderr,
@@ -239,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-class StartError(RuntimeError):
+class StartError(InspectorError, RuntimeError):
     """The agent cannot start (data folder in use, no usable model, port taken...)."""
 
 

@@ -50,6 +50,7 @@ from inspector.edge import package as pkg
 from inspector.link import signing
 from inspector.fsio import fsync_dir, write_atomic
 from inspector.link.protocol import MAX_PACKAGE_BYTES, ApiError, ModelInfo, ModelList
+from inspector.errors import InspectorError
 
 STATE_FILE = "state.json"
 PACKAGES_DIR = "packages"
@@ -63,7 +64,7 @@ SPACE_RESERVE = 32 << 20
 _FILE_RE = re.compile(r"^[0-9a-f]{64}\.crackpkg$")
 
 
-class RepositoryError(Exception):
+class RepositoryError(InspectorError):
     """A refused request: HTTP ``status``, stable ``code``, human ``message`` (says what and why)."""
 
     def __init__(self, status: int, code: str, message: str):

@@ -63,6 +63,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from inspector.link import protocol
 from inspector.link.protocol import API, ApiError, Message, ProtocolError
+from inspector.errors import InspectorError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ EVENTS_IN_STATUS = 50
 _NETWORK_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError)
 
 
-class _ClientGone(Exception):
+class _ClientGone(InspectorError):
     """The client closed the connection or stalled; nothing more can be sent."""
 
 

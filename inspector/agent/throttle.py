@@ -52,6 +52,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+from inspector.errors import InspectorError
 
 FREE_FAILURES = 3            # wrong codes from one address before it must wait
 MAX_WAIT_S = 3600.0          # the longest wait for one address
@@ -61,7 +62,7 @@ GLOBAL_PER_HOUR = 20         # ... and at what rate the allowance refills
 MAX_ADDRESSES = 4096
 
 
-class TooManyAttempts(Exception):
+class TooManyAttempts(InspectorError):
     """Pairing refused for now; try again in :attr:`retry_after` seconds (whole, ≥ 1)."""
 
     def __init__(self, retry_after: float, why: str):

@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from inspector.capture.newest import NewestItemSource, SourceStatus
+from inspector.errors import InspectorError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ CAMERA_READ_RETRIES = 3       # consecutive failed reads before a camera counts 
 RESYNC_LATE_S = 0.25          # a paced file this far behind schedule restarts its clock (no burst)
 
 
-class SourceError(ValueError):
+class SourceError(InspectorError, ValueError):
     """A bad source spec; the message says which and why."""
 
 

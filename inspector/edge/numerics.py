@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import numpy as np
+from inspector.errors import InspectorError
 
 log = logging.getLogger("inspector.edge.numerics")
 
@@ -201,7 +202,7 @@ class Verification:
                 f"{'passed' if self.passed else 'FAILED'}; {self.measured}")
 
 
-class NumericsError(ValueError):
+class NumericsError(InspectorError, ValueError):
     """The model does not compute its reference outputs within its rule on this runtime."""
 
     def __init__(self, message: str, verification: Verification):

@@ -44,6 +44,7 @@ import numpy as np
 
 from inspector.edge import numerics
 from inspector.fsio import fsync_dir, write_atomic
+from inspector.errors import InspectorError
 
 FORMAT = "crack-model-package/1"
 MANIFEST_MEMBER = "manifest.json"
@@ -68,7 +69,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MEMBER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.npz$")
 
 
-class PackageError(ValueError):
+class PackageError(InspectorError, ValueError):
     """A model package (or a manifest) is malformed; the message names the field and why."""
 
 

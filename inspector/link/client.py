@@ -67,6 +67,7 @@ from inspector.live.loop import Inspected
 from inspector.capture.newest import NewestItemSource
 from inspector.capture.sources import Frame, SourceStatus
 from inspector.store.database import ModelRef
+from inspector.errors import InspectorError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ _NO_CAM = np.zeros((0, 0), np.float32)  # the stream carries no per-tile CAM (th
 _NO_CAM.setflags(write=False)
 
 
-class DeviceError(RuntimeError):
+class DeviceError(InspectorError, RuntimeError):
     """The device could not be reached, refused, or answered outside the protocol.
     ``api`` is the agent's :class:`~inspector.link.protocol.ApiError` when it answered with one."""
 

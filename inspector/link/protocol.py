@@ -55,6 +55,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
+from inspector.errors import InspectorError
 
 API = "/api/v1"
 SERVICE_TYPE = "_crack-agent._tcp.local."      # mDNS (zeroconf) service type
@@ -142,11 +143,11 @@ ERRORS: dict[tuple[str, str], dict[int, str]] = {
 }
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InspectorError, ValueError):
     """A message that does not follow this protocol (bad JSON, missing field, wrong type)."""
 
 
-class ApiError(Exception):
+class ApiError(InspectorError):
     """An error response: HTTP ``status``, a stable ``code`` and a human ``message``."""
 
     def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None):

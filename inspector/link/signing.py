@@ -28,13 +28,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from inspector.edge import package as pkg
 from inspector.fsio import fsync_dir
+from inspector.errors import InspectorError
 
 ALG = "ed25519"
 PUBLIC_KEY_BYTES = 32
 KEY_ID_HEX = 16
 
 
-class SigningError(ValueError):
+class SigningError(InspectorError, ValueError):
     """A key or a signature is not acceptable; the message says which and why.
 
     ``reason`` is a stable word for callers that map it to a response: ``unsigned``,

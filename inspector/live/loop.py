@@ -50,6 +50,7 @@ import numpy as np
 
 from inspector.edge.engine import FrameResult, InferenceEngine
 from inspector.store.database import ModelRef
+from inspector.errors import InspectorError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ DRAIN_JOIN_S = 60.0
 Callback = Callable[[Any], None]
 
 
-class LiveError(RuntimeError):
+class LiveError(InspectorError, RuntimeError):
     """A failure in one stage of the live pipeline; ``stage`` is "source", "inference",
     "flagging", "store" or "callback"; the original exception is ``__cause__``."""
 

@@ -27,13 +27,14 @@ import threading
 from typing import Any, Callable
 
 from PySide6.QtCore import QCoreApplication, QObject, QThreadPool, Signal, Slot
+from inspector.errors import InspectorError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = 2
 
 
-class JobCancelled(Exception):
+class JobCancelled(InspectorError):
     """Raised by a cancelled job's ``progress``: the job should stop."""
 
 

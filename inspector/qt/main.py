@@ -26,6 +26,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from inspector.errors import InspectorError
 
 NO_CAMERA = "No camera found — playing the sample video."
 
@@ -143,7 +144,7 @@ def write_report(args) -> int:
     return 0
 
 
-class StartupError(RuntimeError):
+class StartupError(InspectorError, RuntimeError):
     """The app cannot start (bad model, bad source): the message says why."""
 
 

@@ -35,6 +35,7 @@ from inspector.fsio import write_atomic
 from inspector.store.database import FlagStore, ReviewCounts, StoreError
 from inspector.store.query import DISAGREEMENT_COUNTED, FlagFilter
 from inspector.store.schema import FlagRecord
+from inspector.errors import InspectorError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ NO_LOCATION = "(no location)"
 GRID_MAX_COLUMNS = 8        # wider tilings are listed, not drawn as a grid (cells would be unreadable)
 
 
-class ReportError(RuntimeError):
+class ReportError(InspectorError, RuntimeError):
     """The report cannot be written (the store failed, the file cannot be written)."""
 
 

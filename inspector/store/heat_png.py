@@ -18,6 +18,7 @@ import zlib
 
 import cv2
 import numpy as np
+from inspector.errors import InspectorError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GREY, PALETTE = 0, 3        # IHDR colour types
@@ -26,7 +27,7 @@ TURBO_PALETTE: bytes = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None]
                                          cv2.COLORMAP_TURBO)[:, 0, ::-1].tobytes()
 
 
-class HeatPngError(ValueError):
+class HeatPngError(InspectorError, ValueError):
     """The bytes are not a heat-map PNG (8-bit palette or grey)."""
 
 

@@ -29,6 +29,7 @@ import math
 import sqlite3
 from dataclasses import dataclass
 from typing import Sequence
+from inspector.errors import InspectorError
 
 SCHEMA_VERSION = 4
 REASONS = ("manual", "crack", "uncertain")
@@ -46,7 +47,7 @@ INSERT_COLUMNS = COLUMNS[1:17] + ("uncertainty",)
 SELECT = f"SELECT {', '.join(COLUMNS)} FROM flags"
 
 
-class StoreError(RuntimeError):
+class StoreError(InspectorError, RuntimeError):
     """The flag store cannot do what was asked; the message says why."""
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from inspector.fsio import fsync_dir, write_atomic
+from inspector.errors import InspectorError
 
 APP_DIR = "crack-inspector"
 HISTORY_FILE = "model-history.json"
@@ -44,7 +45,7 @@ FORMAT = 1
 MAX_EVENTS = 500
 
 
-class HistoryError(RuntimeError):
+class HistoryError(InspectorError, RuntimeError):
     """The history file cannot be read or written; the message says which and why."""
 
 
@@ -110,7 +111,7 @@ class ModelHistory:
         return self.shipped() + self.updates()
 
     def shipped(self) -> list[ModelVersion]:
-        from inspector.update.plan import UpdateError, read_manifest
+        from inspector.update.plan import ModelUpdateError, read_manifest
         from inspector.paths import models_dir
 
         folder = self.models_dir or models_dir()
@@ -118,7 +119,7 @@ class ModelHistory:
         for pkg in sorted(folder.glob("*.crackpkg")):
             try:
                 m = read_manifest(pkg)
-            except UpdateError:
+            except ModelUpdateError:
                 continue
             if m.get("name") != "crack-student":
                 continue                     # teachers are not a model the live view runs
@@ -375,7 +376,7 @@ def _same_model(record: dict, version: ModelVersion) -> bool:
 
 # ---------------------------------------------------------------------------- the expert override
 
-class OverrideError(ValueError):
+class OverrideError(InspectorError, ValueError):
     """An override that cannot be made (no reason, no name, a package that cannot be rewritten)."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from inspector.update import protocol as U
+from inspector.errors import InspectorError
 
 DISTILL_ENV = "CRACK_DISTILL"          # a `distill` executable to use instead of `python -m distill.cli`
 LIVE_TIMEOUT_S = 60.0                  # after activation: how long to wait for the device to report it live
@@ -43,7 +44,7 @@ EST_EPOCHS, EST_TEACHER_EPOCHS = 3, 4  # distill update's defaults (--fast: 1 an
 REPLAY_RATIO = 0.5                     # base patches replayed per site patch (the job's default)
 
 
-class UpdateError(RuntimeError):
+class ModelUpdateError(InspectorError, RuntimeError):
     """An update could not be prepared, run or deployed; the message says what and why."""
 
 
@@ -306,7 +307,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         with zipfile.ZipFile(path) as zf:
             return json.loads(zf.read("manifest.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise UpdateError(f"{path}: not a readable model package ({exc})") from None
+        raise ModelUpdateError(f"{path}: not a readable model package ({exc})") from None
 
 
 def training_base(package: str | os.PathLike) -> Path:
@@ -515,7 +516,7 @@ def read_update_json(out_dir: str | os.PathLike) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise UpdateError(f"{path}: cannot read the update record ({exc})") from None
+        raise ModelUpdateError(f"{path}: cannot read the update record ({exc})") from None
 
 
 def gate_of(record: dict | None) -> dict | None:
@@ -571,7 +572,7 @@ def _fmt(v: Any) -> str:
 
 # ---------------------------------------------------------------------------- going live on a device
 
-class NotLiveError(UpdateError):
+class NotLiveError(ModelUpdateError):
     """The model is active on the device but no frame of its camera has been computed by it:
     activated, not live (the message says the camera's state)."""
 
@@ -583,7 +584,7 @@ def wait_until_live(client, name: str, version: str, sha256: str, *, timeout: fl
     live check (``model_frames``/``model_checked``: counted from the swap, so the old model's
     frames never count); the :class:`~inspector.link.protocol.Status`.
 
-    UpdateError if another model is in service after an auto-rollback, or after ``timeout``;
+    ModelUpdateError if another model is in service after an auto-rollback, or after ``timeout``;
     :class:`NotLiveError` when the model is in service but the camera delivers no frames (a camera
     neither live nor connecting), which is "activated", never "live"."""
     deadline = time.monotonic() + timeout
@@ -603,7 +604,7 @@ def wait_until_live(client, name: str, version: str, sha256: str, *, timeout: fl
         rolled = [e for e in status.events if e.get("kind") == "auto-rollback" and f"{name}-{version}" in
                   str(e.get("message", ""))]
         if rolled and not ours:
-            raise UpdateError(f"{status.agent_name} rolled {name} {version} back: {rolled[-1].get('message')}")
+            raise ModelUpdateError(f"{status.agent_name} rolled {name} {version} back: {rolled[-1].get('message')}")
         if progress is not None and (model.get("version"), status.model_frames) != last:
             last = (model.get("version"), status.model_frames)
             progress("waiting", f"{status.agent_name}: {model.get('name', '?')} {model.get('version', '?')} "
@@ -611,7 +612,7 @@ def wait_until_live(client, name: str, version: str, sha256: str, *, timeout: fl
         if time.monotonic() > deadline:
             seen = f"{status.model_frames} frames computed by it" if ours else \
                 f"in service: {model.get('name', 'none')} {model.get('version', '')}"
-            raise UpdateError(f"{status.agent_name} did not report {name} {version} live on checked frames "
+            raise ModelUpdateError(f"{status.agent_name} did not report {name} {version} live on checked frames "
                               f"within {timeout:.0f} s ({seen}; camera {state})")
         time.sleep(poll)
 
@@ -637,7 +638,7 @@ def deploy_to_device(pairing, signing_key, package: str | os.PathLike, *, timeou
     try:  # polls the device's status: a first TensorRT build takes minutes on a Jetson Nano
         client.activate(info.id, progress=activating)
     except DeviceError as exc:
-        raise UpdateError(f"{pairing.agent_name} did not take {info.name} {info.version}: {exc}") from exc
+        raise ModelUpdateError(f"{pairing.agent_name} did not take {info.name} {info.version}: {exc}") from exc
     if progress is not None:
         progress("activated", f"{info.id} activated on {pairing.agent_name}; waiting for it to run live")
     status = wait_until_live(client, info.name, info.version, info.sha256, timeout=timeout,

@@ -35,6 +35,7 @@ import json
 import math
 import time
 from typing import Any
+from inspector.errors import InspectorError
 
 VERSION = 1
 STAGES = ("read", "split", "adapt_teachers", "teacher_outputs", "distil", "calibrate", "export", "gate", "write")
@@ -56,7 +57,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
 MAX_LINE = 1 << 20   # a longer line is not an event (a runaway print), and is refused unread
 
 
-class UpdateProtocolError(ValueError):
+class UpdateProtocolError(InspectorError, ValueError):
     """A line that claims to be an update event but is not a valid one; the message says why."""
 
 
