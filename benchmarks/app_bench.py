@@ -110,7 +110,7 @@ def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_
     from inspector.live.flagging import Flagger
     from inspector.paths import sample_video
     from inspector.qt import theme
-    from inspector.qt.main import load_engine
+    from inspector.qt.startup import load_engine
     from inspector.qt.window import MainWindow
     from inspector.capture.sources import parse_source
     from inspector.store.database import FlagStore
@@ -304,7 +304,7 @@ def main() -> int:
         if args.docs:
             write_docs(None, text)
         return 0
-    from inspector.qt.main import load_engine
+    from inspector.qt.startup import load_engine
 
     engine = load_engine(None, args.threads)
     arms = []

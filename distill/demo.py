@@ -23,7 +23,7 @@ INPUT_SIZE = 96
 
 
 def run_demo(data: Path, out: Path) -> int:
-    from distill.cli import ProgressPrinter
+    from distill.training.progress import ProgressPrinter
     from distill.data.layouts import read_dataset
     from distill.data.patches import PatchRule
     from distill.data.splits import split_by_source, write_manifest

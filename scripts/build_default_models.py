@@ -105,7 +105,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     (out / "teachers").mkdir(parents=True, exist_ok=True)
 
-    from distill.cli import ProgressPrinter
+    from distill.training.progress import ProgressPrinter
     from distill.export.package import build_packages
     from distill.training.runs import run
 

@@ -20,7 +20,7 @@ from inspector.live.flagging import Flagger, FlagPolicy
 from inspector.live.loop import LiveResult
 from inspector.paths import sample_video
 from inspector.qt.bridge import LiveBridge
-from inspector.qt.main import NO_CAMERA
+from inspector.qt.startup import NO_CAMERA
 from inspector.qt.live.view import LiveView
 from inspector.qt.window import MainWindow
 from inspector.capture.sources import Frame, FrameGrabber, parse_source

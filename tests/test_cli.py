@@ -238,7 +238,7 @@ def test_console_script_bad_input_exit_code(tmp_path, folders):
 
 
 def test_progress_printer_speaks_on_rank_0_only(monkeypatch, capsys):
-    from distill.cli import ProgressPrinter
+    from distill.training.progress import ProgressPrinter
 
     end = {"event": "epoch_end", "epoch": 0, "train_loss": 0.5, "val": {"mcc": 0.25, "accuracy": 0.75},
            "best_mcc": 0.25, "improved": True}

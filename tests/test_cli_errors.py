@@ -56,7 +56,7 @@ def test_threads_must_be_at_least_one(value, message, capsys):
 
 @pytest.mark.parametrize("address", ["nonsense", "jetson.local", "host:port", "a:b:c"])
 def test_device_that_is_not_host_port_says_so(address):
-    from inspector.qt.main import StartupError, resolve_device
+    from inspector.qt.startup import StartupError, resolve_device
 
     with pytest.raises(StartupError, match="not a host:port") as err:
         resolve_device(address, pairings=object())    # never consulted

@@ -18,7 +18,8 @@ import pytest
 from support import REPO, engine  # noqa: F401 - engine is a fixture
 
 from inspector.paths import sample_video
-from inspector.report.build import IMAGE_WIDTH, ReportError, build_report
+from inspector.report.build import build_report
+from inspector.report.content import IMAGE_WIDTH, ReportError
 from inspector.store.database import FlagStore
 from inspector.store.query import FlagFilter
 from inspector.store.schema import ModelRef

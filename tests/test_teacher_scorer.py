@@ -211,7 +211,8 @@ def test_the_window_runs_the_scorer_and_wakes_it_for_each_flag(qtbot, engine, st
 
 
 def test_the_app_finds_the_shipped_teachers_or_is_told_not_to(tmp_path, store):
-    from inspector.qt.main import StartupError, build_parser, make_scorer, resolve_teachers
+    from inspector.qt.main import build_parser
+    from inspector.qt.startup import StartupError, make_scorer, resolve_teachers
 
     assert resolve_teachers(None) == default_teachers()
     assert resolve_teachers(None, disabled=True) is None

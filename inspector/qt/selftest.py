@@ -74,7 +74,8 @@ def _wait(app, window, seconds: float, deadline_s: float) -> tuple[bool, float]:
 
 def run_selftest(app, args) -> int:
     from inspector.store.database import FlagStore
-    from inspector.qt.main import StartupError, load_engine, make_window, resolve_source
+    from inspector.qt.startup import StartupError, load_engine, resolve_source
+    from inspector.qt.window import make_window
 
     out = sys.stdout
     print("inspector self-test", file=out)

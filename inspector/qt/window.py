@@ -541,3 +541,10 @@ class MainWindow(QMainWindow):
     def _set_source_label(self, label: str) -> None:
         self.hud.set_source(label)
         self.chooser.set_current(label)
+
+
+def make_window(engine, store, source, notice, flagger=None, device=None, scorer=None) -> MainWindow:
+    """The main window as the ``inspector`` command opens it (default flagging rules unless given)."""
+    from inspector.live.flagging import Flagger
+
+    return MainWindow(engine, store, flagger or Flagger(), source, notice=notice, device=device, scorer=scorer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from inspector.report.build import (
+from inspector.report.content import (
     IMAGE_WIDTH,
     NO_CRACK_FRAMES,
     NOTHING_MATCHED,

@@ -13,7 +13,7 @@ from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
 from inspector.paths import resource
-from inspector.report.build import (
+from inspector.report.content import (
     NO_CRACK_FRAMES,
     NOTHING_MATCHED,
     TILE_LEGEND,

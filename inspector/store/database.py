@@ -72,10 +72,8 @@ locked, newer schema, unknown id, missing file) raises :class:`StoreError`.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
-import math
 import os
 import re
 import sqlite3
@@ -85,7 +83,6 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -98,7 +95,6 @@ from inspector.store.checks import (
     check_id,
     check_prob,
     check_text,
-    is_number,
     utc,
 )
 from inspector.store.query import FlagFilter
@@ -118,7 +114,7 @@ from inspector.store.schema import (
     uncertainty_of,
 )
 
-__all__ = ["FlagStore", "FlagFilter", "FlagRecord", "ModelRef", "StoreError", "RecoveryReport", "ReviewCounts",
+__all__ = ["FlagStore", "FlagFilter", "FlagRecord", "ModelRef", "StoreError", "RecoveryReport",
            "UNSET", "REASONS", "REVIEW_LABELS", "TILE_LABELS", "LABELS", "SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
@@ -161,23 +157,6 @@ class RecoveryReport:
             ("flags_with_missing_images", self.missing_images),
             ("deleted_flags_purged", self.deleted_purged)) if v]
         return "; ".join(parts) or "nothing to recover"
-
-
-@dataclass(frozen=True)
-class ReviewCounts:
-    """How many flags a filter matches, by review state (deleted flags are not counted)."""
-
-    total: int = 0
-    unreviewed: int = 0
-    crack: int = 0
-    no_crack: int = 0
-    unsure: int = 0
-    disagreements: int = 0      # frames whose teachers and student differ by >= DISAGREEMENT_COUNTED
-    needs_tiles: int = 0        # crack frames without a tile a person called crack (store_query.NEEDS_TILES)
-
-    @property
-    def reviewed(self) -> int:
-        return self.total - self.unreviewed
 
 
 # --------------------------------------------------------------------------- the store

@@ -137,3 +137,20 @@ def _time_bound(name: str, value: str, *, end: bool) -> str:
     except ValueError:
         raise ValueError(f"{name} must be an ISO-8601 date or time, got {value!r}") from None
     return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class ReviewCounts:
+    """How many flags a filter matches, by review state (deleted flags are not counted)."""
+
+    total: int = 0
+    unreviewed: int = 0
+    crack: int = 0
+    no_crack: int = 0
+    unsure: int = 0
+    disagreements: int = 0      # frames whose teachers and student differ by >= DISAGREEMENT_COUNTED
+    needs_tiles: int = 0        # crack frames without a tile a person called crack (NEEDS_TILES)
+
+    @property
+    def reviewed(self) -> int:
+        return self.total - self.unreviewed

@@ -16,7 +16,7 @@ from typing import Any
 from inspector.store import history as store_history
 from inspector.store.checks import check_choice, check_count, check_id, check_prob, check_text
 from inspector.store.history import CLOSED, DONE, UNDONE, HistoryEntry
-from inspector.store.query import DISAGREEMENT_COUNTED, NEEDS_TILES, FlagFilter, order_by
+from inspector.store.query import DISAGREEMENT_COUNTED, NEEDS_TILES, FlagFilter, ReviewCounts, order_by
 from inspector.store.schema import (
     REVIEW_LABELS,
     SELECT,
@@ -210,8 +210,7 @@ class ReviewMethods:
         return [found[i] for i in ids if i in found]
 
     def counts(self, flt: FlagFilter = FlagFilter()):
-        """:class:`~inspector.store.database.ReviewCounts` of the flags ``flt`` matches."""
-        from inspector.store.database import ReviewCounts
+        """:class:`~inspector.store.query.ReviewCounts` of the flags ``flt`` matches."""
 
         where, params = flt.where()
         sql = ("SELECT count(*), total(label IS NULL), total(label = 'crack'), total(label = 'no_crack'), "
