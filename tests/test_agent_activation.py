@@ -18,8 +18,9 @@ import onnxruntime as ort
 import pytest
 
 from inspector.edge import engine_cache
-from inspector.link import protocol
-from inspector.agent.repository import ENGINES_DIR, ModelRepository
+from inspector.link import framing, openapi, protocol
+from inspector.agent.repository import ModelRepository
+from inspector.agent.repository_state import ENGINES_DIR
 from inspector.agent.runtime import AgentRuntime
 from inspector.edge.engine import CPU, InferenceEngine
 from inspector.edge.package import INPUT_NAME
@@ -206,7 +207,7 @@ def frame_models(sub, n: int) -> list[str]:
     while len(out) < n and time.monotonic() < deadline:
         blob = sub.next(timeout=1.0)
         if blob is not None:
-            out.append(protocol.read_frame(io.BytesIO(blob))[0].model_id)
+            out.append(framing.read_frame(io.BytesIO(blob))[0].model_id)
     return out
 
 
@@ -307,7 +308,7 @@ def test_the_client_polls_until_live_or_failed():
 
 
 def test_status_and_openapi_carry_the_activation():
-    spec = protocol.openapi()
+    spec = openapi.document()
     op = spec["paths"][f"{protocol.API}/models/activate"]["post"]
     assert op["responses"]["202"]["content"]["application/json"]["schema"]["$ref"].endswith("/Activation")
     assert "activation" not in spec["components"]["schemas"]["Status"]["required"]    # older agents omit it

@@ -44,8 +44,8 @@ from agent_support import (Agent, check_frame, error_code, pair_token, rewrite_z
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inspector.link import protocol
-from inspector.agent.repository import INCOMING_DIR, PACKAGES_DIR, STATE_FILE
+from inspector.link import framing, openapi, protocol
+from inspector.agent.repository_state import INCOMING_DIR, PACKAGES_DIR, STATE_FILE
 from inspector.paths import default_model
 from inspector.link.protocol import API
 from inspector.link.signing import SigningKey
@@ -575,7 +575,7 @@ class TestBadPackages:
 
 # ---------------------------------------------------------------------------- fuzzing
 
-SPEC = protocol.openapi()
+SPEC = openapi.document()
 SCHEMAS = SPEC["components"]["schemas"]
 # Not the two that end the fuzzer's token (unpair, new token): every later request would be a 401.
 # tests/test_agent_lockout.py covers them.
@@ -770,7 +770,7 @@ def send_fuzz(port: int, req: dict[str, Any]) -> tuple[int, dict, bytes] | None:
             return None
         hdrs = {k.lower(): v for k, v in resp.getheaders()}
         if hdrs.get("content-type") == protocol.STREAM_CONTENT_TYPE:
-            check_frame(*protocol.read_frame(resp))
+            check_frame(*framing.read_frame(resp))
             return resp.status, hdrs, b""
         return resp.status, hdrs, resp.read()
     finally:
@@ -781,7 +781,7 @@ fuzz_device = device_fixture("fuzz")
 
 
 class TestFuzz:
-    """Requests generated from ``protocol.openapi()`` against a separate agent (it has only the
+    """Requests generated from ``openapi.document()`` against a separate agent (it has only the
     shipped model and the fuzzer cannot sign, so nothing it does changes what it serves)."""
 
     @pytest.mark.parametrize("op", OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from inspector.agent.repository import ModelRepository, RepositoryError
+from inspector.agent.repository import ModelRepository
+from inspector.agent.repository_state import RepositoryError
 from inspector.edge.package import load_package, write_package
 from inspector.link.protocol import ApiError, ModelList
 from inspector.link.signing import SigningKey

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inspector.link import protocol
-from inspector.agent.repository import RepositoryError
+from inspector.link import framing
+from inspector.agent.repository_state import RepositoryError
 from inspector.agent.runtime import AgentRuntime, check_result
 from inspector.edge.engine import FrameResult, TileResult
 from inspector.paths import sample_video
@@ -114,7 +114,7 @@ def model_ids(sub, n: int, timeout: float = 10.0) -> list[str]:
     while len(out) < n and time.monotonic() < deadline:
         blob = sub.next(timeout=1.0)
         if blob is not None:
-            out.append(protocol.read_frame(io.BytesIO(blob))[0].model_id)
+            out.append(framing.read_frame(io.BytesIO(blob))[0].model_id)
     return out
 
 
@@ -165,10 +165,10 @@ def test_start_goes_back_past_a_failing_active_model(make_runtime):
 def test_slow_client_gets_only_the_newest_frame(make_runtime):
     rt, _ = make_runtime(["good-1"], "good-1")
     with rt.subscribe() as slow:
-        first = protocol.read_frame(io.BytesIO(slow.next(timeout=5)))[0].seq
+        first = framing.read_frame(io.BytesIO(slow.next(timeout=5)))[0].seq
         time.sleep(0.5)  # ~15 results published meanwhile
         t0 = time.monotonic()
-        second = protocol.read_frame(io.BytesIO(slow.next(timeout=5)))[0].seq
+        second = framing.read_frame(io.BytesIO(slow.next(timeout=5)))[0].seq
         assert time.monotonic() - t0 < 0.05 and second > first + 5  # the newest, at once
         assert slow.next(timeout=0) is None  # and no backlog behind it
 

@@ -295,7 +295,8 @@ def run(opts: dict[str, Any]) -> int:
 def _open_store(opts: dict[str, Any], data: Path) -> tuple[Any, Any]:
     """(identity, repository) with the command-line package imported."""
     from inspector.agent.identity import Identity, IdentityError
-    from inspector.agent.repository import ModelRepository, RepositoryError
+    from inspector.agent.repository import ModelRepository
+    from inspector.agent.repository_state import RepositoryError
 
     try:
         identity = Identity(data, name=opts["name"])

@@ -1,19 +1,9 @@
 """The model store on the device: verified packages, the active version, rollback.
 
-Layout under ``root``::
-
-    packages/<sha256 of the file>.crackpkg   immutable, content-addressed
-    engines/<sha256 of the file>/            what the runtime builds from that version (its
-                                             TensorRT engine cache, :mod:`inspector.edge.engine_cache`)
-    incoming/<random>.part                   an upload or import being received
-    state.json                               {"active", "previous", "models", "failed"}
-    .lock                                    one repository per folder (flock)
-
-``state.json`` maps a model id ``"<name>-<version>"`` to its :class:`~inspector.link.protocol.ModelInfo`
-plus ``"file"``; a name from a request is only ever looked up there, never joined into a path.
-Every change (store, activate, rollback) is one atomic replace of ``state.json`` (temporary
-file, fsync, rename, fsync of the folder) made after the package file is in place, so a crash
-leaves the old or the new state, both pointing at verified files.
+Where things are on disk, the format of ``state.json``, its atomic replacement and what opening
+repairs are :mod:`inspector.agent.repository_state`'s. Every change here (store, activate,
+rollback, mark failed) is one atomic replace of ``state.json`` made after the package file is
+in place, so a crash leaves the old or the new state, both pointing at verified files.
 
 An upload is refused before anything is stored unless it is a complete package
 (:func:`inspector.edge.package.load_package`: manifest, model hash, ONNX contract, reference run),
@@ -21,24 +11,14 @@ signed by a trusted key, with the labels of the active model (a silent change of
 is the classic field bug), not a different file under an existing id, and not a candidate its
 gate refused (``extra.lineage.promoted`` false) unless the lineage carries the expert override.
 The model list shows, per version, ``promoted`` and ``override`` from the signed lineage.
-
-Opening repairs what a crash or a bad disk left: temporary uploads and package files no state
-refers to are removed; a ``state.json`` that does not parse is kept as ``state.json.corrupt``
-and rebuilt from the package files that pass :func:`~inspector.edge.package.load_package` -- with *no*
-active model, because which one was active is exactly what was lost (the agent's command-line
-package, imported at start, then becomes active); an active model whose file is missing or
-damaged (its SHA-256 no longer matches its name) is replaced by the newest previous one that
-is intact. :attr:`ModelRepository.recovered` says what was done.
+:attr:`ModelRepository.recovered` says what opening repaired.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import errno
 import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import threading
@@ -46,73 +26,17 @@ from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
 
+from inspector.agent.repository_state import (CHUNK, Layout, RepositoryError, gate_fields, open_state,
+                                              sha256_file, storage_error, utc_now, write_state)
 from inspector.edge import package as pkg
+from inspector.fsio import fsync_dir
 from inspector.link import signing
-from inspector.fsio import fsync_dir, write_atomic
-from inspector.link.protocol import MAX_PACKAGE_BYTES, ApiError, ModelInfo, ModelList
-from inspector.errors import InspectorError
+from inspector.link.protocol import MAX_PACKAGE_BYTES, ModelInfo, ModelList
 
-STATE_FILE = "state.json"
-PACKAGES_DIR = "packages"
-INCOMING_DIR = "incoming"
-ENGINES_DIR = "engines"
 KEEP_PREVIOUS = 5
 MAX_EVENTS = 200
-CHUNK = 1 << 20
 # Free space kept on the device beyond an upload: a full eMMC breaks logging and state writes.
 SPACE_RESERVE = 32 << 20
-_FILE_RE = re.compile(r"^[0-9a-f]{64}\.crackpkg$")
-
-
-class RepositoryError(InspectorError):
-    """A refused request: HTTP ``status``, stable ``code``, human ``message`` (says what and why)."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
-
-    def to_api(self) -> ApiError:
-        return ApiError(self.status, self.code, self.message)
-
-
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _empty_state() -> dict[str, Any]:
-    return {"active": None, "previous": [], "models": {}, "failed": {}}
-
-
-def _check_state(d: Any) -> dict[str, Any]:
-    """``d`` if it is a well-formed state, else ValueError (the caller rebuilds)."""
-    if not isinstance(d, dict) or not {"active", "previous", "models"} <= set(d):
-        raise ValueError("not a state object")
-    models = d["models"]
-    if not isinstance(models, dict):
-        raise ValueError("models is not an object")
-    for model_id, entry in models.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not _FILE_RE.match(entry["file"]):
-            raise ValueError(f"model {model_id!r}: bad file entry")
-        info = ModelInfo.from_dict({k: v for k, v in entry.items() if k != "file"})
-        if info.id != model_id:
-            raise ValueError(f"model {model_id!r}: id field is {info.id!r}")
-    if d["active"] is not None and d["active"] not in models:
-        raise ValueError(f"active {d['active']!r} is not a stored model")
-    prev = d["previous"]
-    if not isinstance(prev, list) or not all(isinstance(p, str) and p in models for p in prev):
-        raise ValueError("previous is not a list of stored models")
-    failed = d.get("failed", {})
-    if not isinstance(failed, dict) or not all(isinstance(v, dict) for v in failed.values()):
-        raise ValueError("failed is not an object of objects")
-    return {"active": d["active"], "previous": list(prev), "models": models, "failed": failed}
 
 
 class ModelRepository:
@@ -126,10 +50,9 @@ class ModelRepository:
     def __init__(self, root: str | os.PathLike, *, trusted_keys: Callable[[], Mapping[str, bytes]] = dict,
                  max_bytes: int = MAX_PACKAGE_BYTES):
         self.root = Path(root)
-        self._packages = self.root / PACKAGES_DIR
-        self._incoming = self.root / INCOMING_DIR
-        self._engines = self.root / ENGINES_DIR
-        self._state_path = self.root / STATE_FILE
+        self._layout = Layout(self.root)
+        self._packages, self._incoming = self._layout.packages, self._layout.incoming
+        self._engines = self._layout.engines
         self._trusted_keys = trusted_keys
         self.max_bytes = int(max_bytes)
         self._lock = threading.RLock()
@@ -146,7 +69,9 @@ class ModelRepository:
             raise RepositoryError(409, "in_use", f"{self.root} is already open in another model repository "
                                                  f"(is another agent running on this data folder?)") from None
         try:
-            self._state = self._open()
+            self._state, changed = open_state(self._layout, trusted_keys, self._recover, self._event)
+            if changed:
+                self._write_state(self._state)
         except BaseException:
             self.close()
             raise
@@ -306,7 +231,7 @@ class ModelRepository:
             raise
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise _storage_error("storing the upload", exc) from None
+            raise storage_error("storing the upload", exc) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -336,7 +261,7 @@ class ModelRepository:
         m = p.manifest
         info = ModelInfo(id=f"{m.name}-{m.version}", name=m.name, version=m.version, sha256=m.model_sha256,
                          size=size, labels=list(m.labels), input_size=m.input.size, quantization=m.quantization.type,
-                         signed_by=signed_by, stored=_utc_now(), **_gate_fields(m))
+                         signed_by=signed_by, stored=utc_now(), **gate_fields(m))
         file_name = f"{file_sha}.crackpkg"
         with self._lock:
             existing = self._state["models"].get(info.id)
@@ -348,7 +273,7 @@ class ModelRepository:
                     return self._info(self._state, info.id)
                 raise RepositoryError(409, "version_exists", f"{info.id} is already on the device with different "
                                                              f"contents; give the new package a new version")
-            gate = _gate_fields(m)
+            gate = gate_fields(m)
             if not local and gate.get("promoted") is False and gate.get("override") is None:
                 # the app pushes a refused candidate only with the expert override in its lineage
                 raise RepositoryError(422, "not_promoted", f"{info.id} was refused by its gate (lineage: not "
@@ -366,7 +291,7 @@ class ModelRepository:
                 os.replace(tmp, dst)
                 fsync_dir(self._packages)
             except OSError as exc:
-                raise _storage_error("storing the package", exc) from None
+                raise storage_error("storing the package", exc) from None
             new = self._copy_state()
             new["models"][info.id] = {**info.to_dict(), "file": file_name}
             try:
@@ -418,7 +343,7 @@ class ModelRepository:
         with self._lock:
             self._entry(model_id)
             new = self._copy_state()
-            new["failed"][model_id] = {"time": _utc_now(), "reason": str(reason)[:500]}
+            new["failed"][model_id] = {"time": utc_now(), "reason": str(reason)[:500]}
             if new["active"] != model_id:
                 self._write_state(new)
                 self._event("failed", f"{model_id} failed ({reason}); it is not active, nothing to switch")
@@ -461,7 +386,7 @@ class ModelRepository:
     def _check_file(self, model_id: str, entry: dict) -> None:
         path = self._packages / entry["file"]
         try:
-            ok = _sha256_file(path) == entry["file"].split(".")[0]
+            ok = sha256_file(path) == entry["file"].split(".")[0]
         except OSError as exc:
             raise RepositoryError(500, "corrupt_package", f"{model_id}: its stored file cannot be read "
                                                           f"({exc.strerror or exc})") from None
@@ -487,17 +412,12 @@ class ModelRepository:
 
     def _write_state(self, new: dict[str, Any]) -> None:
         """Replace state.json atomically, then the in-memory state (only if the write worked)."""
-        data = json.dumps(new, indent=1, sort_keys=True).encode("utf-8")
-        try:   # the temporary name, .state.json.<random>.tmp, is what recovery removes
-            write_atomic(self._state_path, lambda f: f.write(data))
-            fsync_dir(self.root)
-        except OSError as exc:
-            raise _storage_error("writing the model state", exc) from None
+        write_state(self._layout, new)
         self._state = new
 
     def _event(self, kind: str, message: str) -> None:
         with self._lock:
-            self._events.append({"time": _utc_now(), "kind": kind, "message": message})
+            self._events.append({"time": utc_now(), "kind": kind, "message": message})
 
     def _notify(self) -> None:
         active = self.active()
@@ -506,135 +426,9 @@ class ModelRepository:
         for callback in listeners:
             callback(active)
 
-    # ------------------------------------------------------------------ opening (recovery)
-
-    def _open(self) -> dict[str, Any]:
-        for f in sorted(self._incoming.iterdir()):
-            _remove(f)
-            self._recover(f"removed an unfinished upload {INCOMING_DIR}/{f.name}")
-        for f in sorted(self.root.glob(f".{STATE_FILE}.*.tmp")):
-            _remove(f)
-            self._recover(f"removed an unfinished state write {f.name}")
-        self._state = state = self._read_state()
-        changed, lost = not self._state_path.exists(), None  # rebuilt (or new): write it
-        for model_id in [i for i, e in state["models"].items() if not (self._packages / e["file"]).is_file()]:
-            self._recover(f"{model_id}: its package file is missing; forgotten")
-            del state["models"][model_id]
-            state["previous"] = [p for p in state["previous"] if p != model_id]
-            if state["active"] == model_id:
-                state["active"], lost = None, model_id
-            changed = True
-        changed |= self._recover_active(state, lost)
-        referenced = {e["file"] for e in state["models"].values()}
-        for f in sorted(self._packages.iterdir()):
-            if f.name not in referenced:
-                _remove(f)
-                self._recover(f"removed {PACKAGES_DIR}/{f.name}: no stored model refers to it")
-        if self._engines.is_dir():
-            for d in sorted(self._engines.iterdir()):
-                if f"{d.name}.crackpkg" not in referenced:
-                    _remove(d)
-                    self._recover(f"removed {ENGINES_DIR}/{d.name}: no stored model refers to it")
-        if changed:
-            self._write_state(state)
-        return self._state
-
-    def _read_state(self) -> dict[str, Any]:
-        try:
-            raw = self._state_path.read_bytes()
-        except FileNotFoundError:
-            if any(self._packages.iterdir()):
-                return self._rebuild("state.json is missing")
-            return _empty_state()
-        try:
-            return _check_state(json.loads(raw.decode("utf-8")))
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            kept = self.root / f"{STATE_FILE}.corrupt"
-            os.replace(self._state_path, kept)
-            return self._rebuild(f"state.json is corrupt ({exc}; kept as {kept.name})")
-
-    def _rebuild(self, why: str) -> dict[str, Any]:
-        """A state from the package files that verify; none active (which one was is unknown)."""
-        state = _empty_state()
-        files = sorted((f for f in self._packages.iterdir() if _FILE_RE.match(f.name)), key=lambda f: f.stat().st_mtime)
-        for f in files:
-            try:
-                if _sha256_file(f) != f.name.split(".")[0]:
-                    raise pkg.PackageError("the file's hash does not match its name")
-                p = pkg.load_package(f)
-            except (pkg.PackageError, OSError):
-                continue  # left unreferenced: removed below
-            m = p.manifest
-            try:
-                signed_by = signing.verify_manifest_signature(m, self._trusted_keys())
-            except signing.SigningError:
-                signed_by = None
-            model_id = f"{m.name}-{m.version}"
-            stored = _dt.datetime.fromtimestamp(f.stat().st_mtime, _dt.timezone.utc).replace(microsecond=0)
-            info = ModelInfo(id=model_id, name=m.name, version=m.version, sha256=m.model_sha256, size=f.stat().st_size,
-                             labels=list(m.labels), input_size=m.input.size, quantization=m.quantization.type,
-                             signed_by=signed_by, stored=stored.isoformat().replace("+00:00", "Z"),
-                             **_gate_fields(m))
-            state["models"][model_id] = {**info.to_dict(), "file": f.name}  # newest file wins an id
-        self._recover(f"{why}: rebuilt from {len(state['models'])} verified package(s); no model is active "
-                      f"until one is activated")
-        return state
-
-    def _recover_active(self, state: dict[str, Any], lost: str | None) -> bool:
-        """Check the active model's file; if it is damaged or was ``lost`` (its file is gone), go
-        back to the newest previous one that is intact and has not failed. True if changed."""
-        active = state["active"]
-        if active is not None:
-            why = self._verify_stored(state["models"][active])
-            if why is None:
-                return lost is not None
-            state["failed"][active] = {"time": _utc_now(), "reason": f"failed verification on start: {why}"}
-            self._recover(f"active model {active} fails verification ({why})")
-            lost = active
-        elif lost is None:
-            return False
-        for i, candidate in enumerate(state["previous"]):
-            if candidate in state["failed"]:
-                continue
-            why = self._verify_stored(state["models"][candidate])
-            if why is None:
-                state["active"], state["previous"] = candidate, state["previous"][i + 1:]
-                self._recover(f"went back to {candidate} (active {lost} unusable)")
-                self._event("auto-rollback", f"{lost} was unusable on start; went back to {candidate}")
-                return True
-            state["failed"][candidate] = {"time": _utc_now(), "reason": f"failed verification on start: {why}"}
-            self._recover(f"previous model {candidate} fails verification ({why})")
-        state["active"], state["previous"] = None, []
-        self._recover(f"no previous model verifies: none active (was {lost})")
-        return True
-
-    def _verify_stored(self, entry: dict) -> str | None:
-        """None if the file is byte-identical to the one that passed every check when it was
-        stored (its name is its SHA-256), else why not. Whether this onnxruntime still runs it
-        is the runtime's test (it loads the model and calls :meth:`mark_failed` if it cannot)."""
-        path = self._packages / entry["file"]
-        try:
-            if _sha256_file(path) != entry["file"].split(".")[0]:
-                return "its file was damaged on the device (hash differs from when it was stored)"
-        except OSError as exc:
-            return f"cannot read its file ({exc.strerror or exc})"
-        return None
-
     def _recover(self, what: str) -> None:
         self.recovered.append(what)
         self._event("recovered", what)
-
-
-def _gate_fields(manifest: pkg.Manifest) -> dict[str, Any]:
-    """``promoted`` and ``override`` of the signed manifest's ``extra.lineage`` (a package made by
-    ``distill update``; the signature covers them), for the model list; none for other packages."""
-    lineage = (manifest.extra or {}).get("lineage")
-    if not isinstance(lineage, dict):
-        return {}
-    promoted = lineage.get("promoted")
-    override = lineage.get("override")
-    return {"promoted": promoted if isinstance(promoted, bool) else None,
-            "override": dict(override) if isinstance(override, dict) else None}
 
 
 def _seekable(stream: BinaryIO) -> bool:
@@ -644,20 +438,7 @@ def _seekable(stream: BinaryIO) -> bool:
         return False
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def _invalid(exc: pkg.PackageError, tmp: Path) -> RepositoryError:
     why = str(exc).replace(str(tmp), "package")  # no internal paths in answers
     return RepositoryError(422, "invalid_package", f"not a valid model package: {why}")
-
-
-def _storage_error(doing: str, exc: OSError) -> RepositoryError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return RepositoryError(507, "no_space", f"{doing} failed: the device is out of space")
-    return RepositoryError(500, "storage_error", f"{doing} failed ({exc.strerror or exc})")
 

@@ -61,7 +61,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from inspector.link import protocol
+from inspector.link import openapi, protocol
 from inspector.link.protocol import API, ApiError, Message, ProtocolError
 from inspector.errors import InspectorError
 
@@ -388,7 +388,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def openapi(self) -> None:
         self._no_body()
-        self._send_json(protocol.openapi())
+        self._send_json(openapi.document())
 
     def unpair(self) -> None:
         self._no_body()
@@ -630,7 +630,7 @@ class AgentServer:
 
     def __init__(self, identity: Any, repository: Any, runtime: Any, *, host: str = "127.0.0.1",
                  port: int = protocol.DEFAULT_PORT, tls: bool = True, max_connections: int = MAX_CONNECTIONS):
-        from inspector.agent.repository import RepositoryError
+        from inspector.agent.repository_state import RepositoryError
 
         self.identity, self.repository, self.runtime = identity, repository, runtime
         self.repository_error = RepositoryError
