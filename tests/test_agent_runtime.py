@@ -14,7 +14,8 @@ import pytest
 
 from inspector.link import framing
 from inspector.agent.repository_state import RepositoryError
-from inspector.agent.runtime import AgentRuntime, check_result
+from inspector.agent.runtime import AgentRuntime
+from inspector.agent.stream import check_result
 from inspector.edge.engine import FrameResult, TileResult
 from inspector.paths import sample_video
 from inspector.link.protocol import ApiError, ModelInfo, ModelList

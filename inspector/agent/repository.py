@@ -28,7 +28,9 @@ from typing import Any, BinaryIO, Callable, Mapping
 
 from inspector.agent.repository_state import (CHUNK, Layout, RepositoryError, gate_fields, open_state,
                                               sha256_file, storage_error, utc_now, write_state)
-from inspector.edge import package as pkg
+from inspector.edge.fields import PackageError
+from inspector.edge.manifest import Manifest
+from inspector.edge.package import load_package, signed_payload
 from inspector.fsio import fsync_dir
 from inspector.link import signing
 from inspector.link.protocol import MAX_PACKAGE_BYTES, ModelInfo, ModelList
@@ -237,26 +239,26 @@ class ModelRepository:
             raise
         return tmp, h.hexdigest()
 
-    def _same_content(self, stored_file: str, manifest: pkg.Manifest) -> bool:
+    def _same_content(self, stored_file: str, manifest: Manifest) -> bool:
         """The stored package has the same model and the same signed manifest fields."""
         try:
-            stored = pkg.load_package(self._packages / stored_file, verify_reference=False).manifest
-        except (pkg.PackageError, OSError):
+            stored = load_package(self._packages / stored_file, verify_reference=False).manifest
+        except (PackageError, OSError):
             return False
-        return pkg.signed_payload(stored) == pkg.signed_payload(manifest)  # covers model_sha256
+        return signed_payload(stored) == signed_payload(manifest)  # covers model_sha256
 
     def _verify_and_commit(self, tmp: Path, file_sha: str, size: int, *, source: str, local: bool) -> ModelInfo:
         # Outside the lock (a reference run takes about a second): the manifest, hashes and the
         # graph first, then the signature, and only a package signed by a trusted key (or one
         # the operator gave) is run by onnxruntime.
         try:
-            p = pkg.load_package(tmp, verify_reference=False)
-        except pkg.PackageError as exc:
+            p = load_package(tmp, verify_reference=False)
+        except PackageError as exc:
             raise _invalid(exc, tmp) from None
         signed_by = None if local else self._check_signature(p.manifest)
         try:
-            pkg.load_package(tmp, verify_reference=True)
-        except pkg.PackageError as exc:
+            load_package(tmp, verify_reference=True)
+        except PackageError as exc:
             raise _invalid(exc, tmp) from None
         m = p.manifest
         info = ModelInfo(id=f"{m.name}-{m.version}", name=m.name, version=m.version, sha256=m.model_sha256,
@@ -303,7 +305,7 @@ class ModelRepository:
                                   f"{'signed by ' + signed_by if signed_by else 'from ' + source})")
             return info
 
-    def _check_signature(self, manifest: pkg.Manifest) -> str:
+    def _check_signature(self, manifest: Manifest) -> str:
         try:
             return signing.verify_manifest_signature(manifest, self._trusted_keys())
         except signing.SigningError as exc:
@@ -438,7 +440,7 @@ def _seekable(stream: BinaryIO) -> bool:
         return False
 
 
-def _invalid(exc: pkg.PackageError, tmp: Path) -> RepositoryError:
+def _invalid(exc: PackageError, tmp: Path) -> RepositoryError:
     why = str(exc).replace(str(tmp), "package")  # no internal paths in answers
     return RepositoryError(422, "invalid_package", f"not a valid model package: {why}")
 

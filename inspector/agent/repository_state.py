@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from inspector.edge import package as pkg
+from inspector.edge.fields import PackageError
+from inspector.edge.manifest import Manifest
+from inspector.edge.package import load_package
 from inspector.errors import InspectorError
 from inspector.fsio import fsync_dir, write_atomic
 from inspector.link import signing
@@ -200,9 +202,9 @@ class _Opening:
         for f in files:
             try:
                 if sha256_file(f) != f.name.split(".")[0]:
-                    raise pkg.PackageError("the file's hash does not match its name")
-                p = pkg.load_package(f)
-            except (pkg.PackageError, OSError):
+                    raise PackageError("the file's hash does not match its name")
+                p = load_package(f)
+            except (PackageError, OSError):
                 continue  # left unreferenced: removed below
             m = p.manifest
             try:
@@ -261,7 +263,7 @@ class _Opening:
         return None
 
 
-def gate_fields(manifest: pkg.Manifest) -> dict[str, Any]:
+def gate_fields(manifest: Manifest) -> dict[str, Any]:
     """``promoted`` and ``override`` of the signed manifest's ``extra.lineage`` (a package made by
     ``distill update``; the signature covers them), for the model list; none for other packages."""
     lineage = (manifest.extra or {}).get("lineage")
