@@ -15,7 +15,8 @@ import pytest
 
 from inspector.edge import engine as engine_mod
 from inspector.edge.engine import FrameResult, InferenceEngine, overlay, select_providers, tile_grid
-from inspector.edge.package import PackageError, load_package, write_package
+from inspector.edge.fields import PackageError
+from inspector.edge.package import load_package, write_package
 from test_package import S, build_fixture_onnx, fixture_manifest, make_reference, real_patches, rewrite, npz_bytes
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])

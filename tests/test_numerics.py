@@ -15,7 +15,9 @@ import pytest
 
 from inspector.edge import numerics
 from inspector.edge.engine import InferenceEngine
-from inspector.edge.package import PackageError, ReferenceCheckError, load_package, write_package
+from inspector.edge.contract import ReferenceCheckError
+from inspector.edge.fields import PackageError
+from inspector.edge.package import load_package, write_package
 from inspector.paths import default_model
 
 REPO = Path(__file__).resolve().parents[1]

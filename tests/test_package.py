@@ -27,15 +27,9 @@ from onnx import TensorProto as TP
 from onnx import helper as oh
 from onnx import numpy_helper as nh
 
-from inspector.edge.package import (
-    FORMAT,
-    Manifest,
-    ModelPackage,
-    PackageError,
-    load_package,
-    signed_payload,
-    write_package,
-)
+from inspector.edge.fields import PackageError
+from inspector.edge.manifest import FORMAT, Manifest
+from inspector.edge.package import ModelPackage, load_package, signed_payload, write_package
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
 S = 64  # fixture input size (stride-8 features: 8×8)

@@ -29,13 +29,9 @@ import numpy as np
 
 from inspector.edge import numerics
 from inspector.fsio import write_atomic
-from inspector.edge.package import (
-    ModelPackage,
-    PackageError,
-    ReferenceCheckError,
-    load_package,
-    verify_reference_outputs,
-)
+from inspector.edge.contract import ReferenceCheckError, verify_reference_outputs
+from inspector.edge.fields import PackageError
+from inspector.edge.package import ModelPackage, load_package
 
 log = logging.getLogger("inspector.edge.check")
 

@@ -61,13 +61,9 @@ import cv2
 import numpy as np
 
 from inspector.edge import engine_cache, numerics
-from inspector.edge.package import (
-    INPUT_NAME,
-    ModelPackage,
-    PackageError,
-    load_package,
-    verify_reference_outputs,
-)
+from inspector.edge.contract import INPUT_NAME, verify_reference_outputs
+from inspector.edge.fields import PackageError
+from inspector.edge.package import ModelPackage, load_package
 
 log = logging.getLogger(__name__)
 

@@ -408,7 +408,8 @@ def override_package(package: str | os.PathLike, *, reason: str, by: str | None,
     ``also`` (the FP32 sibling), then recorded in ``history``. Returns the package's path.
     A package already overridden is left as it is (and nothing is recorded again). OverrideError if the reason is shorter than
     :data:`MIN_OVERRIDE_REASON` characters, nobody is named, or a package cannot be rewritten."""
-    from inspector.edge.package import PackageError, load_package, write_package
+    from inspector.edge.fields import PackageError
+    from inspector.edge.package import load_package, write_package
 
     reason = (reason or "").strip()
     by = (by or "").strip()
