@@ -91,7 +91,7 @@ def bench_arch(arch: str, size: int, tile_batch: int, runs: int, images: np.ndar
 
     from distill.models.checkpoint import save_checkpoint
     from distill.export.package import build_packages, onnx_session
-    from distill.export.graph import _GradCamTarget
+    from distill.export.gradcam import GradCamTarget
 
     model = calibrated_model(arch, size, images)
     ckpt = work / f"{arch}.pt"
@@ -121,7 +121,7 @@ def bench_arch(arch: str, size: int, tile_batch: int, runs: int, images: np.ndar
     lat = row["latency_ms"]
     with torch.no_grad():
         lat["torch_fp32"] = {"b1": median_ms(lambda: model(t1), runs), "tile": median_ms(lambda: model(tt), runs)}
-    target_model = _GradCamTarget(model)
+    target_model = GradCamTarget(model)
     cam = GradCAM(model=target_model, target_layers=[target_model.target])
     lat["torch_gradcam"] = {
         "b1": median_ms(lambda: cam(input_tensor=t1, targets=[ClassifierOutputTarget(1)]), runs),

@@ -27,9 +27,9 @@ TorchScript exporter writes fixed paddings as shape arithmetic) and zero Pads ar
 the convolutions that read them (EfficientNet-Lite's TensorFlow "SAME" padding). The result
 has no Shape, Constant, Loop or data-dependent op; the batch axis ``N`` is dynamic.
 
-:func:`gradcam_reference` runs pytorch-grad-cam's ``GradCAM`` on the float model, the oracle
-the tests and the benchmark compare the graph's ``cam`` with, after :func:`cam_to_image`
-brings both to input resolution the way that library does.
+:func:`~distill.export.gradcam.gradcam_reference` runs pytorch-grad-cam's ``GradCAM`` on the
+float model, the oracle the tests and the benchmark compare the graph's ``cam`` with; the two
+graph passes are in :mod:`distill.export.onnx_passes`.
 """
 from __future__ import annotations
 
@@ -40,13 +40,13 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.export.onnx_passes import fold_constants, fuse_pads_into_convs
 from distill.models.checkpoint import atomic_write
 from distill.models.registry import Classifier
 from distill.errors import DistillError
@@ -309,8 +309,8 @@ def _to_onnx(graph: EdgeGraph, opset: int):
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buf.getvalue())
-    _fold_constants(proto)
-    _fuse_pads_into_convs(proto)
+    fold_constants(proto)
+    fuse_pads_into_convs(proto)
     g = proto.graph
     # `features` becomes an intermediate tensor made by an Identity node of that name.
     producer = next(n for n in g.node if FEATURES_NAME in n.output)
@@ -332,94 +332,6 @@ def _to_onnx(graph: EdgeGraph, opset: int):
     proto.doc_string = (f"{meta.arch}: uint8 NHWC RGB image -> logits, probs, Grad-CAM of every class "
                         f"(docs/design/edge-models.md)")
     return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-
-
-def _fold_constants(proto) -> None:
-    """Evaluate every node whose inputs are all constants and store its outputs as initializers.
-
-    The TorchScript exporter writes the padding of ``SamePadConv2d`` (fixed for a fixed input
-    size) as a chain of Constant, ConstantOfShape, Concat, Reshape, Slice, Transpose and Cast
-    nodes; folded, each Pad reads a constant, which TensorRT wants and which keeps ONNX Runtime
-    from rewriting (and warning about) the graph at every session start.
-    """
-    from onnx import numpy_helper
-    from onnx.reference import ReferenceEvaluator
-
-    g = proto.graph
-    known = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    made: set[str] = set()
-    kept = []
-    for node in g.node:
-        constant = node.op_type == "Constant" or (
-            len(node.input) > 0 and all(i == "" or i in known for i in node.input)
-            and node.op_type not in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                                     "Multinomial", "Bernoulli", "Dropout")
-        )
-        if not constant:
-            kept.append(node)
-            continue
-        feeds = {i: known[i] for i in node.input if i}
-        for name, value in zip(node.output, ReferenceEvaluator(node).run(None, feeds)):
-            known[name] = np.asarray(value)
-            made.add(name)
-    used = {i for n in kept for i in n.input} | {o.name for o in g.output}
-    initializers = [t for t in g.initializer if t.name in used]
-    initializers += [numpy_helper.from_array(known[name], name) for name in sorted(made & used)]
-    del g.node[:]
-    g.node.extend(kept)
-    del g.initializer[:]
-    g.initializer.extend(initializers)
-
-
-def _fuse_pads_into_convs(proto) -> None:
-    """Fold a zero Pad of the spatial axes into the Conv that reads it (Conv pads may be asymmetric).
-
-    ``SamePadConv2d`` (EfficientNet-Lite) pads before every strided or large-kernel convolution.
-    A separate Pad costs a copy in float and, in the INT8 graph, a dequantize/quantize pair
-    around it that keeps ONNX Runtime from fusing the convolution into an integer kernel.
-    """
-    from onnx import helper, numpy_helper
-
-    g = proto.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    outputs = {o.name for o in g.output}
-    removed = []
-    for pad in [n for n in g.node if n.op_type == "Pad"]:
-        attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
-        mode = attrs.get("mode", b"constant")
-        users = consumers.get(pad.output[0], [])
-        if mode not in (b"constant", "constant") or pad.output[0] in outputs or len(users) != 1:
-            continue
-        conv = users[0]
-        if conv.op_type != "Conv" or conv.input[0] != pad.output[0] or len(pad.input) < 2 or pad.input[1] not in consts:
-            continue
-        if len(pad.input) > 2 and pad.input[2] and (pad.input[2] not in consts or np.any(consts[pad.input[2]] != 0)):
-            continue  # a non-zero fill value
-        if len(pad.input) > 3 and pad.input[3]:
-            continue  # explicit axes: keep it simple
-        pads = [int(v) for v in consts[pad.input[1]]]
-        if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or any(v < 0 for v in pads):
-            continue
-        conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-        if conv_attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            continue
-        old = list(conv_attrs.get("pads", [0, 0, 0, 0]))
-        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
-        kept = [a for a in conv.attribute if a.name != "pads"]
-        del conv.attribute[:]
-        conv.attribute.extend(kept + [helper.make_attribute("pads", new)])
-        conv.input[0] = pad.input[0]
-        removed.append(pad)
-    for pad in removed:
-        g.node.remove(pad)
-    used = {i for n in g.node for i in n.input}
-    kept_init = [t for t in g.initializer if t.name in used or t.name in outputs]
-    del g.initializer[:]
-    g.initializer.extend(kept_init)
 
 
 def ort_session(model, threads: int | None = 1):
@@ -470,78 +382,3 @@ def _check(graph: EdgeGraph, data: bytes, images: np.ndarray, report: ExportRepo
     if failures:
         raise ExportError(f"{graph.model.meta.arch}: ONNX Runtime disagrees with PyTorch on "
                           f"{len(images)} check image(s): " + "; ".join(failures))
-
-
-# --------------------------------------------------------------------------------------------
-# Grad-CAM oracle and comparison helpers
-
-
-class _GradCamTarget(nn.Module):
-    """The Classifier with an Identity on its feature map for pytorch-grad-cam to hook."""
-
-    def __init__(self, model: Classifier):
-        super().__init__()
-        self.model = model
-        self.target = nn.Identity()
-
-    def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.model.embed(self.target(self.model.features(x01))))
-
-
-def gradcam_reference(model: Classifier, x01, class_idx: int | Sequence[int]) -> np.ndarray:
-    """pytorch-grad-cam's GradCAM of the float model: N×S×S maps in [0, 1], like the library.
-
-    ``x01``: N×3×S×S float images in [0, 1] (tensor or array); ``class_idx``: one class for
-    every image or one per image. The model is copied, so its mode and gradients are untouched.
-    """
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    x = torch.as_tensor(np.asarray(x01) if not isinstance(x01, torch.Tensor) else x01, dtype=torch.float32)
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"x01 must be N×3×S×S, got {tuple(x.shape)}")
-    n = x.shape[0]
-    classes = [int(class_idx)] * n if np.ndim(class_idx) == 0 else [int(c) for c in class_idx]
-    if len(classes) != n:
-        raise ValueError(f"{len(classes)} class indices for {n} images")
-    net = _GradCamTarget(copy.deepcopy(model)).eval()
-    for p in net.parameters():
-        p.requires_grad_(True)
-    with GradCAM(model=net, target_layers=[net.target]) as cam:
-        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
-    return np.asarray(maps, dtype=np.float32)
-
-
-def cam_to_image(cam_hw: np.ndarray, size: int) -> np.ndarray:
-    """Feature-resolution CAM(s) (..., h, w) to size×size maps in [0, 1], as pytorch-grad-cam does.
-
-    Per map: subtract the minimum, divide by the maximum + 1e-7, bilinear resize (OpenCV),
-    then scale to [0, 1] again (the library's per-layer then aggregate scaling). An all-zero
-    map stays all zero.
-    """
-    import cv2
-
-    a = np.asarray(cam_hw, dtype=np.float32)
-    if a.ndim < 2:
-        raise ValueError(f"cam must be (..., h, w), got shape {a.shape}")
-    flat = a.reshape(-1, *a.shape[-2:])
-    out = np.empty((flat.shape[0], size, size), dtype=np.float32)
-    for i, m in enumerate(flat):
-        m = _unit(m)
-        out[i] = _unit(cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR))
-    return out.reshape(*a.shape[:-2], size, size)
-
-
-def _unit(m: np.ndarray) -> np.ndarray:
-    m = m - np.min(m)
-    return (m / (1e-7 + np.max(m))).astype(np.float32)
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two maps; NaN when either is constant."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    a = a - a.mean()
-    b = b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.export.graph import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, cam_to_image, ort_session, pearson
+from distill.export.gradcam import cam_to_image, pearson
+from distill.export.graph import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ort_session
 from distill.metrics import mcc
 from distill.errors import DistillError
 
