@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QKeySequence
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QVBoxLayout, QWidget
 
 # (keys, method of ReviewWorkspace, what it does)
@@ -32,6 +32,13 @@ MORE_KEYS = (
     ("Enter / Esc in Location or Note", "Save / revert the field (it saves when you leave it, too)"),
     ("Ctrl+1  /  Ctrl+2", "Live / Review workspace (the live view keeps running)"),
 )
+
+
+def install_shortcuts(workspace: QWidget) -> list[QShortcut]:
+    """A QShortcut on ``workspace`` for every key of :data:`KEYS`, calling its method: they work
+    only while the workspace is shown, and a text field with the focus takes letters as text."""
+    return [QShortcut(QKeySequence(key), workspace, activated=getattr(workspace, method), context=Qt.WindowShortcut)
+            for keys, method, _ in KEYS for key in keys]
 
 
 class KeysDialog(QDialog):

@@ -1,12 +1,12 @@
 """The review workspace: walk through the flagged frames and label them, keyboard first.
 
 ``ReviewWorkspace(store)`` is one widget: the filter bar over a thumbnail grid
-(:mod:`.review_grid`), the large view of the current flag (:mod:`.review_frame`) and its side
-panel (:mod:`.review_meta`). It owns a :class:`~inspector.review.queue.ReviewQueue` (the logic, no
+(:mod:`.grid`), the large view of the current flag (:mod:`.frame`) and its side
+panel (:mod:`.meta`). It owns a :class:`~inspector.review.queue.ReviewQueue` (the logic, no
 Qt) and subscribes to it: ``list`` → the grid's rows, ``records`` → their cells, ``current`` →
 the large view, the panel and the grid's current cell.
 
-Keys (:data:`~.review_keys.KEYS`; ``F1`` lists them) are QShortcuts on this widget, so they work only while it
+Keys (:data:`~.keys.KEYS`; ``F1`` lists them) are QShortcuts on this widget, so they work only while it
 is shown, and a text field with the focus takes letters as text. A verdict applies to the grid's
 selection when more than one flag is selected (one undo step), else to the current flag, then
 moves on (``auto-advance``). Store writes are synchronous (one small SQLite transaction each);
@@ -15,7 +15,7 @@ shown as a message, and the view is re-read from the store.
 
 Pictures never load on the GUI thread: thumbnails on a low-priority runner, the large frame on
 a one-thread runner (newest request wins; the next flag is prefetched), export and report on
-the shared runner (:mod:`.jobs`). New flags from the live view (:meth:`flag_stored`) are merged
+the shared runner (:mod:`.exports`). New flags from the live view (:meth:`flag_stored`) are merged
 into the list where the sort puts them, without reshuffling what is already listed.
 
 For benchmarks and scripts: ``grid`` is the QListView; ``firstPageShown`` is emitted once the
@@ -27,20 +27,18 @@ import getpass
 import logging
 
 from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QLabel, QScrollArea, QSlider, QSplitter,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QScrollArea, QSlider, QSplitter, QVBoxLayout, QWidget
 
 from inspector.review.queue import ReviewQueue
 from inspector.store.schema import StoreError
-from inspector.qt import jobs
 from inspector.qt.banner import Banner
 from inspector.qt.bridge import RenderSettings
 from inspector.qt.jobs import JobRunner
+from inspector.qt.review.exports import ReviewExports
 from inspector.qt.review.filters import ReviewFilterBar
 from inspector.qt.review.frame import FrameLoader, ReviewFrameView
 from inspector.qt.review.grid import ReviewGridModel, ReviewGridView, ThumbnailLoader
-from inspector.qt.review.keys import KEYS, KeysDialog
+from inspector.qt.review.keys import KeysDialog, install_shortcuts
 from inspector.qt.review.meta import ReviewMetaPanel
 
 log = logging.getLogger(__name__)
@@ -105,6 +103,8 @@ class ReviewWorkspace(QWidget):
 
         self.banner = Banner(closable=True)
         self.filters = ReviewFilterBar()
+        self.exports = ReviewExports(store, self.filters, say=self._say, current_filter=lambda: self.queue.filter,
+                                     parent=self)
         self.model = ReviewGridModel(store, ThumbnailLoader(store, self.thumb_jobs, self), self)
         self.grid = ReviewGridView()
         self.grid.setModel(self.model)
@@ -120,7 +120,7 @@ class ReviewWorkspace(QWidget):
         self.keys_dialog: KeysDialog | None = None
         self._layout()
         self._connect()
-        self.shortcuts = self._shortcuts()
+        self.shortcuts = install_shortcuts(self)
         self._counts_timer = QTimer(self, singleShot=True, interval=0, timeout=self._update_counts)
         self._new_timer = QTimer(self, singleShot=True, interval=NEW_FLAGS_MS, timeout=self._pick_up_new)
         self._on_list()
@@ -179,8 +179,10 @@ class ReviewWorkspace(QWidget):
         self.flagScored.connect(lambda rec: self.records_changed([rec]))
         self.filters.filterChanged.connect(self.set_filter)
         self.filters.choiceMade.connect(self.grid.setFocus)
-        self.filters.exportRequested.connect(self.export)
-        self.filters.reportRequested.connect(self.report)
+        self.filters.exportRequested.connect(self.exports.export)
+        self.filters.reportRequested.connect(self.exports.report)
+        self.exports.exportFinished.connect(self.exportFinished)
+        self.exports.reportFinished.connect(self.reportFinished)
         self.filters.updateRequested.connect(self.updateRequested)
         self.filters.historyRequested.connect(self.historyRequested)
         self.frame.tileClicked.connect(self.toggle_tile)
@@ -192,14 +194,6 @@ class ReviewWorkspace(QWidget):
         self.meta.auto_advance.toggled.connect(lambda on: setattr(self.queue, "auto_advance", on))
         self.heat.toggled.connect(self._on_heat)
         self.opacity.valueChanged.connect(self._on_heat)
-
-    def _shortcuts(self) -> list[QShortcut]:
-        made = []
-        for keys, method, _ in KEYS:
-            for key in keys:
-                made.append(QShortcut(QKeySequence(key), self, activated=getattr(self, method),
-                                      context=Qt.WindowShortcut))
-        return made
 
     # ---------------------------------------------------------------- public
 
@@ -495,61 +489,3 @@ class ReviewWorkspace(QWidget):
     def _frame_failed(self, flag_id: int, reason: str) -> None:
         if self.frame.record is not None and self.frame.record.id == flag_id:
             self.frame.set_missing(reason)
-
-    # ---------------------------------------------------------------- export and report
-
-    def export(self, include_unreviewed: bool = False) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Export reviewed flags to an empty folder")
-        if folder:
-            self.export_to(folder, include_unreviewed)
-
-    def export_to(self, folder, include_unreviewed: bool = False) -> None:
-        self.filters.export.setEnabled(False)
-        self._say(f"Exporting flags to {folder}…", "info")
-        jobs.run(self.store.export_dataset, folder, include_unreviewed=include_unreviewed,
-                 on_success=self._exported, on_failure=lambda exc: self._job_failed("Export", exc))
-
-    def _exported(self, r) -> None:
-        self.filters.export.setEnabled(True)
-        text = (f"Exported {r.flags} flags as {r.patches} patches to {r.out_dir}: {r.crack} crack, "
-                f"{r.no_crack} no crack, {r.unlabelled} unlabelled.")
-        if r.left_out:
-            text += f" {r.left_out} unreviewed or unsure flags left out."
-        if r.needs_tiles:
-            text += (f" {len(r.needs_tiles)} crack frames need tiles: no crack tile marked yet "
-                     "(their unmarked tiles are never exported as clean).")
-        if r.skipped:
-            text += f" {len(r.skipped)} skipped: their frame could not be read."
-        self._say(text, "info")
-        self.exportFinished.emit(r)
-
-    def report(self) -> None:
-        path, chosen = QFileDialog.getSaveFileName(self, "Write the inspection report", "inspection-report.pdf",
-                                                   "PDF (*.pdf);;HTML (*.html)")
-        if path:
-            if not path.lower().endswith((".pdf", ".html")):
-                path += ".html" if "html" in chosen.lower() else ".pdf"
-            self.report_to(path)
-
-    def report_to(self, path) -> None:
-        flt = self.queue.filter
-        self.filters.report.setEnabled(False)
-        self._say(f"Writing the report {path}…", "info")
-        jobs.run(_build_report, self.store, path, location=flt.location, since=flt.since, until=flt.until,
-                 on_success=self._reported, on_failure=lambda exc: self._job_failed("Report", exc))
-
-    def _reported(self, summary) -> None:
-        self.filters.report.setEnabled(True)
-        self._say(summary.message()[0].upper() + summary.message()[1:], "info")
-        self.reportFinished.emit(summary)
-
-    def _job_failed(self, what: str, exc: Exception) -> None:
-        self.filters.export.setEnabled(True)
-        self.filters.report.setEnabled(True)
-        self._say(f"{what} failed: {exc}", "error")
-
-
-def _build_report(store, path, **options):
-    from inspector.report.build import build_report  # fpdf2 and the report's modules only when a report is asked for
-
-    return build_report(store, path, **options)
