@@ -23,17 +23,14 @@ from torch import nn
 from distill.data.samples import LABELS
 from distill.models.efficientnet_lite import VARIANTS as LITE_VARIANTS
 from distill.models.efficientnet_lite import EfficientNetLite, load_imagenet_weights
-from distill.errors import DistillError
+from distill.models.errors import ModelError
+from distill.models.weights import init_from_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The TensorFlow Lite checkpoints were trained on (x - 127) / 128.
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
-
-
-class ModelError(DistillError, ValueError):
-    """An unknown architecture or a checkpoint that does not fit."""
 
 
 @dataclass
@@ -222,7 +219,5 @@ def build_model(
                      mean=spec.mean, std=spec.std, init=init)
     model = Classifier(net, meta)
     if isinstance(pretrained, (str, os.PathLike)):
-        from distill.models.checkpoint import init_from_file
-
         init_from_file(model, pretrained)
     return model
