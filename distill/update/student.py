@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.training.batchnorm import freeze_batch_norms
 from distill.training.losses import StepOutputs
 
 TEACHER_BATCH = 64
@@ -77,20 +78,6 @@ class StudentPlan:
     seed: int
     max_steps: int | None = None
     freeze_bn: bool = False
-
-
-def _freeze_batch_norms(model) -> None:
-    """Batch norms keep the base's statistics (eval mode) while the weights train."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    plain_train = model.train
-
-    def train(mode: bool = True):
-        plain_train(mode)
-        for m in norms:
-            m.eval()
-        return model
-
-    model.train = train
 
 
 def train_dataset(samples: list, size: int, seed: int, teacher_views: str = "once"):
@@ -174,8 +161,8 @@ def distil(checkpoint: Path, train_ds, val_ds, plan: StudentPlan, work: Path, re
     from distill.training.loop import TrainConfig, fit
 
     model = load_classifier(checkpoint).float()
-    if plan.freeze_bn:
-        _freeze_batch_norms(model)
+    if plan.freeze_bn:   # the batch norms keep the base's statistics while the weights train
+        freeze_batch_norms(model)
     cfg = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr, weight_decay=1e-4,
                       warmup_epochs=0.0, patience=plan.epochs, seed=plan.seed, num_workers=0, device="cpu",
                       max_steps_per_epoch=plan.max_steps)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from distill.training.batchnorm import freeze_batch_norms
 from distill.update.errors import UpdateDataError
 
 TEACHER_FILES = ("efficientnet_lite0.pt", "efficientnet_lite1.pt", "efficientnet_lite2.pt")
@@ -59,23 +60,12 @@ def set_trainable(model, layers: str) -> None:
     if layers == "all":
         return
     keep = trainable_modules(model, layers)
-    inside = {id(m) for k in keep for m in k.modules()}
     for p in model.parameters():
         p.requires_grad_(False)
     for k in keep:
         for p in k.parameters():
             p.requires_grad_(True)
-    frozen_norms = [m for m in model.modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inside]
-    plain_train = model.train
-
-    def train(mode: bool = True):
-        plain_train(mode)
-        for m in frozen_norms:
-            m.eval()
-        return model
-
-    model.train = train  # fit() calls train() every epoch; frozen statistics must not move
+    freeze_batch_norms(model, keep_training=keep)
 
 
 def adapt_teacher(path: Path, train: list, val: list, plan: TeacherPlan, work: Path, reporter) -> Path:
