@@ -9,34 +9,22 @@ is then exercised where it matters. Everything runs at 80 px (3×3 feature maps)
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import cv2
 import numpy as np
 import onnx
 import pytest
 import torch
 from torch import nn
 
-from distill.data.imageio import load_mask, load_rgb
-from distill.export.graph import (
-    FEATURES_NAME,
-    EdgeGraph,
-    ExportError,
-    cam_to_image,
-    export_onnx,
-    gradcam_reference,
-    ort_session,
-    pearson,
-)
+from distill.export.gradcam import cam_to_image, gradcam_reference, pearson
+from distill.export.graph import FEATURES_NAME, EdgeGraph, ExportError, export_onnx, ort_session
 from distill.models.registry import build_model
+from export_support import Patches, fit_linear_probe, to01, train_set  # noqa: F401 (train_set: a fixture)
 
 torch.set_num_threads(1)
-DATA = Path(os.environ["CRACK_DATA_DIR"])
 SIZE = 80
 ARCHS = ("efficientnet_lite0", "resnet18", "mobilenet_v3_small", "mobilenet_v3_large")
 CRACK = 1  # index of "crack" in the default labels
+PATCHES = Patches(SIZE)
 # Ops a TensorRT engine builds from without data-dependent shapes or control flow.
 SIMPLE_OPS = {"Conv", "Clip", "Relu", "HardSwish", "HardSigmoid", "Add", "Mul", "Transpose", "Cast",
               "ReduceMean", "GlobalAveragePool", "Gemm", "MatMul", "Softmax", "Identity", "MaxPool",
@@ -46,63 +34,15 @@ SIMPLE_OPS = {"Conv", "Clip", "Relu", "HardSwish", "HardSigmoid", "Add", "Mul", 
 # ----------------------------------------------------------------------------- real images
 
 
-def _resize(img: np.ndarray) -> np.ndarray:
-    return cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-
-
-def ozgenel(label: str, n: int, offset: int, step: int = 7) -> np.ndarray:
-    files = sorted((DATA / "ozgenel_ccic_subset" / label).glob("*.jpg"))[offset::step][:n]
-    return np.stack([_resize(load_rgb(f)) for f in files])
-
-
-def uav_crops(prefix: str, n: int, crack: bool, side: int = 160) -> np.ndarray:
-    """``side``-px crops of uav75 frames (authors' split ``prefix``), centred on a crack or crack-free."""
-    out = []
-    for f in sorted((DATA / "uav75" / "images").glob(f"{prefix}_*.jpg")):
-        mask = load_mask(DATA / "uav75" / "masks" / f"{f.stem}.png")
-        h, w = mask.shape
-        if crack:  # the window holding the most crack pixels
-            step = side // 4
-            counts = {(y, x): int(mask[y:y + side, x:x + side].sum())
-                      for y in range(0, h - side + 1, step) for x in range(0, w - side + 1, step)}
-            (y0, x0), count = max(counts.items(), key=lambda kv: kv[1])
-            if count < 0.006 * side * side:  # masks are thin: ~150 pixels is a crack across the crop
-                continue
-        else:
-            free = [(y, x) for y in range(0, h - side + 1, side // 2) for x in range(0, w - side + 1, side // 2)
-                    if not mask[max(0, y - 16):y + side + 16, max(0, x - 16):x + side + 16].any()]
-            if not free:
-                continue
-            y0, x0 = free[0]
-        out.append(_resize(load_rgb(f)[y0:y0 + side, x0:x0 + side]))
-        if len(out) == n:
-            break
-    assert len(out) == n, f"only {len(out)} {prefix} crops"
-    return np.stack(out)
-
-
-def to01(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-
-
-@pytest.fixture(scope="module")
-def train_set():
-    crack = np.concatenate([ozgenel("crack", 24, offset=1), uav_crops("train", 8, crack=True)])
-    clear = np.concatenate([ozgenel("no_crack", 24, offset=1), uav_crops("train", 8, crack=False)])
-    x = to01(np.concatenate([crack, clear]))
-    y = torch.tensor([1] * len(crack) + [0] * len(clear))
-    return x, y
-
-
 @pytest.fixture(scope="module")
 def crack_images() -> np.ndarray:
     """Real crack patches never trained on: Özgenel walls and uav75 bridge crops (test split)."""
-    return np.concatenate([ozgenel("crack", 4, offset=3), uav_crops("test", 3, crack=True)])
+    return np.concatenate([PATCHES.ozgenel("crack", 4, offset=3), PATCHES.uav_crops("test", 3, crack=True)])
 
 
 @pytest.fixture(scope="module")
 def clear_images() -> np.ndarray:
-    return np.concatenate([ozgenel("no_crack", 2, offset=3), uav_crops("test", 1, crack=False)])
+    return np.concatenate([PATCHES.ozgenel("no_crack", 2, offset=3), PATCHES.uav_crops("test", 1, crack=False)])
 
 
 # ----------------------------------------------------------------------------- models
@@ -123,15 +63,7 @@ def _prepare(arch: str, x: torch.Tensor, y: torch.Tensor):
     torch.manual_seed(0)
     if arch == "efficientnet_lite0":
         model = build_model(arch, pretrained=True, input_size=SIZE).eval()
-        with torch.no_grad():
-            emb = model.embed(model.features(x))
-        fc = model.net._fc
-        opt = torch.optim.Adam(fc.parameters(), lr=0.05)
-        for _ in range(100):
-            loss = nn.functional.cross_entropy(fc(emb), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        fit_linear_probe(model, x, y)
         return model
     model = build_model(arch, input_size=SIZE)
     _measure_bn(model, x)

@@ -8,18 +8,13 @@ recorded in the report but never asserted on.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import fields
-from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
 
-from distill.data.imageio import load_mask, load_rgb
 from distill.export.graph import FEATURES_NAME, export_onnx, ort_session
 from distill.models.registry import build_model
 from distill.export.quantize import (
@@ -28,79 +23,33 @@ from distill.export.quantize import (
     compare_models,
     quantize_int8,
 )
+from export_support import Patches, fit_linear_probe, train_set  # noqa: F401 (train_set: a fixture)
 
 torch.set_num_threads(1)
-DATA = Path(os.environ["CRACK_DATA_DIR"])
 SIZE = 96
+PATCHES = Patches(SIZE)
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
-
-
-def _resize(img: np.ndarray) -> np.ndarray:
-    return cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-
-
-def ozgenel(label: str, n: int, offset: int, step: int = 7) -> np.ndarray:
-    files = sorted((DATA / "ozgenel_ccic_subset" / label).glob("*.jpg"))[offset::step][:n]
-    return np.stack([_resize(load_rgb(f)) for f in files])
-
-
-def uav_crops(prefix: str, n: int, crack: bool, side: int = 160) -> np.ndarray:
-    """Crops of uav75 frames (authors' split ``prefix``): the most cracked window, or a crack-free one."""
-    out = []
-    for f in sorted((DATA / "uav75" / "images").glob(f"{prefix}_*.jpg")):
-        mask = load_mask(DATA / "uav75" / "masks" / f"{f.stem}.png")
-        h, w = mask.shape
-        windows = [(y, x) for y in range(0, h - side + 1, side // 4) for x in range(0, w - side + 1, side // 4)]
-        if crack:
-            y0, x0 = max(windows, key=lambda p: mask[p[0]:p[0] + side, p[1]:p[1] + side].sum())
-            if mask[y0:y0 + side, x0:x0 + side].sum() < 0.006 * side * side:
-                continue
-        else:
-            free = [(y, x) for y, x in windows
-                    if not mask[max(0, y - 16):y + side + 16, max(0, x - 16):x + side + 16].any()]
-            if not free:
-                continue
-            y0, x0 = free[len(free) // 2]
-        out.append(_resize(load_rgb(f)[y0:y0 + side, x0:x0 + side]))
-        if len(out) == n:
-            break
-    assert len(out) == n, f"only {len(out)} {prefix} crops"
-    return np.stack(out)
-
-
-def to01(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
 
 
 @pytest.fixture(scope="module")
 def held_out():
     """Real patches used for neither the probe nor calibration, with their labels."""
-    crack = np.concatenate([ozgenel("crack", 30, offset=5), uav_crops("test", 3, crack=True)])
-    clear = np.concatenate([ozgenel("no_crack", 30, offset=5), uav_crops("test", 3, crack=False)])
+    crack = np.concatenate([PATCHES.ozgenel("crack", 30, offset=5), PATCHES.uav_crops("test", 3, crack=True)])
+    clear = np.concatenate([PATCHES.ozgenel("no_crack", 30, offset=5), PATCHES.uav_crops("test", 3, crack=False)])
     return np.concatenate([crack, clear]), np.array([1] * len(crack) + [0] * len(clear))
 
 
 @pytest.fixture(scope="module")
 def calibration():
-    return np.concatenate([ozgenel("crack", 12, offset=2), ozgenel("no_crack", 12, offset=2),
-                           uav_crops("val", 4, crack=True), uav_crops("val", 4, crack=False)])
+    return np.concatenate([PATCHES.ozgenel("crack", 12, offset=2), PATCHES.ozgenel("no_crack", 12, offset=2),
+                           PATCHES.uav_crops("val", 4, crack=True), PATCHES.uav_crops("val", 4, crack=False)])
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory, held_out):
+def fp32(tmp_path_factory, held_out, train_set):
     torch.manual_seed(0)  # the new head's initialisation
     model = build_model("efficientnet_lite0", pretrained=True, input_size=SIZE).eval()
-    crack = np.concatenate([ozgenel("crack", 24, offset=1), uav_crops("train", 8, crack=True)])
-    clear = np.concatenate([ozgenel("no_crack", 24, offset=1), uav_crops("train", 8, crack=False)])
-    x, y = to01(np.concatenate([crack, clear])), torch.tensor([1] * len(crack) + [0] * len(clear))
-    with torch.no_grad():
-        emb = model.embed(model.features(x))
-    opt = torch.optim.Adam(model.net._fc.parameters(), lr=0.05)
-    for _ in range(100):
-        loss = nn.functional.cross_entropy(model.net._fc(emb), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_linear_probe(model, *train_set)
     path = tmp_path_factory.mktemp("fp32") / "lite0.onnx"
     export_onnx(model, path, check_images=held_out[0][:4])
     return path
