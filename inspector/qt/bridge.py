@@ -25,6 +25,7 @@ from PySide6.QtGui import QImage
 
 from inspector.edge.engine import overlay
 from inspector.live.loop import LiveResult
+from inspector.qt.jobs import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class LiveBridge(QObject):
         self._pending: LiveResult | None = None
         self._queued = False
         self.dropped = 0           # results replaced before the GUI took them
+        self.jobs = JobRunner(self)  # the history read: detached, outcome dropped once the bridge is gone
 
     # ---------------------------------------------------------------- worker-thread side
 
@@ -119,16 +121,15 @@ class LiveBridge(QObject):
 
     def load_history(self, limit: int) -> None:
         """Read the newest ``limit`` flags and the count on a helper thread → ``historyLoaded``."""
-        def run():
-            try:
-                records = self.store.list(limit=limit)
-                count = self.store.count()
-            except Exception as exc:  # noqa: BLE001 - an unreadable store is reported, not fatal
-                log.warning("flag history: %s", exc)
-                self.errorRaised.emit(exc)
-                return
-            self.historyLoaded.emit([(r, self._thumbnail(r)) for r in records], count)
-        threading.Thread(target=run, name="flag-history", daemon=True).start()
+        def read():
+            return [(r, self._thumbnail(r)) for r in self.store.list(limit=limit)], self.store.count()
+
+        def failed(exc):  # an unreadable store is reported, not fatal
+            log.warning("flag history: %s", exc)
+            self.errorRaised.emit(exc)
+
+        self.jobs.run(read, on_success=lambda loaded: self.historyLoaded.emit(*loaded), on_failure=failed,
+                      detached=True)
 
     def _thumbnail(self, record) -> QImage | None:
         try:

@@ -13,7 +13,14 @@ argument to call as it goes; the values arrive in ``on_progress(*values)`` on th
 :func:`run` uses the application's shared runner (two threads: exports, reports, loading a
 frame). Work that must never compete with the live view, e.g. decoding thumbnails, gets its own
 :class:`JobRunner` with a ``nice`` value: on Linux its threads lower their own scheduling
-priority, so the camera, inference and GUI threads win every contention for a core.
+priority, so the camera, inference and GUI threads win every contention for a core. Talking to
+a device gets its own runner too (the device panel's), so a slow or dead device never holds the
+threads the store's work needs.
+
+A look-up whose answer is worthless once its widget is gone (finding cameras or devices on the
+network, reading the recent flags) runs ``detached=True``: on a thread of its own that nobody
+waits for, so closing the window never waits for it (a pool's owner waits for its jobs when it
+is destroyed). Its outcome is delivered like any other, or dropped if the runner is closed or gone.
 
 A job that is cancelled (:meth:`Job.cancel`) or whose runner is closed (:meth:`JobRunner.close`,
 the window is going away) reports nothing; its ``progress`` raises :class:`JobCancelled`, so a
@@ -94,8 +101,9 @@ class JobRunner(QObject):
         return self.pool.maxThreadCount()
 
     def run(self, fn: Callable, *args: Any, on_success: Callable | None = None, on_failure: Callable | None = None,
-            on_progress: Callable | None = None, priority: int = 0, **kwargs: Any) -> Job:
-        """``priority``: among jobs waiting for a thread, higher ones start first."""
+            on_progress: Callable | None = None, priority: int = 0, detached: bool = False, **kwargs: Any) -> Job:
+        """``priority``: among jobs waiting for a thread, higher ones start first; ``detached``:
+        on a daemon thread of its own, outside the pool (see the module docstring)."""
         job = Job(getattr(fn, "__qualname__", repr(fn)), on_success, on_failure, on_progress)
         if self.closed:
             job.cancelled = job.done = True
@@ -111,17 +119,23 @@ class JobRunner(QObject):
         def task():
             _lower_priority(self.nice)
             try:
-                result = fn(*args, **kwargs)
+                outcome = True, fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - every failure is delivered, never lost on a pool thread
-                self._finished.emit(job, False, exc)
-            else:
-                self._finished.emit(job, True, result)
+                outcome = False, exc
+            try:
+                self._finished.emit(job, *outcome)
+            except RuntimeError:  # a detached job outlived its runner (the window was closed): nobody listens
+                log.debug("background job %s ended after its runner was deleted", job.name)
 
-        self.pool.start(task, priority)
+        if detached:
+            threading.Thread(target=task, name=f"job-{job.name}", daemon=True).start()
+        else:
+            self.pool.start(task, priority)
         return job
 
     def close(self, msecs: int = 5000) -> bool:
-        """No new jobs, no more callbacks; wait up to ``msecs`` for jobs in flight (True if all ended)."""
+        """No new jobs, no more callbacks; wait up to ``msecs`` for the pool's jobs in flight (True if
+        all ended; detached jobs are not waited for)."""
         self.closed = True
         for job in self._jobs:
             job.cancelled = True
@@ -166,7 +180,7 @@ def runner() -> JobRunner:
 
 
 def run(fn: Callable, *args: Any, on_success: Callable | None = None, on_failure: Callable | None = None,
-        on_progress: Callable | None = None, priority: int = 0, **kwargs: Any) -> Job:
+        on_progress: Callable | None = None, priority: int = 0, detached: bool = False, **kwargs: Any) -> Job:
     """``fn(*args, **kwargs)`` on the shared runner; see the module docstring."""
     return runner().run(fn, *args, on_success=on_success, on_failure=on_failure, on_progress=on_progress,
-                        priority=priority, **kwargs)
+                        priority=priority, detached=detached, **kwargs)

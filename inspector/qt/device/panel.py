@@ -1,57 +1,40 @@
-"""The device panel: find, pair with and connect to a device agent; its status; push / roll back models.
+"""The device panel: find, pair with and connect to a device agent; its status; its model actions.
 
-Every network call runs on :class:`DeviceJobs` (a small QThreadPool); results and failures come
-back on the GUI thread as callbacks, so the window never freezes on a slow or dead device.
-Failures go to the window's error banner (``message(text, level)``), never a modal dialog.
-The panel does not own the live pipeline: it asks the window to view a device
-(``connectRequested(Pairing)``) or to go back to the local source (``disconnectRequested``); the
-window tells it which feed is on screen (:meth:`DevicePanel.set_feed`).
+Every network call runs on the panel's own :class:`~inspector.qt.jobs.JobRunner` (two threads: a
+status poll runs beside a push that can take minutes), apart from the window's shared one, so a
+slow or dead device never holds the threads the store's work needs; results and failures come back
+on the GUI thread, so the window never freezes. Failures go to the window's error banner
+(``message(text, level)``), never a modal dialog. The panel does not own the live pipeline: it asks
+the window to view a device (``connectRequested(Pairing)``) or to go back to the local source
+(``disconnectRequested``); the window tells it which feed is on screen (:meth:`DevicePanel.set_feed`).
 
-**Push model…** is the same path to the device as an update's **Push anyway…**: a package whose
-lineage says the gate refused it (``extra.lineage.promoted`` false) is pushed only after the
-expert override (:class:`~inspector.qt.device.override_dialog.ExpertOverrideDialog`: reason, who,
-confirmation), which :func:`inspector.update.history.override_package` writes into the package's
-lineage, so into the manifest the push signs, and into the model history. A promoted package,
-or one without lineage (the shipped one), is pushed as it is.
+Beside it: the pairing dialog (:mod:`.pair_dialog`), what a status says as text (:mod:`.status_text`)
+and **Push model…** / **Roll back** (:mod:`.model_actions`).
 """
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Callable
 
-from PySide6.QtCore import QObject, Qt, QThreadPool, QTimer, Signal, Slot
-from PySide6.QtGui import QRegularExpressionValidator
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QFrame,
-                               QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QLineEdit,
+                               QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from inspector.link import protocol as P
-from inspector.link.client import (
-    DeviceClient,
-    DeviceError,
-    Pairing,
-    PairingStore,
-    client_name,
-    format_address,
-    format_fingerprint,
-    parse_address,
-)
-from inspector.update.history import HistoryError, ModelHistory, gate_refused, override_package
+from inspector.link.client import DeviceClient, Pairing
+from inspector.link.connection import DeviceError, format_address, parse_address
+from inspector.link.pairing import PairingStore, client_name
+from inspector.qt.device.model_actions import ModelActions
+from inspector.qt.device.pair_dialog import PairDialog
+from inspector.qt.device.status_text import describe, status_fields
+from inspector.qt.jobs import Job, JobRunner
+from inspector.update.history import ModelHistory
 
 log = logging.getLogger(__name__)
 
 DISCOVERY_TIMEOUT_S = 3.0
 STATUS_POLL_MS = 2000
-PACKAGE_FILTER = "Model packages (*.crackpkg);;All files (*)"
-
-
-class JobCancelled(Exception):
-    """Raised inside a job's ``progress`` once the panel is closing: a long upload stops at the
-    next chunk instead of keeping the application from exiting."""
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, DeviceError) else f"{type(exc).__name__}: {exc}"
+NETWORK_THREADS = 2          # a status poll must not wait for a push (minutes, with a TensorRT build)
 
 
 def _set_primary(button: QPushButton, on: bool) -> None:
@@ -60,133 +43,6 @@ def _set_primary(button: QPushButton, on: bool) -> None:
         button.setObjectName("primary" if on else "")
         button.style().unpolish(button)
         button.style().polish(button)
-
-
-class _Relay(QObject):
-    """Carries one job's outcome from a pool thread to the GUI thread: its slots are methods of
-    a QObject living on the GUI thread, so the connections are queued."""
-
-    _succeeded = Signal(object)
-    _failed = Signal(object)
-    _progressed = Signal(object, object)
-
-    def __init__(self, success, failure, progress, done, state: dict):
-        super().__init__()
-        self._success, self._failure, self._progress, self._done = success, failure, progress, done
-        self._state = state           # {"closed": bool}: after DeviceJobs.close() no callback runs
-        self._succeeded.connect(self._on_success)
-        self._failed.connect(self._on_failure)
-        self._progressed.connect(self._on_progress)
-
-    @Slot(object)
-    def _on_success(self, value) -> None:
-        try:
-            if self._success is not None and not self._state["closed"]:
-                self._success(value)
-        finally:
-            self._done(self)
-
-    @Slot(object)
-    def _on_failure(self, exc) -> None:
-        try:
-            if self._failure is not None and not self._state["closed"]:
-                self._failure(exc)
-        finally:
-            self._done(self)
-
-    @Slot(object, object)
-    def _on_progress(self, sent, total) -> None:
-        if self._progress is not None and not self._state["closed"]:
-            self._progress(sent, total)
-
-
-class DeviceJobs(QObject):
-    """``run(fn, success=, failure=, progress=)``: ``fn`` on a pool thread (given a
-    ``progress(sent, total)`` callable if ``progress`` is set); ``success(result)`` or
-    ``failure(exception)`` later on the GUI thread. ``busy`` counts jobs in flight. After
-    :meth:`close` (the widgets are going away) outcomes still arriving are dropped."""
-
-    def __init__(self, parent: QObject | None = None, threads: int = 2):
-        super().__init__(parent)
-        self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(threads)
-        self._relays: set[_Relay] = set()
-        self._state = {"closed": False}
-
-    @property
-    def busy(self) -> int:
-        return len(self._relays)
-
-    def run(self, fn: Callable, *, success: Callable | None = None, failure: Callable | None = None,
-            progress: Callable | None = None) -> None:
-        state = self._state
-        if state["closed"]:
-            return
-        relay = _Relay(success, failure, progress, self._relays.discard, state)
-        self._relays.add(relay)
-
-        def report(sent, total):
-            if state["closed"]:
-                raise JobCancelled("the window is closing")
-            relay._progressed.emit(sent, total)
-
-        def task():
-            try:
-                result = fn(report) if progress is not None else fn()
-            except Exception as exc:  # noqa: BLE001 - every failure is shown to the user
-                log.info("device job failed: %s", _describe(exc))
-                relay._failed.emit(exc)
-            else:
-                relay._succeeded.emit(result)
-
-        self.pool.start(task)
-
-    def close(self, msecs: int = 5000) -> bool:
-        """No new jobs, no more callbacks; wait up to ``msecs`` for the jobs in flight."""
-        self._state["closed"] = True
-        return self.pool.waitForDone(msecs)
-
-
-class PairDialog(QDialog):
-    """Shows the device's certificate fingerprint for comparison and asks for the pairing code."""
-
-    def __init__(self, address: str, fingerprint: str | None, parent: QWidget | None = None, *,
-                 advertised: str | None = None):
-        super().__init__(parent)
-        self.setWindowTitle(f"Pair with {address}")
-        lay = QVBoxLayout(self)
-        lay.addWidget(QLabel(f"Pair with the device at <b>{address}</b>.", wordWrap=True))
-        if fingerprint:
-            lay.addWidget(QLabel("Check that the device shows this certificate fingerprint "
-                                 "(its console or log, line “AGENT READY … cert_sha256=…”):", wordWrap=True))
-        else:
-            lay.addWidget(QLabel("⚠ This device uses plain HTTP: the link is not encrypted and its identity "
-                                 "cannot be checked. Use only for tests.", objectName="error", wordWrap=True))
-        self.fingerprint = QLabel(format_fingerprint(fingerprint), objectName="value", wordWrap=True)
-        self.fingerprint.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        lay.addWidget(self.fingerprint)
-        if fingerprint and advertised:
-            # mDNS can be spoofed as easily as anything else on the LAN: a hint, not a proof
-            if fingerprint.startswith(advertised.lower()):
-                lay.addWidget(QLabel("✓ It also matches the start of the fingerprint the device advertises on the "
-                                     "network.", objectName="dim", wordWrap=True))
-            else:
-                lay.addWidget(QLabel(f"⚠ It does NOT match the fingerprint advertised on the network "
-                                     f"({advertised}…): check the device before pairing.", objectName="error",
-                                     wordWrap=True))
-        form = QFormLayout()
-        self.code = QLineEdit(placeholderText="6 digits")
-        self.code.setValidator(QRegularExpressionValidator(rf"^[0-9]{{{P.PAIRING_CODE_DIGITS}}}$"))
-        form.addRow("Pairing code shown by the device", self.code)
-        lay.addLayout(form)
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        self.buttons.button(QDialogButtonBox.Ok).setText("Pair")
-        self.buttons.button(QDialogButtonBox.Ok).setEnabled(False)
-        self.buttons.accepted.connect(self.accept)
-        self.buttons.rejected.connect(self.reject)
-        self.code.textChanged.connect(
-            lambda t: self.buttons.button(QDialogButtonBox.Ok).setEnabled(len(t) == P.PAIRING_CODE_DIGITS))
-        lay.addWidget(self.buttons)
 
 
 class DevicePanel(QFrame):
@@ -200,16 +56,14 @@ class DevicePanel(QFrame):
     paired = Signal(object)
     message = Signal(str, str)
     statusShown = Signal(object)
-    _devicesFound = Signal(object, object)        # list of (name, host, port, properties), error text
 
     def __init__(self, pairings: PairingStore, parent: QWidget | None = None, *,
                  browse: Callable[[float], list] | None = None,
                  history: ModelHistory | Callable[[], ModelHistory] | None = None):
         super().__init__(parent, objectName="panel")
         self.pairings = pairings
-        self._history = history                    # where overrides are recorded (None: the per-user one)
-        self.override_dialog = None
-        self.jobs = DeviceJobs(self)
+        self.jobs = JobRunner(self, threads=NETWORK_THREADS)
+        self.models = ModelActions(self, history)  # Push model… and Roll back
         self._browse = browse
         self.feed = None                           # the DeviceFeed on screen, set by the window
         self.connected: Pairing | None = None
@@ -219,7 +73,6 @@ class DevicePanel(QFrame):
         self._busy: set[str] = set()               # jobs in flight: "pair", "model" (a push or a roll-back)
         self._poll = QTimer(self, interval=STATUS_POLL_MS, timeout=self.refresh_status)
         self._build()
-        self._devicesFound.connect(self._set_discovered)
         self.reload_devices()
 
     # ---------------------------------------------------------------- layout
@@ -298,8 +151,8 @@ class DevicePanel(QFrame):
         self.address.textChanged.connect(lambda _text: self._update_buttons())
         self.address.textEdited.connect(self._select_listed)
         self.disconnect_button.clicked.connect(self.disconnectRequested)
-        self.push_button.clicked.connect(self.choose_package)
-        self.rollback_button.clicked.connect(self.rollback)
+        self.push_button.clicked.connect(self.models.choose_package)
+        self.rollback_button.clicked.connect(self.models.rollback)
         self.demo_button.clicked.connect(self.demoRequested)
         self.forget_button.clicked.connect(self.forget_selected)
         self._update_buttons()
@@ -345,13 +198,17 @@ class DevicePanel(QFrame):
         except DeviceError:
             return False
 
-    def _begin(self, job: str) -> None:
+    def begin(self, job: str) -> None:
+        """``job`` ("pair" or "model") is in flight: its buttons are disabled until :meth:`end`."""
         self._busy.add(job)
         self._update_buttons()
 
-    def _end(self, job: str) -> None:
+    def end(self, job: str) -> None:
         self._busy.discard(job)
         self._update_buttons()
+
+    def in_progress(self, job: str) -> bool:
+        return job in self._busy
 
     # ---------------------------------------------------------------- devices: saved + discovered
 
@@ -413,23 +270,18 @@ class DevicePanel(QFrame):
         self.info.setText("Looking for devices on the network…")
         browse = self._browse
 
-        def run():
-            try:
-                fn = browse
-                if fn is None:
-                    from inspector.agent.discovery import browse as fn
-                found = list(fn(DISCOVERY_TIMEOUT_S))
-            except Exception as exc:  # noqa: BLE001 - no discovery is a normal, explained answer
-                found, error = [], f"{type(exc).__name__}: {exc}"
-            else:
-                error = None
-            try:
-                self._devicesFound.emit(found, error)
-            except RuntimeError:      # the panel was closed meanwhile
-                pass
-        threading.Thread(target=run, name="device-discovery", daemon=True).start()
+        def look():
+            fn = browse
+            if fn is None:
+                from inspector.agent.discovery import browse as fn
+            return list(fn(DISCOVERY_TIMEOUT_S))
 
-    def _set_discovered(self, found, error) -> None:
+        # detached: a window closed meanwhile does not wait for the browse; failing is a normal, explained answer
+        self.jobs.run(look, on_success=lambda found: self._set_discovered(found, None),
+                      on_failure=lambda exc: self._set_discovered([], f"{type(exc).__name__}: {exc}"), detached=True)
+
+    def _set_discovered(self, found, error: str | None) -> None:
+        """``found``: (name, host, port, properties) per device; ``error``: why looking failed."""
         self.find.setEnabled(True)
         if error is not None:
             self.info.setText(f"Looking for devices failed ({error}); enter host:port.")
@@ -479,15 +331,15 @@ class DevicePanel(QFrame):
         host, port = addr
         tls = not self.insecure.isChecked()
         self.info.setText(f"Contacting {format_address(host, port)}…")
-        self._begin("pair")
+        self.begin("pair")
 
         def done(fingerprint):
-            self._end("pair")
+            self.end("pair")
             self.info.setText("")
             self._ask_code(host, port, tls, fingerprint)
 
-        self.jobs.run(lambda: DeviceClient(host, port, tls=tls).fetch_fingerprint(), success=done,
-                      failure=self._failed(f"Cannot pair with {format_address(host, port)}", "pair"))
+        self.run_job(lambda: DeviceClient(host, port, tls=tls).fetch_fingerprint(), on_success=done,
+                     on_failure=self.failure(f"Cannot pair with {format_address(host, port)}", "pair"))
 
     def _ask_code(self, host: str, port: int, tls: bool, fingerprint: str | None) -> None:
         data = self.devices.currentData()
@@ -501,7 +353,7 @@ class DevicePanel(QFrame):
     def pair(self, host: str, port: int, tls: bool, fingerprint: str | None, code: str) -> None:
         """Pair pinned to ``fingerprint`` with ``code``; saved and ``paired`` emitted on success."""
         self.info.setText(f"Pairing with {format_address(host, port)}…")
-        self._begin("pair")
+        self.begin("pair")
 
         def job():
             key = self.pairings.signing_key()
@@ -517,8 +369,8 @@ class DevicePanel(QFrame):
             self.message.emit(f"Paired with {pairing.agent_name} ({pairing.address}). Connect to view it.", "info")
             self.paired.emit(pairing)
 
-        self.jobs.run(job, success=done,
-                      failure=self._failed(f"Pairing with {format_address(host, port)} failed", "pair"))
+        self.run_job(job, on_success=done,
+                     on_failure=self.failure(f"Pairing with {format_address(host, port)} failed", "pair"))
 
     def forget_selected(self) -> None:
         """Forget device: unpaired on the device (its token dies there), then forgotten here. A
@@ -538,8 +390,8 @@ class DevicePanel(QFrame):
             else:
                 self.message.emit(f"Forgot {pairing.agent_name}; it no longer accepts this computer.", "info")
 
-        self.jobs.run(lambda: self.pairings.unpair(pairing), success=done,
-                      failure=self._failed(f"Forgetting {pairing.agent_name} failed"))
+        self.run_job(lambda: self.pairings.unpair(pairing), on_success=done,
+                     on_failure=self.failure(f"Forgetting {pairing.agent_name} failed"))
 
     # ---------------------------------------------------------------- connection
 
@@ -587,175 +439,49 @@ class DevicePanel(QFrame):
             self._polling = False
             if self.connected is pairing:
                 self.fields["fps"].setText("— (no answer)")
-                self.fields["link"].setText(_describe(exc))
+                self.fields["link"].setText(describe(exc))
 
-        self.jobs.run(DeviceClient.from_pairing(pairing).status, success=done, failure=failed)
+        self.run_job(DeviceClient.from_pairing(pairing).status, on_success=done, on_failure=failed)
 
     def show_status(self, status: P.Status) -> None:
-        cam = status.camera if isinstance(status.camera, dict) else {}
-        cam_fps = cam.get("fps")
-        self.fields["device"].setText(f"{status.agent_name}" + (f" ({self.connected.address})" if self.connected else ""))
-        self.fields["camera"].setText(" · ".join(str(x) for x in (cam.get("source"), cam.get("state"),
-                                                                   f"{cam_fps:.1f} fps" if isinstance(cam_fps, (int, float)) else None)
-                                                 if x) or "—")
-        self.fields["camera"].setToolTip(str(cam.get("message") or ""))
-        model = status.model or {}
-        self.fields["model"].setText((f"{model.get('name', '?')} {model.get('version', '')}".strip()
-                                      + (f" · {gate_text(model)}" if gate_text(model) != "—" else ""))
-                                     if model else "none")
-        self.fields["model"].setToolTip((f"sha256 {model.get('sha256', '')}\n{gate_text(model, long=True)}")
-                                        if model else "")
-        provider = status.provider.replace("ExecutionProvider", "")
-        self.fields["provider"].setText(f"{provider} · {status.isa}" if status.isa else provider)
-        v = status.verification
-        self.fields["provider"].setToolTip(
-            "" if v is None else f"reference check: rule {v.get('rule')}, {'passed' if v.get('passed') else 'FAILED'}; "
-                                 f"max |Δp| {v.get('probs_max_abs', 0):.2g}, heat-map r {v.get('cam_corr', 0):.6f}, "
-                                 f"peak Δ {v.get('cam_peak', 0):.2g} on {v.get('n_images')} images")
-        received = f", {self.feed.fps:.1f} received" if self.feed is not None else ""
-        self.fields["fps"].setText(f"{status.fps:.1f} inferred{received}")
-        link = self.feed.link_ms if self.feed is not None else None
-        self.fields["link"].setText("—" if link is None else f"{link:.0f} ms")
-        self.fields["link"].setToolTip("agent sent → received here (median); between two machines as exact as "
-                                       "their clocks agree")
+        address = self.connected.address if self.connected is not None else None
+        for key, (text, tooltip) in status_fields(status, address, self.feed).items():
+            self.fields[key].setText(text)
+            if tooltip is not None:
+                self.fields[key].setToolTip(tooltip)
         self.statusShown.emit(status)
 
-    # ---------------------------------------------------------------- models
-
-    def choose_package(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Push a model package to the device", "", PACKAGE_FILTER)
-        if path:
-            self.push(path)
-
-    def history(self) -> ModelHistory:
-        h = self._history
-        if h is None:
-            h = self._history = ModelHistory()
-        return h() if callable(h) and not isinstance(h, ModelHistory) else h
+    # ---------------------------------------------------------------- models (see model_actions)
 
     def push(self, path: str, activate: bool = True, *, override: tuple[str, str] | None = None) -> None:
-        """Sign, upload (with progress; skipped if the device already has this very version) and,
-        by default, activate the package at ``path``. A package the gate refused (its lineage:
-        ``promoted`` false) is not pushed: the expert override dialog opens instead, and only
-        ``override`` = (reason, by) -- what the dialog gives -- pushes it, written into its lineage
-        first (:func:`~inspector.update.history.override_package`) and recorded in the history."""
-        pairing = self.connected
-        if pairing is None:
-            self.message.emit("Connect to a device first.", "warning")
-            return
-        if "model" in self._busy:
-            self.message.emit("A model is being pushed or rolled back: wait until it is done.", "warning")
-            return
-        if override is None:
-            try:
-                refused = gate_refused(path)
-            except HistoryError as exc:
-                self.message.emit(f"Pushing the model failed: {exc}", "error")
-                return
-            if refused is not None:
-                self.ask_override(path, refused, activate)
-                return
-        self._begin("model")                      # no roll-back (nor a second push) during a push
-        self.progress.setRange(0, 100)
-        self.progress.setValue(0)
-        self.progress.setFormat("signing…")
-        self.progress.show()
+        """:meth:`ModelActions.push <inspector.qt.device.model_actions.ModelActions.push>`."""
+        self.models.push(path, activate, override=override)
 
-        history = self.history() if override is not None else None
-
-        def job(progress):
-            if override is not None:
-                override_package(path, reason=override[0], by=override[1], history=history)
-            client = DeviceClient.from_pairing(pairing)
-            return client.install(path, self.pairings.signing_key(), progress, activate=activate,
-                                  activation_progress=lambda act: progress(act, None))
-
-        def on_progress(sent, total):
-            if total is None:   # sent is an Activation: the device loads it (a TensorRT build takes minutes)
-                self.progress.setRange(0, 0)
-                self.progress.setFormat(f"{sent.state} on the device… ({sent.elapsed_s:.0f} s)")
-                self.progress.setToolTip(sent.message)
-                return
-            self.progress.setValue(int(100 * sent / max(total, 1)))
-            self.progress.setFormat(f"uploading… {sent / 2**20:.1f} / {total / 2**20:.1f} MB")
-
-        def done(outcome):
-            info, uploaded = outcome
-            self.progress.hide()
-            self._end("model")
-            verb = "is now active" if activate else "is stored"
-            already = "" if uploaded else " (it was already on the device: not uploaded again)"
-            how = f" (gate overridden by {override[1]}: {override[0]})" if override is not None else ""
-            self.message.emit(f"{info.name} {info.version} {verb} on {pairing.agent_name}{already}{how}.", "info")
-            self.refresh_status()
-
-        def failed(exc):
-            self.progress.hide()
-            self._failed("Pushing the model failed", "model")(exc)
-
-        self.jobs.run(job, success=done, failure=failed, progress=on_progress)
-
-    def ask_override(self, path: str, failed: list[str], activate: bool = True) -> None:
-        """The expert override for a package the gate refused; pushed only if it is completed."""
-        from pathlib import Path
-
-        from inspector.qt.device.override_dialog import ExpertOverrideDialog
-
-        name = Path(path).name
-        self.message.emit(f"{name} was refused by its gate (not promoted"
-                          f"{': ' + ', '.join(failed) if failed else ''}); it is pushed only with an expert "
-                          f"override.", "warning")
-        dialog = self.override_dialog = ExpertOverrideDialog(failed, name, self)
-        dialog.accepted.connect(lambda: self.push(path, activate, override=dialog.values()))
-        dialog.rejected.connect(lambda: self.message.emit(f"{name} not pushed: the override was cancelled.", "info"))
-        dialog.finished.connect(dialog.deleteLater)
-        dialog.open()
-
-    def rollback(self) -> None:
-        pairing = self.connected
-        if pairing is None or "model" in self._busy:
-            return
-        self._begin("model")
-
-        def done(models: P.ModelList):
-            self._end("model")
-            self.message.emit(f"{pairing.agent_name} rolled back to {models.active}.", "info")
-            self.refresh_status()
-
-        def failed(exc):
-            self._failed("Rolling back failed", "model")(exc)
-
-        self.jobs.run(DeviceClient.from_pairing(pairing).rollback, success=done, failure=failed)
+    @property
+    def override_dialog(self):
+        """The expert override dialog last opened for a refused package (None before)."""
+        return self.models.override_dialog
 
     # ---------------------------------------------------------------- helpers
 
-    def _failed(self, what: str, job: str | None = None) -> Callable[[BaseException], None]:
+    def run_job(self, fn: Callable, *, on_success: Callable, on_failure: Callable,
+                on_progress: Callable | None = None) -> Job:
+        """``fn`` on the panel's network runner; a failure is logged, then given to ``on_failure``."""
+        def failed(exc: BaseException) -> None:
+            log.info("device job failed: %s", describe(exc))
+            on_failure(exc)
+        return self.jobs.run(fn, on_success=on_success, on_failure=failed, on_progress=on_progress)
+
+    def failure(self, what: str, job: str | None = None) -> Callable[[BaseException], None]:
+        """A failure handler: ends ``job``, clears the info line, says "what: why" in the banner."""
         def report(exc: BaseException) -> None:
             if job is not None:
-                self._end(job)
+                self.end(job)
             self.info.setText("")
-            self.message.emit(f"{what}: {_describe(exc)}", "error")
+            self.message.emit(f"{what}: {describe(exc)}", "error")
         return report
 
     def shutdown(self, msecs: int = 5000) -> None:
         """Stop polling, wait (briefly) for jobs in flight, drop their outcomes (window closing)."""
         self._poll.stop()
         self.jobs.close(msecs)
-
-
-def gate_text(info, *, long: bool = False) -> str:
-    """What a device's model list says of a version's gate (ModelInfo or its dict): "promoted",
-    "overridden by X: reason", "NOT promoted", or "—" for a package without lineage."""
-    d = info if isinstance(info, dict) else info.to_dict()
-    override, promoted = d.get("override"), d.get("promoted")
-    if isinstance(override, dict):
-        text = f"overridden by {override.get('by') or '?'}: {override.get('reason') or ''}".strip()
-        if long:
-            failed = ", ".join(override.get("failed") or []) or "none listed"
-            text = f"gate refused it (failed: {failed}); {text} ({override.get('at') or '?'})"
-        return text
-    if promoted is True:
-        return "promoted" + (" by its gate" if long else "")
-    if promoted is False:
-        return "NOT promoted" + (" (the gate refused it; no override)" if long else "")
-    return "—" if not long else "no lineage (not made by an update)"

@@ -1,27 +1,26 @@
 """The source chooser: cameras, a video file, a URL or GStreamer pipeline, or the sample video.
 
 Emits ``sourceChosen(SourceSpec)``; a spec that does not parse is explained inline (no dialog).
-Looking for cameras opens devices, which can take a while, so it runs on a helper thread.
+Looking for cameras opens devices, which can take a while, so it runs as a detached job.
 """
 from __future__ import annotations
-
-import threading
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit, QPushButton,
                                QVBoxLayout, QWidget)
 
 from inspector.paths import sample_video
+from inspector.qt.jobs import JobRunner
 
 VIDEO_FILTER = "Videos (*.avi *.mp4 *.mkv *.mov *.m4v *.webm *.mjpg *.mjpeg);;All files (*)"
 
 
 class SourceChooser(QFrame):
     sourceChosen = Signal(object)      # SourceSpec
-    _camerasFound = Signal(object)     # list[(index, name)], from the helper thread
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent, objectName="panel")
+        self.jobs = JobRunner(self)        # looking for cameras: detached, outcome dropped once the panel is gone
         lay = QVBoxLayout(self)
         lay.setContentsMargins(12, 10, 12, 12)
         lay.setSpacing(8)
@@ -68,7 +67,6 @@ class SourceChooser(QFrame):
         self.url.returnPressed.connect(lambda: self.choose(self.url.text().strip()))
         self.open_file.clicked.connect(self._choose_file)
         self.sample.clicked.connect(self._choose_sample)
-        self._camerasFound.connect(self._set_cameras)
         self.use_camera.setEnabled(False)
         self.connect_url.setEnabled(False)             # enabled once there is something to connect to
         self.url.textChanged.connect(lambda text: self.connect_url.setEnabled(bool(text.strip())))
@@ -84,14 +82,9 @@ class SourceChooser(QFrame):
 
         self.refresh.setEnabled(False)
         self.cameras.setPlaceholderText("looking for cameras…")
-
-        def run():
-            try:
-                found = list_cameras()
-            except Exception:  # noqa: BLE001 - no cameras is a normal answer
-                found = []
-            self._camerasFound.emit(found)
-        threading.Thread(target=run, name="list-cameras", daemon=True).start()
+        # failing to list them is a normal answer: no cameras
+        self.jobs.run(list_cameras, on_success=self._set_cameras, on_failure=lambda _exc: self._set_cameras([]),
+                      detached=True)
 
     def choose(self, spec) -> bool:
         """Parse ``spec`` and emit it; show why not if it does not parse."""
