@@ -11,84 +11,43 @@ display:
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-
-def wait(app, cond, timeout: float) -> bool:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            return False
-        app.processEvents()
-        time.sleep(0.05)
-    return True
+from shots import (SCREENSHOTS, application, main_window, parser, sample_source, sandbox, save, shipped_engine,
+                   wait, window_size)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
-    p.add_argument("--size", default="1366x688", help="window client size WxH")
+    p = parser(__doc__, SCREENSHOTS, size="1366x688")
     p.add_argument("--timeout", type=float, default=180.0)
     args = p.parse_args(argv)
 
-    from PySide6.QtWidgets import QApplication
-
-    from inspector.link.client import PairingStore
-    from inspector.live.flagging import Flagger
-    from inspector.paths import sample_video
-    from inspector.qt import theme
-    from inspector.qt.main import load_engine
-    from inspector.qt.window import MainWindow
-    from inspector.capture.sources import parse_source
-    from inspector.store.database import FlagStore
-
-    app = QApplication.instance() or QApplication(["inspector"])
-    theme.apply(app)
-    engine = load_engine(None, 1)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    tag = f"window-{width}"
-    args.out.mkdir(parents=True, exist_ok=True)
+    application()
+    engine = shipped_engine(1)
+    tag = f"window-{window_size(args.size)[0]}"
     ok = True
-    with tempfile.TemporaryDirectory(prefix="inspector-field-screenshot-") as tmp:
-        store = FlagStore(Path(tmp) / "flags")
-        w = MainWindow(engine, store, Flagger(), parse_source(str(sample_video())),
-                       pairings=PairingStore(Path(tmp) / "config"), browse=lambda timeout: [])
-        w.resize(width, height)
-        w.fields.location.setText("Quay wall, bay 4")
-        w.show()
-        w.start()
+    with sandbox("inspector-field-screenshot-") as box, \
+            main_window(box, engine, sample_source(), size=args.size, location="Quay wall, bay 4") as w:
 
         def shot(name: str) -> None:
             nonlocal ok
-            w.hud.refresh()
-            app.processEvents()
             path = args.out / f"{tag}-{name}.png"
-            saved = w.grab().save(str(path))
+            saved = save(w, path)
             ok = ok and saved
             print(f"{'saved' if saved else 'could not save'} {path}: window {w.width()}×{w.height()}, "
                   f"minimum {w.minimumSizeHint().width()}×{w.minimumSizeHint().height()}")
 
-        ok &= wait(app, lambda: len(w.flags) >= 3 and w.frames_shown >= 10, args.timeout)
+        ok &= wait(args.timeout, lambda: len(w.flags) >= 3 and w.frames_shown >= 10)
         shot("live")
         w.workspaces.setCurrentIndex(1)
-        wait(app, lambda: False, 3.0)                   # thumbnails decode in the background
+        wait(3.0)                                       # thumbnails decode in the background
         shot("review")
         w.workspaces.setCurrentIndex(0)
-        w.start_demo(data=Path(tmp) / "demo", threads=1)
-        ok &= wait(app, lambda: w.device is not None and w.view.live is not None and w.view.live.link is not None
-                   and w.device_panel.fields["provider"].text() != "—", args.timeout)
-        wait(app, lambda: False, 2.0)
+        w.start_demo(data=box.root / "demo", threads=1)
+        ok &= wait(args.timeout, lambda: w.device is not None and w.view.live is not None
+                   and w.view.live.link is not None and w.device_panel.fields["provider"].text() != "—")
+        wait(2.0)
         shot("device")
-        w.shutdown()
-        w.close()
-        store.close()
     return 0 if ok else 1
 
 

@@ -12,15 +12,10 @@ Needs a display; headless:
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from shots import SCREENSHOTS, application, main_window, parser, sample_source, sandbox, save, shipped_engine, wait
 
 LOCATIONS = ("Bridge 42, pier 3", "Bridge 42, deck underside", "Quay wall, bay 4", None)
 NOTES = {3: "efflorescence along the crack", 8: "re-check after rain", 13: "spalling nearby"}
@@ -68,80 +63,52 @@ def fill_store(store, flags: int, scored: int) -> None:
     store.set_review(recs[2].id, label="unsure", reviewer="m.keller")
 
 
-def wait(app, seconds: float, until=None) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        app.processEvents()
-        if until is not None and until():
-            return
-        time.sleep(0.01)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots", help="folder of the two PNGs")
-    p.add_argument("--size", default="1600x1000", help="window size WxH")
+    p = parser(__doc__, SCREENSHOTS, size="1600x1000", out_help="folder of the two PNGs")
     p.add_argument("--flags", type=int, default=48)
     p.add_argument("--scored", type=int, default=36, help="flags the teachers score first")
     p.add_argument("--suffix", default="", help="added to the file names (e.g. -1366 for a small-screen check)")
     args = p.parse_args(argv)
 
-    from PySide6.QtWidgets import QApplication
-
     from inspector.live.flagging import Flagger, FlagPolicy
-    from inspector.paths import sample_video
-    from inspector.qt import theme
-    from inspector.qt.main import load_engine, make_window
-    from inspector.capture.sources import parse_source
-    from inspector.store.database import FlagStore
 
-    app = QApplication.instance() or QApplication(["inspector"])
-    theme.apply(app)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="inspector-review-shot-") as tmp:
-        store = FlagStore(Path(tmp) / "flags")
-        fill_store(store, args.flags, args.scored)
-        engine = load_engine(None, 2)
+    application()
+    with sandbox("inspector-review-shot-") as box:
+        fill_store(box.store, args.flags, args.scored)
+        engine = shipped_engine(2)
         # no automatic flags: the grid shows the store as filled (new flags would land on top)
-        window = make_window(engine, store, parse_source(str(sample_video())), None,
-                             flagger=Flagger(FlagPolicy(auto=False)))
-        window.resize(width, height)
-        window.show()
-        window.start()
-        review = window.review
-        window.workspaces.setCurrentWidget(review)
-        wait(app, 20, lambda: review.grid.first_page_shown)
-        q = review.queue
-        q.go(1)                              # the second most in need: scored, a disagreement
-        review.grid.setFocus()
-        wait(app, 5, lambda: review.frame.picture == "frame" and review.grid._complete)
-        wait(app, 0.5)
-        grid_png = args.out / f"review-grid{args.suffix}.png"
-        ok = window.grab().save(str(grid_png))
+        no_auto_flags = Flagger(FlagPolicy(auto=False))
+        with main_window(box, engine, sample_source(), size=args.size, flagger=no_auto_flags) as window:
+            review = window.review
+            window.workspaces.setCurrentWidget(review)
+            wait(20, lambda: review.grid.first_page_shown, interval_ms=10)
+            q = review.queue
+            q.go(1)                              # the second most in need: scored, a disagreement
+            review.grid.setFocus()
+            wait(5, lambda: review.frame.picture == "frame" and review.grid._complete, interval_ms=10)
+            wait(0.5)
+            grid_png = args.out / f"review-grid{args.suffix}.png"
+            ok = save(window, grid_png)
 
-        # the large view: a crack frame, heat-map on, one tile relabelled by the inspector
-        target = next((i for i, rec in ((i, review.model.record(i)) for i in range(len(q.ids)))
-                       if rec is not None and rec.label is None and rec.teacher_probs is not None
-                       and 2 <= sum(p >= 0.5 for p in rec.student_probs) <= 6), 0)
-        q.go(target)
-        wait(app, 5, lambda: review.frame.picture == "frame")
-        rec = q.current
-        clean = [i for i, p in enumerate(rec.student_probs) if p < 0.5]
-        review.frame.cursor = clean[len(clean) // 2] if clean else 0
-        review.frame.setFocus()
-        q.auto_advance = False
-        review.toggle_tile()                 # T: the inspector marks one more tile as crack
-        review.heat.setChecked(True)
-        review.opacity.setValue(40)
-        wait(app, 0.8)
-        frame_png = args.out / f"review-frame{args.suffix}.png"
-        ok = window.grab().save(str(frame_png)) and ok
-        print(f"{'saved' if ok else 'could not save'} {grid_png} and {frame_png}: {len(q.ids)} flags listed, "
-              f"{review.filters.counts.text()}")
-        window.shutdown()
-        window.close()
-        store.close()
+            # the large view: a crack frame, heat-map on, one tile relabelled by the inspector
+            target = next((i for i, rec in ((i, review.model.record(i)) for i in range(len(q.ids)))
+                           if rec is not None and rec.label is None and rec.teacher_probs is not None
+                           and 2 <= sum(p >= 0.5 for p in rec.student_probs) <= 6), 0)
+            q.go(target)
+            wait(5, lambda: review.frame.picture == "frame", interval_ms=10)
+            rec = q.current
+            clean = [i for i, p in enumerate(rec.student_probs) if p < 0.5]
+            review.frame.cursor = clean[len(clean) // 2] if clean else 0
+            review.frame.setFocus()
+            q.auto_advance = False
+            review.toggle_tile()                 # T: the inspector marks one more tile as crack
+            review.heat.setChecked(True)
+            review.opacity.setValue(40)
+            wait(0.8)
+            frame_png = args.out / f"review-frame{args.suffix}.png"
+            ok = save(window, frame_png) and ok
+            print(f"{'saved' if ok else 'could not save'} {grid_png} and {frame_png}: {len(q.ids)} flags listed, "
+                  f"{review.filters.counts.text()}")
     return 0 if ok else 1
 
 

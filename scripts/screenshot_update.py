@@ -10,24 +10,21 @@ run with several small epochs (so the curves have points; a few minutes on 2 cor
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
-from pathlib import Path
+import time
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from shots import SCREENSHOTS, application, parser, sandbox, save, wait
 
 RUN = ["--epochs", "5", "--teacher-epochs", "3", "--max-steps", "4", "--max-unlabelled", "64", "--replay-ratio", "0.25"]
 
 
-def make_store(root: Path, engine):
+def fill_store(store, engine) -> None:
+    """36 flags of sample-video frames: 24 reviewed (a few tiles corrected), 4 unsure, 8 unreviewed."""
     import cv2
 
     from inspector.paths import sample_video
-    from inspector.store.database import FlagStore, ModelRef
+    from inspector.store.database import ModelRef
 
-    store = FlagStore(root)
     m = engine.manifest
     model = ModelRef(m.name, m.version, m.model_sha256)
     cap = cv2.VideoCapture(str(sample_video()))
@@ -54,66 +51,55 @@ def make_store(root: Path, engine):
             store.set_review(rec.id, label="unsure", reviewer="inspector")
         k += 1
     cap.release()
-    return store
+
+
+def finished(dialog) -> bool:
+    """The run is over and the dialog shows its end: the deploy result, the override, a refusal or an error."""
+    return dialog.state is not None and dialog.state.finished and (
+        dialog.deploy_text or dialog.override_button.isVisible() or dialog.deploy_label.text().startswith("✗")
+        or dialog.state.outcome in ("error", "cancelled"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    p = parser(__doc__, SCREENSHOTS)
     p.add_argument("--program", nargs="+", help="stand-in for distill (e.g. python tests/fake_update.py)")
     p.add_argument("--timeout", type=float, default=1800.0)
     args = p.parse_args(argv)
 
-    from PySide6.QtCore import QEventLoop, QTimer
-    from PySide6.QtWidgets import QApplication
-
     from inspector.edge.engine import InferenceEngine
-    from inspector.update.history import ModelHistory
     from inspector.paths import default_model
-    from inspector.qt import theme
     from inspector.qt.update.view import UpdateDialog
+    from inspector.update.history import ModelHistory
 
-    app = QApplication.instance() or QApplication(["inspector"])
-    theme.apply(app)
+    application()
     engines = [InferenceEngine(default_model(), threads=2)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="update-screenshot-") as tmp:
-        store = make_store(Path(tmp) / "flags", engines[0])
-        dialog = UpdateDialog(store, engine=lambda: engines[-1], swap_engine=engines.append,
-                              history=ModelHistory(Path(tmp) / "data"), program=args.program, extra_args=RUN,
+    deadline = time.monotonic() + args.timeout
+    with sandbox("update-screenshot-") as box:
+        fill_store(box.store, engines[0])
+        dialog = UpdateDialog(box.store, engine=lambda: engines[-1], swap_engine=engines.append,
+                              history=ModelHistory(box.root / "data"), program=args.program, extra_args=RUN,
                               make_engine=lambda path: InferenceEngine(path, threads=2))
         dialog.resize(1280, 900)
         dialog.show()
-        loop = QEventLoop()
-        state = {"progress": False, "end": False}
 
-        def tick():
+        def curves_or_end() -> bool:
             if dialog.state is None and dialog.start_button.isEnabled():
                 dialog.start()
             if dialog.state is None:
-                return
-            student = dialog.state.curves.get("student", [])
-            if not state["progress"] and len(student) >= 3:
-                state["progress"] = True
-                QTimer.singleShot(300, lambda: dialog.grab().save(str(args.out / "update-progress.png")))
-            if dialog.state.finished and (dialog.deploy_text or dialog.override_button.isVisible()
-                                          or dialog.deploy_label.text().startswith("✗")
-                                          or dialog.state.outcome in ("error", "cancelled")):
-                if not state["end"]:
-                    state["end"] = True
-                    QTimer.singleShot(500, lambda: (dialog.grab().save(str(args.out / "update-result.png")),
-                                                    loop.quit()))
+                return False
+            return len(dialog.state.curves.get("student", [])) >= 3 or finished(dialog)
 
-        timer = QTimer(interval=250, timeout=tick)
-        timer.start()
-        QTimer.singleShot(int(args.timeout * 1000), loop.quit)
-        loop.exec()
-        timer.stop()
+        if wait(deadline - time.monotonic(), curves_or_end, interval_ms=250) and not finished(dialog):
+            wait(0.3)
+            save(dialog, args.out / "update-progress.png")
+        ended = wait(deadline - time.monotonic(), lambda: finished(dialog), interval_ms=250)
+        if ended:
+            wait(0.5)
+            save(dialog, args.out / "update-result.png")
         print(f"outcome: {dialog.state.outcome if dialog.state else 'not started'}; {dialog.verdict.text()}; "
               f"{dialog.deploy_label.text()}")
         dialog.shutdown()
-        store.close()
-    return 0 if state["end"] else 1
+    return 0 if ended else 1
 
 
 if __name__ == "__main__":
