@@ -1,9 +1,11 @@
-"""The protocol module on its own: stream framing, message validation, the OpenAPI document."""
+"""The protocol on its own: stream framing (inspector.link.framing), message validation, the OpenAPI
+document (inspector.link.openapi)."""
 import io
 
 import numpy as np
 import pytest
 
+from inspector.link import framing, openapi
 from inspector.link import protocol as P
 
 
@@ -19,14 +21,14 @@ def test_stream_frames_round_trip_and_heat_survives_the_wire():
     rng = np.random.default_rng(0)
     heat = np.zeros((480, 640), np.float32)
     heat[200:260, 100:400] = 0.9
-    frames = [(header(seq=i), rng.bytes(1000 + i), P.heat_to_wire(heat)) for i in range(3)]
-    buf = io.BytesIO(b"".join(P.encode_frame(*f) for f in frames))
+    frames = [(header(seq=i), rng.bytes(1000 + i), framing.heat_to_wire(heat)) for i in range(3)]
+    buf = io.BytesIO(b"".join(framing.encode_frame(*f) for f in frames))
     for h, jpeg, wire in frames:
-        got_h, got_jpeg, got_heat = P.read_frame(buf)
+        got_h, got_jpeg, got_heat = framing.read_frame(buf)
         assert (got_h, got_jpeg) == (h, jpeg) and np.array_equal(got_heat, wire)
     with pytest.raises(EOFError):
-        P.read_frame(buf)
-    back = P.heat_from_wire(frames[0][2], 640, 480)
+        framing.read_frame(buf)
+    back = framing.heat_from_wire(frames[0][2], 640, 480)
     assert back.shape == (480, 640) and abs(back[230, 250] - 0.9) < 0.01 and back[50, 50] == 0.0
 
 
@@ -36,9 +38,9 @@ def test_stream_frames_round_trip_and_heat_survives_the_wire():
     (lambda b: b[:4] + (2**31).to_bytes(4, "big") + b[8:], P.ProtocolError),  # absurd header length
 ])
 def test_broken_streams_are_refused(damage, error):
-    raw = P.encode_frame(header(), b"jpeg", P.heat_to_wire(np.zeros((480, 640), np.float32)))
+    raw = framing.encode_frame(header(), b"jpeg", framing.heat_to_wire(np.zeros((480, 640), np.float32)))
     with pytest.raises(error):
-        P.read_frame(io.BytesIO(damage(raw)))
+        framing.read_frame(io.BytesIO(damage(raw)))
 
 
 @pytest.mark.parametrize("cls, raw, fragment", [
@@ -56,7 +58,7 @@ def test_messages_refuse_what_the_protocol_does_not_allow(cls, raw, fragment):
 
 
 def test_openapi_describes_every_endpoint_and_who_may_call_it():
-    doc = P.openapi()
+    doc = openapi.document()
     described = {(m.upper(), path) for path, ops in doc["paths"].items() for m in ops}
     assert described == set(P.ENDPOINTS)
     for (method, path) in P.ENDPOINTS:
@@ -65,7 +67,7 @@ def test_openapi_describes_every_endpoint_and_who_may_call_it():
 
 
 def test_openapi_lists_every_error_status_with_the_error_body_and_typed_responses():
-    doc = P.openapi()
+    doc = openapi.document()
     schemas = doc["components"]["schemas"]
     for (method, path), (_, _, response) in P.ENDPOINTS.items():
         responses = doc["paths"][path][method.lower()]["responses"]
@@ -113,7 +115,7 @@ def test_json_schema_of_nested_dataclasses_optionals_lists_dicts_enums_and_liter
         note: str | None = None
 
     components: dict = {}
-    assert P.json_schema(Tree, components) == {"$ref": "#/components/schemas/Tree"}
+    assert openapi.json_schema(Tree, components) == {"$ref": "#/components/schemas/Tree"}
     props = components["Tree"]["properties"]
     assert components["Leaf"] == {"type": "object", "additionalProperties": False,
                                   "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -126,7 +128,7 @@ def test_json_schema_of_nested_dataclasses_optionals_lists_dicts_enums_and_liter
     assert props["note"] == {"type": "string", "nullable": True}
     assert components["Tree"]["required"] == ["leaf", "maybe", "leaves", "by_name", "colour", "side"]
     with pytest.raises(TypeError, match="no JSON Schema"):
-        P.json_schema(complex, {})
+        openapi.json_schema(complex, {})
 
 
 @pytest.mark.parametrize("n_bytes, ok", [(32, True), (31, False), (33, False)])

@@ -1,197 +1,35 @@
-"""The app's side of the device link: a client for the agent's API, saved pairings, and the
-device's result stream as a live source.
+"""The app's client for a device agent's API (:mod:`inspector.link.protocol`): pairing, status,
+models, push / install / activate / roll back, the result stream, and the :class:`Pairing` it
+makes and is made from.
 
-Plain Python (numpy, OpenCV, the standard library, platformdirs; no Qt): the Qt panel, the
-``inspector --device`` start-up and the tests drive the same objects. Message shapes, endpoints
-and timeouts all come from :mod:`inspector.link.protocol`.
-
-Trust
------
-The agent's certificate is self-signed, so CA and host-name checks are off and the certificate
-is **pinned** instead: after the TLS handshake the SHA-256 of the peer's DER certificate must
-equal the fingerprint learnt at pairing, else :class:`FingerprintMismatch` is raised and the
-connection is closed before a byte of the request (or the bearer token) is sent. At pairing
-(trust on first use) :meth:`DeviceClient.fetch_fingerprint` reads the fingerprint so the user
-can compare it with the one the agent prints; :meth:`DeviceClient.pair` then runs pinned to it.
-
-Pairings (token + fingerprint per agent) live in ``devices.json`` in the per-user config folder,
-mode 0600, replaced atomically; the app's package-signing key sits beside it
-(``signing-key.pem``). The token is a bearer secret: whoever reads that file can act as this
-app towards the device, exactly like an SSH key in ``~/.ssh``.
-
-The stream as a live source
----------------------------
-:class:`DeviceFeed` is to a device what :class:`~inspector.capture.sources.FrameGrabber` is to a camera:
-one thread that reads the stream, keeps only the newest result (``latest(after_seq)``), reports
-``SourceStatus`` changes and reconnects on its own with exponential back-off when the link is
-lost. Its results are already inspected (the device ran the model), so it is a *result source*
-for :class:`~inspector.live.loop.LiveInspector` (``latest`` + ``inspect``).
-
-Latency across two clocks
--------------------------
-The stream header carries the agent's ``time.time()`` at capture and at sending; the feed
-compares them with this machine's ``time.time()`` at reception. On loopback (tests) both are
-the same clock and the numbers are exact. Between a laptop and a real device they are only as
-good as the two clocks' agreement (NTP/chrony typically keep it within a few ms on a LAN; an
-unsynchronised device can be seconds off): a negative link latency is shown as 0 and a frame
-never appears to have been captured after it arrived. The on-device part (capture → sent) is
-measured on one clock and is always exact.
+Plain Python (the standard library; no Qt): the Qt panel, the ``inspector --device`` start-up,
+the update flow and the tests drive the same object. Message shapes, endpoints and timeouts all
+come from :mod:`inspector.link.protocol`; the pinned TLS connection, the open stream and the
+errors from :mod:`inspector.link.connection`. Saved pairings: :mod:`inspector.link.pairing`; a
+device's stream as a live source: :mod:`inspector.link.remote`.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
 import http.client
-import json
 import logging
 import os
 import socket
 import ssl
-import statistics
 import tempfile
-import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
-import numpy as np
-
 from inspector.link import protocol as P
-from inspector.edge.engine import FrameResult, TileResult
-from inspector.fsio import fsync_dir, write_atomic
-from inspector.live.loop import Inspected
-from inspector.capture.newest import NewestItemSource
-from inspector.capture.sources import Frame, SourceStatus
-from inspector.store.database import ModelRef
-from inspector.errors import InspectorError
+from inspector.link.connection import (DeviceError, DeviceStream, FingerprintMismatch, PinnedHTTPSConnection,
+                                       PlainHTTPConnection, format_address, normalize_fingerprint)
 
 log = logging.getLogger(__name__)
 
-APP_DIR = "crack-inspector"             # platformdirs app name: the config folder
-PAIRINGS_FILE = "devices.json"
-SIGNING_KEY_FILE = "signing-key.pem"
 UPLOAD_CHUNK = 256 * 2**10              # bytes per send() while pushing a package
 MAX_RESPONSE_BYTES = 16 * 2**20         # a JSON answer larger than this is not from our agent
-LATENCY_SAMPLES = 30
-MODEL_REFRESH_S = 5.0                   # an unknown model_id in the stream re-reads the models at most this often
-_NO_CAM = np.zeros((0, 0), np.float32)  # the stream carries no per-tile CAM (the heat-map is stitched on the device)
-_NO_CAM.setflags(write=False)
 
-
-class DeviceError(InspectorError, RuntimeError):
-    """The device could not be reached, refused, or answered outside the protocol.
-    ``api`` is the agent's :class:`~inspector.link.protocol.ApiError` when it answered with one."""
-
-    def __init__(self, message: str, api: P.ApiError | None = None):
-        super().__init__(message)
-        self.api = api
-
-
-class FingerprintMismatch(DeviceError):
-    """The peer's TLS certificate is not the pinned one (another device, a re-installed agent,
-    or someone in between); nothing was sent to it."""
-
-
-# ---------------------------------------------------------------------------- helpers
-
-def normalize_fingerprint(fp: str | None) -> str | None:
-    """``"AB:CD:…"`` / ``"abcd…"`` → 64 lowercase hex characters (ValueError if not SHA-256)."""
-    if fp is None:
-        return None
-    s = fp.replace(":", "").replace(" ", "").strip().lower()
-    if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
-        raise ValueError(f"a certificate fingerprint is 64 hex characters (SHA-256), got {fp!r}")
-    return s
-
-
-def format_fingerprint(fp: str | None) -> str:
-    """Groups of four for reading aloud / comparing by eye: ``"ab12 cd34 …"``."""
-    if not fp:
-        return "none (plain HTTP)"
-    return " ".join(fp[i:i + 4] for i in range(0, len(fp), 4))
-
-
-def parse_address(text: str, default_port: int = P.DEFAULT_PORT) -> tuple[str, int]:
-    """``"host"``, ``"host:port"``, ``"[::1]:port"`` → (host, port). ValueError says why not."""
-    s = (text or "").strip()
-    if not s:
-        raise ValueError("enter a device address: host or host:port")
-    if "://" in s:
-        raise ValueError(f"give host:port, not a URL ({s!r})")
-    if s.startswith("["):
-        host, _, rest = s[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif s.count(":") == 1:
-        host, port_text = s.split(":")
-    else:
-        host, port_text = s, ""      # a bare name, IPv4 or an unbracketed IPv6 address
-    if not host:
-        raise ValueError(f"no host in {s!r}")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"the port in {s!r} must be a number from 1 to 65535")
-    return host, int(port_text)
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _tls_context() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    # The certificate is self-signed: no CA can vouch for it and its name is whatever the
-    # device chose. Trust comes from the pinned fingerprint instead (_PinnedHTTPSConnection).
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS whose ``connect()`` compares the peer certificate's SHA-256 with ``pin`` right after
-    the handshake, before anything is sent. ``peer_sha256`` is what was seen."""
-
-    def __init__(self, host: str, port: int, *, pin: str | None, read_timeout: float):
-        super().__init__(host, port, timeout=P.CONNECT_TIMEOUT, context=_tls_context())
-        self.pin = pin
-        self.read_timeout = read_timeout
-        self.peer_sha256: str | None = None
-
-    def connect(self) -> None:
-        super().connect()                 # TCP + TLS handshake, bounded by CONNECT_TIMEOUT
-        der = self.sock.getpeercert(binary_form=True)
-        self.peer_sha256 = hashlib.sha256(der).hexdigest() if der else None
-        if self.pin is not None and not (self.peer_sha256 and hmac.compare_digest(self.peer_sha256, self.pin)):
-            self.close()
-            raise FingerprintMismatch(
-                f"{format_address(self.host, self.port)} presented a different TLS certificate than the one "
-                f"paired (expected {self.pin[:16]}…, got {(self.peer_sha256 or 'none')[:16]}…). It is another "
-                f"device, a re-installed agent, or someone in between: nothing was sent. Pair again if the "
-                f"device was re-installed.")
-        self.sock.settimeout(self.read_timeout)
-
-
-class _HTTPConnection(http.client.HTTPConnection):
-    """Plain HTTP (agents started with ``--insecure-http``): connect with CONNECT_TIMEOUT, then read
-    with ``read_timeout``."""
-
-    peer_sha256 = None
-
-    def __init__(self, host: str, port: int, *, read_timeout: float):
-        super().__init__(host, port, timeout=P.CONNECT_TIMEOUT)
-        self.read_timeout = read_timeout
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self.read_timeout)
-
-
-# ---------------------------------------------------------------------------- the client
 
 @dataclass(frozen=True)
 class Pairing:
@@ -230,59 +68,6 @@ class Pairing:
         return p
 
 
-class DeviceStream:
-    """The open ``/stream`` response: iterate for ``(StreamHeader, jpeg bytes, heat uint8)``.
-
-    Iteration ends when the agent closes the stream or :meth:`close` is called (from any thread:
-    it shuts the socket down, which wakes a blocked read); a lost link, a silent agent (no frame
-    for ``STREAM_READ_TIMEOUT``) or bytes outside the protocol raise :class:`DeviceError`.
-    """
-
-    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, address: str):
-        self._conn, self._resp, self.address = conn, response, address
-        self._closed = False
-
-    def __iter__(self) -> "DeviceStream":
-        return self
-
-    def __next__(self) -> tuple[P.StreamHeader, bytes, np.ndarray]:
-        if self._closed:
-            raise StopIteration
-        try:
-            return P.read_frame(self._resp)
-        except EOFError as exc:
-            closed, self._closed = self._closed, True
-            self._conn.close()
-            if closed or str(exc) == "stream ended":
-                raise StopIteration from None
-            raise DeviceError(f"{self.address}: the stream broke off mid-frame ({exc})") from None
-        except P.ProtocolError as exc:
-            self.close()
-            raise DeviceError(f"{self.address}: the stream is not in the device protocol ({exc})") from None
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            if self._closed:             # close() from another thread interrupted the read
-                raise StopIteration from None
-            self.close()
-            if isinstance(exc, TimeoutError):
-                raise DeviceError(f"{self.address}: no frame for {P.STREAM_READ_TIMEOUT:.0f} s") from None
-            raise DeviceError(f"{self.address}: stream lost ({type(exc).__name__}: {exc})") from None
-
-    def close(self) -> None:
-        self._closed = True
-        sock = getattr(self._conn, "sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            self._conn.close()
-
-    def __enter__(self) -> "DeviceStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
 class DeviceClient:
     """One device agent's API (see :mod:`inspector.link.protocol`). Each call opens its own
     connection, so one client may be used from several threads.
@@ -316,7 +101,7 @@ class DeviceClient:
         (pairing: the user compares it with the one the agent shows). None over plain HTTP."""
         if not self.tls:
             return None
-        conn = _PinnedHTTPSConnection(self.host, self.port, pin=None, read_timeout=P.REQUEST_TIMEOUT)
+        conn = PinnedHTTPSConnection(self.host, self.port, pin=None, read_timeout=P.REQUEST_TIMEOUT)
         try:
             conn.connect()
         except ssl.SSLError as exc:
@@ -330,7 +115,7 @@ class DeviceClient:
 
     def pair(self, code: str, client_name: str, signing_key) -> Pairing:
         """Pair with the code the agent shows; ``signing_key`` (its public half) is the key the
-        device will require on pushed packages. Returns what to save (:class:`PairingStore`)."""
+        device will require on pushed packages. Returns what to save (:class:`~inspector.link.pairing.PairingStore`)."""
         req = P.PairRequest(code=str(code).strip(), client_name=client_name, public_key=signing_key.public_b64())
         try:
             req.validate()
@@ -356,7 +141,7 @@ class DeviceClient:
 
     def renew_token(self) -> str:
         """Swap the token for a new one; the old one dies at once, this client uses the new one.
-        Save it (:meth:`PairingStore.renew_token` does both): if it is lost, pair again."""
+        Save it (:meth:`~inspector.link.pairing.PairingStore.renew_token` does both): if it is lost, pair again."""
         resp = self._parse(P.PairResponse, self._call("POST", f"{P.API}/pairing/token")[0])
         self.token = resp.token
         return resp.token
@@ -457,7 +242,8 @@ class DeviceClient:
         (by default) :meth:`activate` it, polling until it is live (``activation_progress``: see
         :meth:`activate`). Returns (info, uploaded). A version on the device is immutable: the
         same version with another model is refused by the device (with why)."""
-        from inspector.edge.package import PackageError, load_package
+        from inspector.edge.fields import PackageError
+        from inspector.edge.package import load_package
 
         try:
             m = load_package(package_path, verify_reference=False).manifest
@@ -497,8 +283,8 @@ class DeviceClient:
 
     def _connection(self, read_timeout: float) -> http.client.HTTPConnection:
         if self.tls:
-            return _PinnedHTTPSConnection(self.host, self.port, pin=self.cert_sha256, read_timeout=read_timeout)
-        return _HTTPConnection(self.host, self.port, read_timeout=read_timeout)
+            return PinnedHTTPSConnection(self.host, self.port, pin=self.cert_sha256, read_timeout=read_timeout)
+        return PlainHTTPConnection(self.host, self.port, read_timeout=read_timeout)
 
     def _headers(self, auth: bool, content_type: str = "application/json") -> dict[str, str]:
         h = {"Content-Type": content_type, "Accept": "application/json"}
@@ -590,307 +376,3 @@ class DeviceClient:
             return cls.from_json(data)
         except P.ProtocolError as exc:
             raise DeviceError(f"{self.address} answered outside the protocol: {exc}") from None
-
-
-# ---------------------------------------------------------------------------- pairings on disk
-
-class PairingStore:
-    """The app's paired devices (``devices.json``) and its package-signing key path, in
-    ``root`` (default: platformdirs ``user_config_dir("crack-inspector")``).
-
-    The file is written 0600 to a temporary file, fsynced and renamed over the old one, so a
-    crash leaves either the old or the new list, never half of one.
-    """
-
-    def __init__(self, root: str | os.PathLike | None = None):
-        if root is None:
-            import platformdirs
-
-            root = platformdirs.user_config_dir(APP_DIR)
-        self.root = Path(root)
-        self.path = self.root / PAIRINGS_FILE
-        self.signing_key_path = self.root / SIGNING_KEY_FILE
-        self._lock = threading.Lock()
-
-    def all(self) -> list[Pairing]:
-        with self._lock:
-            return self._read()
-
-    def get(self, agent_id: str) -> Pairing | None:
-        return next((p for p in self.all() if p.agent_id == agent_id), None)
-
-    def find(self, host: str, port: int) -> Pairing | None:
-        """The pairing for an address (the most recently saved if several)."""
-        found = [p for p in self.all() if p.host == host and p.port == int(port)]
-        return found[-1] if found else None
-
-    def save(self, pairing: Pairing) -> None:
-        """Add or replace (same ``agent_id``) a pairing."""
-        with self._lock:
-            items = [p for p in self._read() if p.agent_id != pairing.agent_id]
-            items.append(pairing)
-            self._write(items)
-
-    def renew_token(self, pairing: Pairing) -> Pairing:
-        """A new token from the device for ``pairing``, saved here; the saved pairing."""
-        new = Pairing(**{**pairing.to_dict(), "token": DeviceClient.from_pairing(pairing).renew_token()})
-        self.save(new)
-        return new
-
-    def unpair(self, pairing: Pairing) -> str | None:
-        """Forget a device on both sides: unpair on the device (its token dies there), then forget
-        it here. A device that cannot be reached (lost, off, far away) is forgotten here all the
-        same; the answer (None when all went well) then says to revoke it on the device."""
-        note = None
-        try:
-            DeviceClient.from_pairing(pairing).unpair()
-        except DeviceError as exc:
-            if exc.api is None or exc.api.status != 401:   # 401: it was already unpaired there
-                note = (f"{exc}; forgotten on this computer only: on the device, run "
-                        f"inspector-agent --revoke \"{client_name()}\"")
-        self.forget(pairing.agent_id)
-        return note
-
-    def forget(self, agent_id: str) -> bool:
-        """Forget a device on this computer only (see :meth:`unpair`)."""
-        with self._lock:
-            items = self._read()
-            kept = [p for p in items if p.agent_id != agent_id]
-            if len(kept) == len(items):
-                return False
-            self._write(kept)
-            return True
-
-    def signing_key(self):
-        """The app's Ed25519 package-signing key (made on first use)."""
-        from inspector.link.signing import SigningKey
-
-        self._make_root()
-        return SigningKey.load_or_create(self.signing_key_path)
-
-    def _read(self) -> list[Pairing]:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise DeviceError(f"cannot read the saved devices {self.path}: {exc}") from None
-        try:
-            doc = json.loads(raw)
-            return [Pairing.from_dict(d) for d in doc["devices"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DeviceError(f"the saved devices file {self.path} is damaged ({exc}); delete it and pair "
-                              f"again") from None
-
-    def _make_root(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-    def _write(self, items: list[Pairing]) -> None:
-        self._make_root()
-        data = json.dumps({"version": 1, "devices": [p.to_dict() for p in items]}, indent=2).encode() + b"\n"
-        write_atomic(self.path, lambda f: f.write(data), mode=0o600)   # tokens: owner only
-        fsync_dir(self.root, best_effort=True)
-
-
-# ---------------------------------------------------------------------------- the feed
-
-@dataclass(frozen=True)
-class DeviceLink:
-    """How a result travelled: the agent's stream ``header``, the one-way ``link_ms`` (agent sent →
-    received here) and ``capture_ms`` (agent capture → received here), both across two clocks
-    (see the module doc); ``agent_ms`` (capture → sent, on the device's clock only); the device's
-    ``provider``, CPU integer ``isa`` and ``agent_name`` as last read from its status."""
-
-    header: P.StreamHeader
-    link_ms: float
-    capture_ms: float
-    agent_ms: float
-    provider: str | None
-    agent_name: str
-    isa: str = ""
-
-
-def model_ref(info: P.ModelInfo | dict) -> ModelRef:
-    d = info.to_dict() if isinstance(info, P.ModelInfo) else info
-    return ModelRef(name=str(d["name"]), version=str(d["version"]), sha256=str(d["sha256"]))
-
-
-def rebuild_result(header: P.StreamHeader, heat: np.ndarray, labels: tuple[str, ...] | None = None) -> FrameResult:
-    """The :class:`FrameResult` the device computed, from the stream: tiles with their crack
-    probability (``probs`` rebuilt for two classes; ``cam`` empty: it stays on the device), the
-    heat-map at frame size, ``crack_prob_max`` and ``timings`` (the device's stages; ``total`` =
-    its inference time, tile → stitch)."""
-    crack_at = labels.index("crack") if labels and "crack" in labels and len(labels) == 2 else 1
-    tiles = []
-    for i, t in enumerate(header.tiles):
-        try:
-            box = tuple(int(v) for v in t["box"])
-            p = float(t["crack_prob"])
-        except (KeyError, TypeError, ValueError):
-            raise P.ProtocolError(f"stream: tile {i} is not {{'box': [x0, y0, x1, y1], 'crack_prob': p}}: {t!r}") from None
-        if len(box) != 4 or not 0.0 <= p <= 1.0:
-            raise P.ProtocolError(f"stream: tile {i} has box {box} / crack_prob {p}")
-        probs = np.empty(2, np.float32)
-        probs[crack_at], probs[1 - crack_at] = p, 1.0 - p
-        tiles.append(TileResult(box=box, probs=probs, crack_prob=p, cam=_NO_CAM))
-    timings = {str(k): float(v) for k, v in header.timings_ms.items() if isinstance(v, (int, float))}
-    if "total" not in timings:
-        timings["total"] = sum(timings.get(k, 0.0) for k in ("tile", "preprocess", "infer", "stitch"))
-    return FrameResult(tiles=tiles, heatmap=P.heat_from_wire(heat, header.width, header.height),
-                       crack_prob_max=float(header.crack_prob_max), timings=timings)
-
-
-class DeviceFeed(NewestItemSource[Inspected]):
-    """A paired device's result stream as a live source (see the module doc).
-
-    ``latest(after_seq, timeout)`` → the newest :class:`~inspector.live.loop.Inspected` (``frame``: the
-    device's camera frame as RGB, ``result``: its verdicts and heat-map, ``model``: the device's
-    model, ``link``: a :class:`DeviceLink`); ``inspect(item)`` returns it unchanged (the device
-    already ran the model). ``status`` (:class:`~inspector.capture.sources.SourceStatus`: "connecting",
-    "live", "reconnecting", "ended" when re-pairing is needed, "stopped"), ``fps`` (results
-    received per second), ``link_ms`` (median), ``device_status`` (the last
-    :class:`~inspector.link.protocol.Status` read). ``on_status(SourceStatus)`` and
-    ``on_device(Status)`` are called on the feed's thread. The slot, stop, status reporting and
-    ``fps`` come from :class:`~inspector.capture.newest.NewestItemSource`.
-    """
-
-    _log = log
-    _kind = "feed"
-    _busy = "a request in progress"
-
-    def __init__(self, pairing: Pairing, *, backoff: tuple[float, float] = (0.5, 10.0),
-                 on_status: Callable[[SourceStatus], None] | None = None,
-                 on_device: Callable[[P.Status], None] | None = None,
-                 client: DeviceClient | None = None):
-        super().__init__(f"device {pairing.agent_name}", thread_name=f"DeviceFeed[{pairing.address}]",
-                         backoff=backoff, on_status=on_status)
-        self.pairing = pairing
-        self.client = client or DeviceClient.from_pairing(pairing)
-        self._on_device = on_device
-        self._stream: DeviceStream | None = None
-        self._link: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self._models: dict[str, ModelRef] = {}
-        self._labels: dict[str, tuple[str, ...]] = {}
-        self._models_read_at = -1e9
-        self.device_status: P.Status | None = None
-        self.bad_frames = 0
-
-    def __repr__(self) -> str:
-        return f"DeviceFeed({self.pairing.address}, state={self._status.state!r})"
-
-    # ---------------------------------------------------------------- public
-
-    def inspect(self, item: Inspected) -> Inspected:
-        return item
-
-    @property
-    def link_ms(self) -> float | None:
-        """Median agent-sent → received latency of the last frames (see the module doc's caveat)."""
-        with self._cond:
-            samples = list(self._link)
-        return statistics.median(samples) if samples else None
-
-    # ---------------------------------------------------------------- the thread
-
-    def _interrupt(self) -> None:
-        stream = self._stream
-        if stream is not None:
-            stream.close()               # wakes a read blocked on the socket
-
-    def _serve(self) -> None:
-        attempt = 0
-        addr = self.pairing.address
-        self._set_status(SourceStatus("connecting", f"connecting to {self.label} at {addr}"))
-        while not self._stop.is_set():
-            n, why = 0, ""
-            try:
-                self._read_device(force=True)
-                stream = self._stream = self.client.stream()
-                if self._stop.is_set():
-                    break
-                for header, jpeg, heat in stream:
-                    if self._accept(header, jpeg, heat):
-                        n += 1
-                        if n == 1:
-                            attempt = 0
-                            self._set_status(SourceStatus("live", f"{self.label} live"))
-                why = f"{addr} closed the stream"
-            except FingerprintMismatch as exc:
-                self._set_status(SourceStatus("ended", str(exc)))
-                break
-            except DeviceError as exc:
-                if exc.api is not None and exc.api.status == 401:
-                    self._set_status(SourceStatus("ended", f"{self.label} no longer accepts this app's "
-                                                           f"pairing: pair again ({exc.api.message})"))
-                    break
-                why = str(exc)
-            finally:
-                stream, self._stream = self._stream, None
-                if stream is not None:
-                    stream.close()
-            if self._stop.is_set():
-                break
-            attempt += 1
-            lost = "link lost" if n else "cannot connect"
-            self._wait_backoff(attempt, f"{self.label} {lost}: {why}")
-
-    def _read_device(self, force: bool = False) -> None:
-        """Status + stored models: the model refs flags are stored with, the provider for the HUD."""
-        now = time.monotonic()
-        if not force and now - self._models_read_at < MODEL_REFRESH_S:
-            return
-        self._models_read_at = now
-        status = self.client.status()
-        models = self.client.models()
-        for info in models.infos():
-            self._models[info.id] = model_ref(info)
-            self._labels[info.id] = tuple(info.labels)
-        if status.model is not None:
-            info = P.ModelInfo.from_dict(status.model)
-            self._models[info.id] = model_ref(info)
-            self._labels[info.id] = tuple(info.labels)
-        self.device_status = status
-        camera = status.camera.get("source") if isinstance(status.camera, dict) else None
-        if camera:
-            self.label = f"device {status.agent_name} / {camera}"
-        self._notify(self._on_device, status, "on_device")
-
-    def _accept(self, header: P.StreamHeader, jpeg: bytes, heat: np.ndarray) -> bool:
-        t_perf, t_wall = time.perf_counter(), time.time()
-        if header.model_id not in self._models:
-            try:
-                self._read_device()
-            except DeviceError as exc:
-                log.info("%s: cannot read the models for %s: %s", self.label, header.model_id, exc)
-        try:
-            bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-            if bgr is None or bgr.shape[:2] != (header.height, header.width):
-                raise P.ProtocolError(f"stream: the JPEG is not a {header.width}×{header.height} image")
-            result = rebuild_result(header, heat, self._labels.get(header.model_id))
-        except (P.ProtocolError, cv2.error) as exc:
-            self.bad_frames += 1
-            log.warning("%s: frame %d skipped: %s", self.label, header.seq, exc)
-            return False
-        rgb = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        link_ms = max(0.0, (t_wall - header.t_sent) * 1e3)
-        capture_ms = max(0.0, (t_wall - header.t_capture) * 1e3)
-        status = self.device_status
-        link = DeviceLink(header=header, link_ms=link_ms, capture_ms=capture_ms,
-                          agent_ms=(header.t_sent - header.t_capture) * 1e3,
-                          provider=status.provider if status is not None else None,
-                          agent_name=self.pairing.agent_name, isa=status.isa if status is not None else "")
-        model = self._models.get(header.model_id) or ModelRef(header.model_id, "unknown", "unknown")
-
-        def make(seq: int) -> Inspected:
-            self._link.append(link_ms)
-            # the capture instant on this machine's perf_counter clock (clamped: never after reception)
-            frame = Frame(seq, rgb, t_perf - capture_ms / 1e3, self.label)
-            return Inspected(frame=frame, result=result, model=model, t_inferred=t_perf, link=link)
-
-        self._publish(make, t_perf)
-        return True
-
-
-def client_name() -> str:
-    """How this app introduces itself when pairing: ``crack-inspector on <host>``."""
-    return f"crack-inspector on {socket.gethostname()}"[:100]

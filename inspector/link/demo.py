@@ -5,7 +5,7 @@ child process on 127.0.0.1 with the shipped sample video and the shipped model, 
 pairing code **locally** (the agent writes it to ``<data>/pairing-code.txt``, the file a
 technician reads on a real device; its READY line says the same), pairs through the real
 ``/pair`` call with that code, and saves the pairing in the app's
-:class:`~inspector.link.client.PairingStore`. From then on it is the device path: the live view,
+:class:`~inspector.link.pairing.PairingStore`. From then on it is the device path: the live view,
 flags, Update model, push and rollback all talk HTTPS to the agent with the pinned certificate.
 
 The data folder (identity, certificate, paired clients, model versions) persists, by default
@@ -39,14 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inspector.link import protocol as P
-from inspector.link.client import (
-    APP_DIR,
-    DeviceClient,
-    DeviceError,
-    Pairing,
-    PairingStore,
-    client_name,
-)
+from inspector.link.client import DeviceClient, Pairing
+from inspector.link.connection import DeviceError
+from inspector.link.pairing import APP_DIR, PairingStore, client_name
 
 log = logging.getLogger(__name__)
 

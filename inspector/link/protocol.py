@@ -1,8 +1,10 @@
 """The laptop–device protocol: every endpoint, message and stream frame, in one place.
 
 The device agent (``inspector/agent``) and the app's client (``inspector/link/client.py``) both
-import this module; nothing else defines message shapes. numpy + the standard library only
-(the agent runs on a Jetson).
+import this module; nothing else defines message shapes. The standard library only (the agent
+runs on a Jetson). Two siblings implement what is defined here and add nothing to it:
+:mod:`inspector.link.framing` (the stream frame's bytes, the heat-map's wire form) and
+:mod:`inspector.link.openapi` (the OpenAPI document built from the endpoint table and messages).
 
 Transport
 ---------
@@ -47,14 +49,9 @@ from __future__ import annotations
 
 import json
 import re
-import struct
-import enum
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
-from typing import Any, BinaryIO, Literal
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
 
-import numpy as np
 from inspector.errors import InspectorError
 
 API = "/api/v1"
@@ -89,8 +86,8 @@ ACTIVATION_TIMEOUT = 30 * 60.0
 ACTIVATION_POLL = 1.0
 
 # ------------------------------------------------------------------ endpoints
-# (method, path): (summary, request body kind, response kind). The OpenAPI document below is
-# built from this table, and the agent's router refuses anything not in it.
+# (method, path): (summary, request body kind, response kind). The OpenAPI document
+# (inspector.link.openapi) is built from this table, and the agent's router refuses anything not in it.
 ENDPOINTS: dict[tuple[str, str], tuple[str, str | None, str]] = {
     ("POST", f"{API}/pair"): ("Pair with the pairing code; returns a bearer token", "PairRequest", "PairResponse"),
     ("GET", f"{API}/status"): ("Camera, model, provider, FPS, models on the device, events", None, "Status"),
@@ -179,7 +176,7 @@ PUBLIC_KEY_B64 = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"
 def _json(schema: dict[str, Any] | None = None, *, shape: type | None = None, default: Any = MISSING) -> Any:
     """A message field whose JSON Schema says more than its Python type: ``schema`` (pattern,
     lengths, enum) is merged in; ``shape`` is the dataclass a ``dict`` (or each dict of a
-    ``list[dict]``) follows on the wire. Only :func:`json_schema` reads it."""
+    ``list[dict]``) follows on the wire. Only :func:`inspector.link.openapi.json_schema` reads it."""
     return field(default=default, metadata={"schema": schema or {}, "shape": shape})
 
 
@@ -413,227 +410,3 @@ class StreamHeader(Message):
     model_id: str
     # milliseconds per stage: capture_to_start, tile, preprocess, infer, stitch, encode
     timings_ms: dict = _json({"additionalProperties": {"type": "number"}})
-
-
-def encode_frame(header: StreamHeader, jpeg: bytes, heat: np.ndarray) -> bytes:
-    """One stream frame (see the module doc). ``heat``: uint8 (H/s) × (W/s)."""
-    h = header.to_json()
-    heat = np.ascontiguousarray(heat, dtype=np.uint8)
-    return STREAM_MAGIC + struct.pack(">III", len(h), len(jpeg), heat.nbytes) + h + jpeg + heat.tobytes()
-
-
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        chunk = stream.read(n - got)
-        if not chunk:
-            raise EOFError(f"stream ended after {got} of {n} bytes")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def read_frame(stream: BinaryIO) -> tuple[StreamHeader, bytes, np.ndarray]:
-    """Read one frame from a file-like ``stream``: (header, jpeg bytes, heat uint8 array).
-
-    EOFError when the stream ends cleanly between frames or mid-frame; ProtocolError when
-    the bytes are not this protocol (wrong magic, absurd lengths, header that does not parse).
-    """
-    magic = stream.read(4)
-    if not magic:
-        raise EOFError("stream ended")
-    if len(magic) < 4:
-        magic += _read_exact(stream, 4 - len(magic))
-    if magic != STREAM_MAGIC:
-        raise ProtocolError(f"stream: bad magic {magic!r}")
-    n_header, n_jpeg, n_heat = struct.unpack(">III", _read_exact(stream, 12))
-    if n_header > MAX_STREAM_HEADER or n_jpeg > MAX_STREAM_PART or n_heat > MAX_STREAM_PART:
-        raise ProtocolError(f"stream: part lengths {n_header}/{n_jpeg}/{n_heat} exceed the limits")
-    header = StreamHeader.from_json(_read_exact(stream, n_header))
-    jpeg = _read_exact(stream, n_jpeg)
-    heat_raw = _read_exact(stream, n_heat)
-    s = header.heat_scale
-    hh, hw = -(-header.height // s), -(-header.width // s)
-    if s < 1 or hh * hw != n_heat:
-        raise ProtocolError(f"stream: heat-map of {n_heat} bytes does not match {header.width}×{header.height} / {s}")
-    return header, jpeg, np.frombuffer(heat_raw, np.uint8).reshape(hh, hw)
-
-
-def heat_to_wire(heatmap: np.ndarray, scale: int = HEAT_SCALE) -> np.ndarray:
-    """float [0, 1] H×W → uint8 ceil(H/s)×ceil(W/s) (area average), for :func:`encode_frame`."""
-    import cv2
-
-    h, w = heatmap.shape
-    small = cv2.resize(heatmap.astype(np.float32), (-(-w // scale), -(-h // scale)), interpolation=cv2.INTER_AREA)
-    return cv2.convertScaleAbs(np.clip(small, 0.0, 1.0), alpha=255.0)
-
-
-def heat_from_wire(heat: np.ndarray, width: int, height: int) -> np.ndarray:
-    """uint8 wire heat-map → float32 H×W in [0, 1] (bilinear)."""
-    import cv2
-
-    return cv2.resize(heat.astype(np.float32) / 255.0, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-# ------------------------------------------------------------------ OpenAPI
-
-_REF = "#/components/schemas/"
-_TYPES: dict[Any, dict[str, str]] = {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"},
-                                     bool: {"type": "boolean"}}
-_ERROR_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["error"],
-                 "properties": {"error": {"type": "object", "additionalProperties": False,
-                                          "required": ["code", "message"],
-                                          "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
-
-
-def json_schema(tp: Any, components: dict[str, dict]) -> dict[str, Any]:
-    """The JSON Schema (OpenAPI 3.0 dialect) of a message field's type: str/int/float/bool, Any,
-    ``X | None``, unions, ``list[X]``, ``dict[str, X]``, Literal, Enum, and dataclasses, which
-    become a ``$ref`` with their schema added to ``components`` (nested ones too)."""
-    if is_dataclass(tp):
-        if tp.__name__ not in components:
-            components[tp.__name__] = {}          # placeholder: a dataclass that refers to itself
-            components[tp.__name__] = _dataclass_schema(tp, components)
-        return {"$ref": _REF + tp.__name__}
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        inner = (json_schema(rest[0], components) if len(rest) == 1
-                 else {"oneOf": [json_schema(a, components) for a in rest]})
-        return inner if len(rest) == len(args) else _nullable(inner)
-    if origin is Literal or (isinstance(tp, type) and issubclass(tp, enum.Enum)):
-        values = list(args) if origin is Literal else [m.value for m in tp]
-        return {**_TYPES.get(type(values[0]), {}), "enum": values}
-    if tp is list or origin is list:
-        return {"type": "array", "items": json_schema(args[0], components) if args else {}}
-    if tp is dict or origin is dict:
-        return {"type": "object", **({"additionalProperties": json_schema(args[1], components)} if args else {})}
-    if tp is Any:
-        return {}
-    if tp in _TYPES:
-        return dict(_TYPES[tp])
-    raise TypeError(f"no JSON Schema for {tp!r}")
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    if "$ref" in schema:  # OpenAPI 3.0 ignores keywords next to a $ref
-        return {"allOf": [schema], "nullable": True}
-    if "enum" in schema:
-        schema = {**schema, "enum": [*schema["enum"], None]}
-    return {**schema, "nullable": True}
-
-
-def _reshape(tp: Any, shape: type) -> Any:
-    """``dict`` in ``tp`` (also inside list[...] and X | None) replaced by the dataclass ``shape``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is dict or origin is dict:
-        return shape
-    if origin is list:
-        return list[_reshape(args[0], shape)]  # type: ignore[misc]
-    if origin in (typing.Union, types.UnionType):
-        return typing.Union[tuple(_reshape(a, shape) for a in args)]
-    return tp
-
-
-def _dataclass_schema(cls: type, components: dict[str, dict]) -> dict[str, Any]:
-    """A closed object: the protocol's messages refuse unknown fields (``_from_dict``)."""
-    hints = typing.get_type_hints(cls)
-    props: dict[str, Any] = {}
-    for f in fields(cls):
-        shape = f.metadata.get("shape")
-        schema = json_schema(_reshape(hints[f.name], shape) if shape else hints[f.name], components)
-        extra = f.metadata.get("schema")
-        if extra:
-            schema = {"allOf": [schema], **extra} if "$ref" in schema else {**schema, **extra}
-        props[f.name] = schema
-    out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props,
-                           "required": [f.name for f in fields(cls)
-                                        if f.default is MISSING and f.default_factory is MISSING]}
-    doc = cls.__doc__ or ""
-    if doc and not doc.startswith(f"{cls.__name__}("):  # not the one @dataclass makes up
-        out["description"] = doc.strip().split("\n\n")[0]
-    return out
-
-
-def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = {"description": description, "content": {"application/json": {"schema": {"$ref": _REF + "Error"}}}}
-    return {**out, "headers": headers} if headers else out
-
-
-_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
-_MAX_FRAMES = {"name": "max_frames", "in": "query", "required": False,
-               "description": "end the stream after this many frames (without: until the client closes it; "
-                              "a generic client or a fuzzer should always set it)",
-               "schema": {"type": "integer", "minimum": 1, "maximum": MAX_STREAM_FRAMES}}
-_STREAM_DOC = (f"Long-lived: frames until the client closes the connection (or max_frames of them); no "
-               f"Content-Length, the connection closes at the end. Each frame: 4 bytes {STREAM_MAGIC.decode()!r}, "
-               f"three u32 big-endian lengths (header, JPEG, heat-map), the StreamHeader JSON, the JPEG of the "
-               f"camera frame, the heat-map (uint8, ceil(height/heat_scale) x ceil(width/heat_scale), value v "
-               f"means v/255). A slow client gets the newest frame, not a backlog.")
-
-
-def _responses(key: tuple[str, str], response: str) -> dict[str, Any]:
-    if response == "stream":
-        ok = {"description": _STREAM_DOC, "content": {STREAM_CONTENT_TYPE: {"schema": {"type": "string",
-                                                                                      "format": "binary"}}}}
-    elif response == "openapi":
-        ok = {"description": "this document", "content": {"application/json": {"schema": {"type": "object"}}}}
-    else:
-        ok = {"description": "ok", "content": {"application/json": {"schema": {"$ref": _REF + response}}}}
-    out: dict[str, Any] = {"200": ok}
-    if key in ACCEPTED:
-        out["202"] = {"description": "accepted, in progress", "content": {"application/json": {
-            "schema": {"$ref": _REF + ACCEPTED[key]}}}}
-    errors = {**COMMON_ERRORS, **ERRORS.get(key, {})}
-    if key not in OPEN_ENDPOINTS:
-        errors[401] = "missing or wrong bearer token"
-    for status in sorted(errors):
-        headers = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}} if status == 401 else \
-            _RETRY_AFTER if status in (429, 503) else None
-        out[str(status)] = _error(errors[status], headers)
-    return out
-
-
-def _operation(key: tuple[str, str], components: dict[str, dict]) -> dict[str, Any]:
-    summary, body, response = ENDPOINTS[key]
-    op: dict[str, Any] = {"summary": summary, "operationId": _operation_id(key)}
-    if key not in OPEN_ENDPOINTS:
-        op["security"] = [{"bearer": []}]
-    if response == "stream":
-        op["parameters"] = [_MAX_FRAMES]
-    if body == "package":
-        op["requestBody"] = {"required": True, "description": (
-            f"the .crackpkg file, at most {MAX_PACKAGE_BYTES} bytes (413 beyond); the agent verifies it from "
-            f"its bytes whatever the Content-Type says"),
-            "content": {PACKAGE_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
-    elif body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": json_schema(globals()[body], components)}}}
-    for kind in (response, ACCEPTED.get(key)):
-        if kind is not None and is_dataclass(globals().get(kind)):
-            json_schema(globals()[kind], components)
-    op["responses"] = _responses(key, response)
-    return op
-
-
-def _operation_id(key: tuple[str, str]) -> str:
-    method, path = key
-    words = re.findall(r"[a-z0-9]+", path.removeprefix(API).lower())
-    return method.lower() + "".join(w.capitalize() for w in words)
-
-
-def openapi() -> dict[str, Any]:
-    """The OpenAPI 3.0 description of the agent's API (served at ``/api/v1/openapi.json``),
-    built from :data:`ENDPOINTS`, :data:`ERRORS` and the message dataclasses."""
-    components: dict[str, dict] = {"Error": _ERROR_SCHEMA}
-    paths: dict[str, dict] = {}
-    for key in ENDPOINTS:
-        paths.setdefault(key[1], {})[key[0].lower()] = _operation(key, components)
-    doc = ("The crack inspector's device agent. Errors: the Error body with the statuses listed per operation. "
-           f"Methods other than {', '.join(sorted(METHODS))} are 501 on every path, before authentication "
-           "(RFC 9110 15.6.2); one of those on a path without it is 405 with Allow (after authentication).")
-    return {"openapi": "3.0.3",
-            "info": {"title": "Crack inspector device agent", "version": "1", "description": doc},
-            "paths": paths,
-            "components": {"schemas": dict(sorted(components.items())),
-                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}}
