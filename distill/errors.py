@@ -7,7 +7,7 @@ Each error lives beside the code that raises it and keeps the built-in base it h
 
 * :class:`~distill.config.ConfigError`
 * :class:`~distill.data.layouts.DatasetError`, :class:`~distill.data.imageio.BadImageError`
-* :class:`~distill.models.registry.ModelError` → :class:`~distill.export.recover.RecoveryError`
+* :class:`~distill.models.errors.ModelError` → :class:`~distill.export.recover.RecoveryError`
 * :class:`~distill.export.graph.ExportError`, :class:`~distill.export.quantize.QuantizeError`
 * :class:`~distill.update.errors.UpdateError` → ``UpdateConfigError``, ``UpdateDataError``,
   ``BaseModelError``, ``UpdateCancelled``

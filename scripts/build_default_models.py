@@ -63,7 +63,8 @@ def prepare(work: Path, size: int):
 
 def save_half(src: Path, dst: Path) -> None:
     """Our checkpoint format with float16 tensors: half the size, loads into float models."""
-    from distill.models.checkpoint import atomic_torch_save, read_checkpoint
+    from distill.models.checkpoint import atomic_torch_save
+    from distill.models.weights import read_checkpoint
 
     ckpt = read_checkpoint(src)
     ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}

@@ -30,7 +30,8 @@ REPLAY_PER_SET = {"ozgenel_ccic_subset": 360, "omu_port_quay": 40}
 def recover_checkpoint(models: Path, version: str, splits) -> None:
     import numpy as np
 
-    from distill.models.checkpoint import FORMAT, atomic_torch_save, load_classifier
+    from distill.models.checkpoint import atomic_torch_save, load_classifier
+    from distill.models.weights import FORMAT
     from distill.export.package import uint8_patches
     from distill.export.recover import recover_classifier, verify_against_package
     from inspector.edge.package import load_package

@@ -62,7 +62,8 @@ def have(out: Path, version: str) -> bool:
 
 def make_sibling(out: Path, splits, eval_sets) -> None:
     """The shipped recipe (build_default_models.main's student), another seed, shipped teachers."""
-    from distill.models.checkpoint import atomic_torch_save, read_checkpoint
+    from distill.models.checkpoint import atomic_torch_save
+    from distill.models.weights import read_checkpoint
     from distill.training.progress import ProgressPrinter
     from distill.config import DataConfig, LossConfig, ModelConfig, RunConfig
     from distill.export.package import build_packages

@@ -10,8 +10,10 @@ import torch
 import torchvision
 from torch import nn
 
-from distill.models.checkpoint import checkpoint_info, init_from_file, load_classifier, save_checkpoint
-from distill.models.registry import ModelError, build_model
+from distill.models.checkpoint import checkpoint_info, load_classifier, save_checkpoint
+from distill.models.weights import init_from_file
+from distill.models.errors import ModelError
+from distill.models.registry import build_model
 from support import calibrated
 
 torch.set_num_threads(1)  # tiny models; extra OpenMP threads only slow a busy machine down

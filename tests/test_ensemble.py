@@ -12,7 +12,8 @@ from torch import nn
 
 from distill.models.checkpoint import save_checkpoint
 from distill.models.ensemble import TeacherEnsemble
-from distill.models.registry import ModelError, build_model
+from distill.models.errors import ModelError
+from distill.models.registry import build_model
 from support import calibrated
 
 torch.set_num_threads(1)  # tiny models; extra OpenMP threads only slow a busy machine down

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.models.registry import Classifier, ModelError, ModelMeta, build_model
+from distill.models.errors import ModelError
+from distill.models.registry import Classifier, ModelMeta, build_model
 
 _PREFIX = "model.net."
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.models.checkpoint import load_classifier
-from distill.models.registry import Classifier, ModelError
+from distill.models.errors import ModelError
+from distill.models.registry import Classifier
 
 
 class TeacherEnsemble(nn.Module):

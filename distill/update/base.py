@@ -60,7 +60,8 @@ def _find(names: list[str], places: list[Path]) -> Path | None:
 
 def find_base(path: str | Path) -> BaseModel:
     """The base model of ``path`` (a .crackpkg), or BaseModelError saying what is missing."""
-    from inspector.edge.package import PackageError, load_package
+    from inspector.edge.fields import PackageError
+    from inspector.edge.package import load_package
 
     given = Path(path)
     try:
@@ -95,7 +96,7 @@ def _check_weights(ckpt: Path, fp32) -> float:
     import torch
 
     from distill.models.checkpoint import load_classifier
-    from distill.models.registry import ModelError
+    from distill.models.errors import ModelError
 
     try:
         model = load_classifier(ckpt)
