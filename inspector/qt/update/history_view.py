@@ -18,7 +18,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderV
 
 from inspector.update.history import ModelHistory, ModelVersion, plain_version
 from inspector.qt import jobs, theme
-from inspector.qt.device.panel import gate_text
+from inspector.qt.device.status_text import gate_text
+from inspector.qt.update.tasks import default_make_engine
 
 LAPTOP_COLUMNS = ("Version", "Parent", "Date", "Metrics (MCC)", "Gate", "Here")
 DEVICE_COLUMNS = ("Version", "Stored", "Signed by", "Metrics (MCC)", "State", "Gate (signed lineage)")
@@ -49,8 +50,6 @@ class ModelHistoryDialog(QDialog):
                  device: Callable = lambda: None, make_engine: Callable | None = None,
                  on_device_changed: Callable | None = None, parent: QWidget | None = None):
         super().__init__(parent)
-        from inspector.qt.update.view import default_make_engine
-
         self.setWindowTitle("Model history")
         self.history, self.engine, self.swap_engine, self.device = history, engine, swap_engine, device
         self.make_engine = make_engine or default_make_engine

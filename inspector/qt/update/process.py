@@ -16,7 +16,7 @@ import os
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
-from inspector.update.plan import parse_output_line
+from inspector.update.job import parse_output_line
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,92 @@
+"""The update dialog's first page, **what will be used**: reviewed frames and tiles per label,
+unlabelled frames, what is left out, the site-validation part, replay, the base model and an
+estimated time (from an :class:`~inspector.update.plan.UpdatePlan`), what the reviewed data
+still lack for a run the gate could promote, and "push when the gate passes".
+
+The page only shows a plan; the dialog makes it (a job) and owns the buttons' actions.
+"""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QCheckBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from inspector.update.plan import REPLAY_RATIO, SITE_MIN_PER_CLASS, UpdatePlan, format_duration, replay_tiles
+
+FIELDS = (("reviewed", "Reviewed frames"), ("tiles", "Reviewed tiles"), ("unlabelled", "Unlabelled frames"),
+          ("left_out", "Left out"), ("validation", "Site validation"), ("replay", "Replay"), ("base", "Base model"),
+          ("estimate", "Estimated time"))
+
+
+class PlanPage(QWidget):
+    """The plan's fields (``fields[key]``), ``missing_label``, ``push_box`` and the buttons
+    ``history_button``, ``close_button``, ``start_button`` (off until a plan allows a run)."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("UPDATE MODEL", objectName="sectionTitle"))
+        lay.addWidget(QLabel("Fine-tune the student on the reviewed flags, against the teachers, then check it "
+                             "against the current model before it goes live.", objectName="dim", wordWrap=True))
+        box = QFrame(objectName="panel")
+        self.form = QFormLayout(box)
+        self.form.setContentsMargins(14, 12, 14, 12)
+        self.form.setVerticalSpacing(8)
+        self.fields = {}
+        for key, caption in FIELDS:
+            value = QLabel("…", objectName="value", wordWrap=True)
+            value.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            self.fields[key] = value
+            self.form.addRow(QLabel(caption, objectName="dim"), value)
+        lay.addWidget(box)
+        # what the reviewed data lack for a run the gate could promote (the job's own split rule)
+        self.missing_label = QLabel("", objectName="error", wordWrap=True, visible=False)
+        self.missing_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        lay.addWidget(self.missing_label)
+        self.push_box = QCheckBox("Push when the gate passes", checked=True)
+        lay.addWidget(self.push_box)
+        lay.addStretch(1)
+        buttons = QHBoxLayout()
+        self.history_button = QPushButton("Model history…")
+        self.start_button = QPushButton("Start update", objectName="primary", enabled=False)
+        self.close_button = QPushButton("Close")
+        buttons.addWidget(self.history_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.close_button)
+        buttons.addWidget(self.start_button)
+        lay.addLayout(buttons)
+
+    def clear(self) -> None:
+        """A plan is being made: every field "…", Start off."""
+        self.start_button.setEnabled(False)
+        for v in self.fields.values():
+            v.setText("…")
+
+    def show_plan(self, plan: UpdatePlan) -> None:
+        """Fill the fields from ``plan``; Start is on only if the gate could promote its candidate."""
+        r, p = plan.review, plan.patches
+        f = self.fields
+        f["reviewed"].setText(f"{r.crack} crack, {r.no_crack} no crack  ({p['frames']} frames exported)")
+        f["tiles"].setText(f"{p['crack']} crack, {p['no_crack']} no crack  ({plan.labelled_tiles} tiles)")
+        f["unlabelled"].setText(f"{r.unreviewed} unreviewed + {r.unsure} unsure  ({p['unlabelled']} tiles, "
+                                f"labelled by the teachers)")
+        f["left_out"].setText(f"{p['needs_tiles']} crack frames without tile labels" if p["needs_tiles"] else "none")
+        f["replay"].setText(f"base data replay, chosen by the job (≈ {replay_tiles(plan.labelled_tiles)} patches "
+                            f"at its default of {REPLAY_RATIO:g} per reviewed tile)")
+        b = plan.base
+        f["base"].setText(f"{b.label} — {'running on ' + b.where if b.where != 'this laptop' else 'this laptop'}"
+                          + (f"\n{b.note}" if b.note else ""))
+        f["estimate"].setText(f"≈ {format_duration(plan.estimate_s)}  (an estimate from the counts; this "
+                              f"laptop keeps its live view running meanwhile)")
+        target = f"to {plan.device}" if plan.device else "into this laptop's live view"
+        self.push_box.setText(f"Push when the gate passes ({target})")
+        sp = plan.split
+        f["validation"].setText("—" if sp is None else
+                                f"{sp.val_crack} crack, {sp.val_clean} clean tiles from {len(sp.val)} frames held out "
+                                f"to judge the candidate (at least {SITE_MIN_PER_CLASS} of each)")
+        missing = plan.missing
+        self.missing_label.setText("Start is off until the reviewed data can show a gain, because the gate could "
+                                   "not promote any candidate: " + "; ".join(missing) if missing else "")
+        self.missing_label.setVisible(bool(missing))
+        ok = plan.labelled_tiles > 0 and b.path is not None and not missing
+        self.start_button.setEnabled(ok)
+        self.start_button.setToolTip("; ".join(missing))

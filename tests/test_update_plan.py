@@ -1,0 +1,163 @@
+"""Update model, before the run: the pieces without Qt (the command, the training base, the
+events folded into a state, the model history's registry), the plan page of the update dialog
+over a real flag store of real frames, and the base model chosen from the paired device.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inspector.paths import default_model
+from inspector.qt.update.view import UpdateDialog
+from inspector.store.database import FlagStore, ModelRef
+from inspector.update.deploy import deploy_to_device
+from inspector.update.history import HistoryError, ModelHistory, ModelVersion
+from inspector.update.job import (UpdateState, comparison_rows, gate_of, parse_output_line, read_update_json,
+                                  training_base, update_command)
+from inspector.update.plan import make_plan
+from support import SHIPPED_VERSION, engine  # noqa: F401  (fixtures)
+from update_support import (FAKE, NEW_VERSION, REPO, LaptopView, _fake_mode, agent, frames, history,  # noqa: F401
+                            make_dialog, one_thread_engine, paired, store)
+
+
+# ---------------------------------------------------------------------------- no Qt: the pieces
+
+def test_update_command_is_built_in_one_place(tmp_path):
+    cmd = update_command("base.crackpkg", tmp_path / "lab", tmp_path / "out", unlabelled=tmp_path / "lab/unlabelled",
+                         seed=3, fast=True, override_reason="site photos were mislabelled", pushed_by="ana",
+                         program=["distill"])
+    assert cmd[:2] == ["distill", "update"]
+    assert cmd[cmd.index("--base") + 1] == "base.crackpkg" and cmd[cmd.index("--seed") + 1] == "3"
+    assert cmd[cmd.index("--confirm") + 1] == "site photos were mislabelled" and "--override-gate" in cmd
+    assert "--fast" in cmd and cmd[cmd.index("--pushed-by") + 1] == "ana"
+    assert update_command("b", "l", "o", program=None)[:3] == [sys.executable, "-m", "distill.cli"]
+
+
+def test_training_base_is_the_fp32_parent_of_the_int8_package():
+    assert training_base(default_model()).name == f"crack-student-{SHIPPED_VERSION.removesuffix('-int8')}.crackpkg" \
+        or training_base(default_model()) == default_model()
+
+
+def test_update_state_folds_the_events_of_a_real_run(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "lab").mkdir()
+    proc = subprocess.run([*FAKE, "update", "--base", str(default_model()), "--labelled", str(tmp_path / "lab"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    state, other = UpdateState(), []
+    for line in proc.stdout.splitlines():
+        event, text = parse_output_line(line)
+        if event is not None:
+            state.apply(event)
+        elif text:
+            other.append(text)
+    assert other == ["a library printed this to stdout"]
+    assert state.outcome == "passed" and state.promoted and state.fraction() == 1.0
+    assert set(state.stages.values()) == {"done"}
+    assert [p[0] for p in state.curves["student"]] == [1, 2, 3] and state.curves["student"][-1][2] == 0.66
+    rows = comparison_rows(gate_of(read_update_json(out)))
+    assert ("golden", "MCC", 0.912, 0.918) in rows
+    assert ("int8_vs_fp32", "agreement", None, 0.994) in rows
+    assert parse_output_line('{"v": 1, "event": "stage"}')[1].startswith("not a valid update event")
+
+
+def test_model_history_registry(tmp_path):
+    h = ModelHistory(tmp_path / "data")
+    assert [v.version for v in h.shipped()] == [SHIPPED_VERSION.removesuffix("-int8")]
+    h.add(ModelVersion("crack-student", "1.2.0", "1.1.0", "2026-01-01T00:00:00Z", int8=str(tmp_path / "a.crackpkg"),
+                       gate_passed=False))
+    h.record_override("crack-student", "1.2.0", "site photos mislabelled", "ana")
+    assert h.updates()[0].override["reason"] == "site photos mislabelled"
+    with pytest.raises(HistoryError):
+        h.laptop_rollback()
+    h.record_laptop_live("crack-student", "1.2.0-int8", "new.crackpkg", previous=("crack-student", "1.1.0-int8", "old"))
+    assert h.laptop_rollback()["package"] == "old"
+    assert [e["kind"] for e in h.events()] == ["override", "live", "rollback"]
+    (tmp_path / "data" / "model-history.json").write_text("{not json")
+    with pytest.raises(HistoryError, match="damaged"):
+        h.updates()
+
+
+# ---------------------------------------------------------------------------- the plan page
+
+def test_plan_shows_what_will_be_used(qtbot, store, history, engine):
+    d = make_dialog(qtbot, store, history, engine)
+    f = {k: v.text() for k, v in d.plan_page.fields.items()}
+    plan = d.plan
+    assert plan.review.reviewed == 28 and plan.review.unsure == 4 and plan.review.unreviewed == 8
+    assert plan.labelled_tiles == 24 * len(engine.inspect(store.load_frame(store.list(limit=1)[0])).tiles)
+    assert f"{plan.labelled_tiles} tiles" in f["tiles"] and "8 unreviewed + 4 unsure" in f["unlabelled"]
+    assert f["replay"].startswith("base data replay, chosen by the job")
+    assert engine.manifest.version in f["base"] and "this laptop" in f["base"]
+    assert "estimate" in f["estimate"]
+    assert d.push_box.isChecked() and "this laptop's live view" in d.push_box.text()
+
+
+def test_plan_says_what_is_missing_and_start_stays_off(qtbot, tmp_path, frames, engine, history):
+    """Reviewed frames that cannot give the site-validation part 5 crack tiles (clean frames and a
+    single frame with crack tiles): the plan says what to label, Start stays off, start() does nothing."""
+    store = FlagStore(tmp_path / "few")
+    m = engine.manifest
+    model = ModelRef(m.name, m.version, m.model_sha256)
+    try:
+        for k, (rgb, result) in enumerate(frames[:12]):
+            rec = store.add(rgb, result.heatmap, result.tiles, reason="manual", source="camera 0", model=model,
+                            crack_prob_max=result.crack_prob_max)
+            n = len(result.tiles)
+            tiles = tuple("crack" if (k == 0 and i < 2) else "no_crack" for i in range(n))
+            store.set_review(rec.id, label="crack" if k == 0 else "no_crack", tile_labels=tiles, reviewer="tester")
+        os.environ["FAKE_UPDATE_MODE"] = "pass"
+        laptop = LaptopView(engine)
+        dialog = UpdateDialog(store, engine=lambda: laptop.engine, swap_engine=laptop.swap, history=history,
+                              program=FAKE, make_engine=one_thread_engine)
+        qtbot.addWidget(dialog)
+        dialog.show()
+        qtbot.waitUntil(lambda: dialog.plan is not None, timeout=30000)
+        plan = dialog.plan
+        assert plan.labelled_tiles > 0 and plan.missing and plan.split.val_crack == 0
+        assert dialog.plan_page.missing_label.isVisible()
+        assert "label at least 3 more frames with a crack tile" in dialog.plan_page.missing_label.text()
+        assert "0 crack" in dialog.plan_page.fields["validation"].text()
+        assert not dialog.start_button.isEnabled()
+        dialog.start()
+        assert dialog.pages.currentIndex() == 0 and dialog.state is None
+    finally:
+        store.close()
+
+
+def test_the_base_is_the_devices_model_when_this_laptop_has_it_else_the_laptops_with_the_reason(
+        store, history, engine, paired, agent, tmp_path):
+    """The dialog's base model follows the device: the same model as the laptop's; a version only
+    the device has (no weights here: the laptop's model, and the note says why); that version
+    once the laptop's history holds it; a device that does not answer."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fake_update import write_candidates
+
+    pairing, pairings = paired
+    m = engine.manifest
+    plan = make_plan(store, m, default_model(), pairing=pairing, history=history)
+    assert (plan.base.version, plan.base.where, plan.base.note) == (m.version, "test-agent", "")
+    assert plan.device == "test-agent"
+
+    (tmp_path / "candidates").mkdir()
+    made = write_candidates(default_model(), tmp_path / "candidates", NEW_VERSION)
+    deploy_to_device(pairing, pairings.signing_key(), made["int8"])
+    plan = make_plan(store, m, default_model(), pairing=pairing, history=history)
+    assert plan.base.version == m.version and plan.base.path == default_model()
+    assert f"runs crack-student {NEW_VERSION}-int8, which this laptop does not have" in plan.base.note
+
+    history.add(ModelVersion(m.name, NEW_VERSION, m.version, "2026-12-03T00:00:00+00:00", int8=made["int8"],
+                             fp32=made["fp32"], checkpoint=made["checkpoint"]))
+    plan = make_plan(store, m, default_model(), pairing=pairing, history=history)
+    assert (plan.base.version, plan.base.where, plan.base.note) == (f"{NEW_VERSION}-int8", "test-agent", "")
+    assert plan.base.path == Path(made["int8"])
+
+    agent.stop()
+    plan = make_plan(store, m, default_model(), pairing=pairing, history=history)
+    assert plan.base.version == m.version and plan.base.where == "this laptop"
+    assert plan.base.note.startswith("test-agent did not answer")
+
