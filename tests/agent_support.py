@@ -4,10 +4,15 @@ and speak plain ``http.client`` to it (imported as ``from agent_support import .
 :class:`Agent` starts the agent as a subprocess and parses its READY line; it can be killed
 (SIGKILL) and started again on the same data folder and port (:meth:`Agent.restart`).
 :func:`signed_variant` and :func:`rewrite_zip` build package variants from the shipped model.
+For the fault tests (push faults, bad packages, fuzzing): :class:`Device` (an agent paired with
+the module's signing key, fixtures ``key`` and ``pkgs``), :func:`check_device` (the device is
+whole after a fault), :func:`device_fixture` and raw-socket helpers (:func:`request_head`,
+:func:`read_all`, :func:`parse_response`, :func:`close_abortively`).
 """
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import http.client
 import io
@@ -16,11 +21,14 @@ import math
 import re
 import select
 import signal
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -30,8 +38,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from inspector.link import protocol
+from inspector.link import framing, protocol
 from inspector.link.protocol import API
+from inspector.agent.repository_state import INCOMING_DIR, PACKAGES_DIR, STATE_FILE
+from inspector.link.signing import SigningKey
+from support import SHIPPED_ID
 
 REPO = Path(__file__).resolve().parents[1]
 READY_RE = re.compile(r"^AGENT READY port=(\d+) tls=([01]) cert_sha256=([0-9a-f]{64}) pairing_code=(\d{6}) data=(.+)$")
@@ -220,7 +231,7 @@ def stream_frames(agent: Agent, token: str, n: int) -> list[protocol.StreamHeade
         assert resp.status == 200, resp.read()
         headers = []
         for _ in range(n):
-            header, jpeg, heat = protocol.read_frame(resp)
+            header, jpeg, heat = framing.read_frame(resp)
             check_frame(header, jpeg, heat)
             headers.append(header)
         return headers
@@ -287,3 +298,183 @@ def rewrite_zip(src: Path, dst: Path, replace: Mapping[str, bytes | dict]) -> Pa
             zout.writestr(item, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
     dst.write_bytes(out.getvalue())
     return dst
+
+
+# ---------------------------------------------------------------------------- devices under faults
+#
+# Shared by test_agent_push_faults.py, test_agent_bad_packages.py and test_agent_fuzz.py: an agent
+# with the shipped model (OLD_ID), paired with the module's signing key, checked whole by check_device.
+
+OLD_ID = SHIPPED_ID                           # the shipped model, given on the agent's command line
+NEW_VERSION = "1.5.0-int8"
+NEW_ID = f"crack-student-{NEW_VERSION}"
+SEED = 20261122
+UPLOAD = f"{API}/models"
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def request_head(method: str, path: str, token: str | None, length: int | None, extra: str = "") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
+
+
+def read_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the peer sends until it closes (or resets) the connection."""
+    sock.settimeout(timeout)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return out
+
+
+def parse_response(raw: bytes) -> tuple[int, bytes] | None:
+    """(status, body) of the first non-1xx response in ``raw``, None if there is none."""
+    while raw.startswith(b"HTTP/1.1 1"):
+        raw = raw.partition(b"\r\n\r\n")[2]
+    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", raw)
+    if not m or b"\r\n\r\n" not in raw:
+        return None
+    return int(m[1]), raw.partition(b"\r\n\r\n")[2]
+
+
+def close_abortively(sock: socket.socket) -> None:
+    """Close with RST instead of FIN (what a crashed router or a pulled cable looks like)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@dataclass
+class Device:
+    """The agent under test and what the test knows about it."""
+
+    agent: Agent
+    token: str
+    expected: str = OLD_ID                   # the last completed activation
+    log: list[str] = field(default_factory=list)
+    fuzzed: int = 0                          # fuzzing: requests sent, operations fuzzed, answers by status
+    fuzzed_ops: set = field(default_factory=set)
+    outcomes: collections.Counter = field(default_factory=collections.Counter)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.agent.data / "models"
+
+    @property
+    def incoming(self) -> Path:
+        return self.models_dir / INCOMING_DIR
+
+    def state_bytes(self) -> bytes:
+        return (self.models_dir / STATE_FILE).read_bytes()
+
+    def listing(self) -> protocol.ModelList:
+        status, _, body = self.agent.request("GET", UPLOAD, token=self.token)
+        assert status == 200, body
+        return protocol.ModelList.from_json(body)
+
+    def note(self, text: str) -> None:
+        self.log.append(text)
+        print(text)
+
+
+def check_device(dev: Device, *, allowed: set[str], expected: str | None, before: protocol.ModelList | None = None,
+                 restarted: bool = False) -> str:
+    """The device is whole: it serves one of ``allowed`` (``expected`` if given) and the
+    stream says so; the models list is ``before`` (if given), has no half entry, every stored
+    file is intact and referenced; nothing is left in incoming/; the agent (re)started without
+    an error. Returns the active model id."""
+    agent = dev.agent
+    assert agent.alive, agent.run_log()
+    if restarted:  # the repository repairs before the agent serves: nothing left from before the kill
+        assert not any(dev.incoming.iterdir()) and not list(dev.models_dir.glob(f".{STATE_FILE}.*.tmp"))
+    st_ = wait_status(agent, dev.token, lambda s: s.model is not None
+                      and (not restarted or any(e["kind"] == "in-service" for e in s.events)))
+    assert st_.model is not None, f"no model in service; events {st_.events}\n{agent.run_log()}"
+    active = st_.model["id"]
+    assert active in allowed, (active, allowed)
+    if expected is not None:
+        assert active == expected, f"serving {active}, the last completed activation was {expected}"
+    # the model verifies: it runs, and what the stream says matches the status
+    frames = stream_frames(agent, dev.token, 3)
+    assert [h.model_id for h in frames] == [active] * 3
+    bad_events = [e for e in st_.events if e["kind"] in ("error", "auto-rollback", "failed")]
+    assert not bad_events, bad_events
+
+    listing = dev.listing()
+    assert listing.active == active
+    infos = listing.infos()
+    ids = [i.id for i in infos]
+    assert len(ids) == len(set(ids)) and OLD_ID in ids and set(ids) <= {OLD_ID, NEW_ID}, ids
+    if before is not None:
+        assert listing.models == before.models, "the models list changed although nothing was stored"
+    state = json.loads(dev.state_bytes())
+    assert state["active"] == active and state["failed"] == {} and set(state["models"]) == set(ids)
+    packages = dev.models_dir / PACKAGES_DIR
+    files = {e["file"] for e in state["models"].values()}
+    assert {p.name for p in packages.iterdir()} == files, "a package file no stored model refers to"
+    for info in infos:
+        entry = state["models"][info.id]
+        path = packages / entry["file"]
+        assert sha256_file(path) == entry["file"].removesuffix(".crackpkg") and path.stat().st_size == info.size
+    wait_for(lambda: not any(dev.incoming.iterdir()), 10.0, f"{dev.incoming} to be empty")
+    assert not list(dev.models_dir.glob(f".{STATE_FILE}.*.tmp"))
+
+    log = agent.run_log()
+    assert "Traceback" not in log and " ERROR " not in log and " CRITICAL " not in log, log
+    for line in log.splitlines():
+        if "model repository:" in line:  # what a restart repaired: only the traces of an interrupted write
+            assert re.search(r"removed an unfinished upload|removed an unfinished state write|"
+                             r"removed packages/\w+\.crackpkg: no stored model refers to it", line), line
+    return active
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    """The app's signing key; its public half is given at pairing."""
+    return SigningKey.generate()
+
+
+@pytest.fixture(scope="module")
+def pkgs(tmp_path_factory, key) -> Path:
+    """The package folder: ``new.crackpkg`` (NEW_ID, signed by ``key``) and the bad variants."""
+    d = tmp_path_factory.mktemp("packages")
+    signed_variant(d / "new.crackpkg", key, version=NEW_VERSION)
+    return d
+
+
+def paired_device(tmp_path_factory, key, name: str) -> Device:
+    agent = Agent(tmp_path_factory.mktemp(name) / "data", tls=False)
+    dev = Device(agent, pair_token(agent, key.public_b64(), name="fault tester"))
+    check_device(dev, allowed={OLD_ID}, expected=OLD_ID)
+    return dev
+
+
+def device_fixture(name: str):
+    """A class-scoped fixture ``{name}_device``: a paired agent of its own, stopped afterwards."""
+    @pytest.fixture(scope="class", name=f"{name}_device")
+    def fixture(tmp_path_factory, key):
+        dev = paired_device(tmp_path_factory, key, name)
+        yield dev
+        if dev.agent.alive:
+            dev.agent.stop()
+    return fixture

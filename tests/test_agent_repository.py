@@ -1,21 +1,16 @@
-"""The model store on the device (``inspector.agent.repository``), with real packages.
-
-Every package is the shipped int8 student or a variant of it: new versions and signatures
-written with ``write_package``; broken ones (wrong hash, wrong label count, a manifest changed
-after signing) by rewriting the manifest inside the zip, since ``write_package`` refuses to
-write them. A repository with the shipped model active and 1.1.1 stored is built once and
-copied for each test. The crash test kills a child process (``repository_child.py``) at random
-moments while it activates or receives, over one repository.
+"""The model store on the device (``inspector.agent.repository``), with real packages: storing,
+verifying and refusing uploads, activating, rolling back, failures, the gate of the signed
+lineage. Fixtures and packages: ``repository_support.py``; what opening repairs and the
+SIGKILL test: ``test_agent_repository_recovery.py``.
 """
+from __future__ import annotations
+
 import errno
 import hashlib
 import io
 import json
 import os
-import random
 import shutil
-import signal
-import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -26,109 +21,9 @@ from inspector.agent.repository import ModelRepository
 from inspector.agent.repository_state import RepositoryError
 from inspector.edge.package import load_package, write_package
 from inspector.link.protocol import ApiError, ModelList
-from inspector.link.signing import SigningKey
-from support import SHIPPED, SHIPPED_ID, SHIPPED_VERSION, run_and_kill
-
-REPO = Path(__file__).resolve().parents[1]
-BASE = SHIPPED_ID
-V111, V112, V113 = "crack-student-1.1.1", "crack-student-1.1.2", "crack-student-1.1.3"
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def key() -> SigningKey:
-    return SigningKey.generate()
-
-
-@pytest.fixture(scope="module")
-def trusted(key) -> dict[str, bytes]:
-    return {key.key_id: key.public_bytes()}
-
-
-def rezip(src: Path, dst: Path, **manifest_changes) -> Path:
-    """``src`` with its manifest changed, no validation (ZIP_STORED: quick)."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for name in zin.namelist():
-            data = zin.read(name)
-            if name == "manifest.json":
-                data = json.dumps({**json.loads(data), **manifest_changes}).encode()
-            zout.writestr(name, data)
-    return dst
-
-
-@pytest.fixture(scope="module")
-def pkgs(tmp_path_factory, key) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("packages")
-    base = load_package(SHIPPED, verify_reference=False)
-    m = base.manifest.to_dict()
-
-    def write(name: str, manifest: dict, verify: bool = False) -> Path:
-        return write_package(out / f"{name}.crackpkg", manifest, base.onnx_bytes, base.reference, verify=verify)
-
-    def signed(**changes) -> dict:
-        return key.sign_manifest({**m, **changes})
-
-    p = {"v111": write("v111", signed(version="1.1.1"), verify=True),
-         "v112": write("v112", signed(version="1.1.2")),
-         "v113": write("v113", signed(version="1.1.3")),
-         "v111_rebuilt": write("v111_rebuilt", signed(version="1.1.1", extra={"rebuilt": True})),
-         "unsigned": write("unsigned", {**m, "version": "1.2.0"}),
-         "stranger": write("stranger", SigningKey.generate().sign_manifest({**m, "version": "1.2.0"})),
-         "swapped_labels": write("swapped", signed(version="1.2.0", labels=["crack", "no_crack"]))}
-    p["wrong_sha"] = rezip(p["v112"], out / "wrong_sha.crackpkg", model_sha256="0" * 64)
-    p["three_labels"] = rezip(p["v112"], out / "three.crackpkg",
-                              **signed(version="1.2.0", labels=["no_crack", "crack", "spalling"]))
-    p["tampered"] = rezip(p["v112"], out / "tampered.crackpkg", version="1.2.0")  # signature of 1.1.2
-    (out / "garbage.crackpkg").write_bytes(b"definitely not a zip archive\n" * 1000)
-    p["garbage"] = out / "garbage.crackpkg"
-    (out / "truncated.crackpkg").write_bytes(p["v112"].read_bytes()[:5_000_000])
-    p["truncated"] = out / "truncated.crackpkg"
-    return p
-
-
-@pytest.fixture(scope="module")
-def seed(tmp_path_factory, pkgs, trusted) -> Path:
-    """A repository: the shipped model imported (active), 1.1.1 uploaded (stored)."""
-    root = tmp_path_factory.mktemp("seed") / "repo"
-    with ModelRepository(root, trusted_keys=lambda: trusted) as repo:
-        repo.import_local(SHIPPED)
-        upload(repo, pkgs["v111"])
-    return root
-
-
-@pytest.fixture()
-def open_repo(tmp_path, seed, trusted):
-    """``open_repo(**kw)``: a copy of the seed repository (or ``root=``), closed after the test."""
-    opened = []
-
-    def _open(root: Path | None = None, **kw) -> ModelRepository:
-        if root is None:
-            root = tmp_path / "repo"
-            if not root.exists():
-                shutil.copytree(seed, root)
-        kw.setdefault("trusted_keys", lambda: trusted)
-        repo = ModelRepository(root, **kw)
-        opened.append(repo)
-        return repo
-
-    yield _open
-    for repo in opened:
-        repo.close()
-
-
-def upload(repo: ModelRepository, path: Path):
-    data = path.read_bytes()
-    return repo.receive(io.BytesIO(data), len(data))
-
-
-def files(folder: Path) -> set[str]:
-    return {f.name for f in folder.iterdir()}
-
-
-def referenced(root: Path) -> set[str]:
-    return {m["file"] for m in json.loads((root / "state.json").read_text())["models"].values()}
+from support import SHIPPED, SHIPPED_ID, SHIPPED_VERSION
+from repository_support import BASE, V111, V112, files, referenced, upload
+from repository_support import key, open_repo, pkgs, seed, trusted  # noqa: F401 - fixtures, used by name
 
 
 # --------------------------------------------------------------------------- storing and switching
@@ -399,130 +294,6 @@ def test_concurrent_uploads_of_one_package(open_repo, pkgs):
     assert errors == [] and len(results) == 2 and results[0] == results[1]
     assert files(repo.root / "packages") == referenced(repo.root) and len(referenced(repo.root)) == 3
     assert [e["kind"] for e in repo.events].count("stored") == 1
-
-
-# --------------------------------------------------------------------------- recovery
-
-
-def test_open_removes_leftovers(open_repo, pkgs):
-    repo = open_repo()
-    root, listing = repo.root, repo.list()
-    repo.close()
-    (root / "incoming" / "0123abcd.part").write_bytes(b"half an upload")
-    (root / "incoming" / "stray-dir").mkdir()
-    orphan = root / "packages" / f"{'ab' * 32}.crackpkg"
-    shutil.copy(pkgs["v112"], orphan)  # stored, but killed before state.json named it
-    (root / ".state.json.1234.tmp").write_text("{half")
-    repo = open_repo(root)
-    assert len(repo.recovered) == 4 and any(orphan.name in r for r in repo.recovered)
-    assert repo.list() == listing and files(root / "incoming") == set() and not orphan.exists()
-    assert not list(root.glob(".state.json.*")) and files(root / "packages") == referenced(root)
-    assert {e["kind"] for e in repo.events} == {"recovered"}
-    repo.close()
-    assert open_repo(root).recovered == []
-
-
-def test_damaged_or_missing_active_falls_back(open_repo):
-    repo = open_repo()
-    root = repo.root
-    repo.activate(V111)
-    damaged = repo.active_path()
-    repo.close()
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped bit on the eMMC
-    damaged.write_bytes(bytes(data))
-    repo = open_repo(root)
-    assert repo.list().active == BASE and V111 in repo.failed
-    assert any("damaged" in r for r in repo.recovered) and repo.events[-1]["kind"] == "auto-rollback"
-    with pytest.raises(RepositoryError) as err:
-        repo.activate(V111)
-    assert (err.value.status, err.value.code) == (500, "corrupt_package") and repo.list().active == BASE
-    base_file = repo.active_path()
-    repo.close()
-    base_file.unlink()
-    repo = open_repo(root)
-    assert repo.active() is None and BASE not in {m["id"] for m in repo.list().models}
-    assert any("missing" in r for r in repo.recovered)
-    assert json.loads((root / "state.json").read_text())["active"] is None
-
-
-def test_corrupt_state_is_rebuilt_without_an_active_model(open_repo, pkgs, key):
-    repo = open_repo()
-    root = repo.root
-    repo.close()
-    junk = root / "packages" / f"{'cd' * 32}.crackpkg"
-    junk.write_bytes(b"junk")
-    (root / "state.json").write_bytes(b'{"active": "crack-st')  # torn by a broken disk, not by us
-    repo = open_repo(root)
-    assert (root / "state.json.corrupt").read_bytes() == b'{"active": "crack-st'
-    listing = repo.list()
-    assert listing.active is None and listing.previous == [] and {m["id"] for m in listing.models} == {BASE, V111}
-    assert repo.info(V111).signed_by == key.key_id and repo.info(BASE).signed_by is None
-    assert not junk.exists() and files(root / "packages") == referenced(root)
-    assert any("corrupt" in r for r in repo.recovered)
-    # At start the agent imports its command-line model: already stored, it becomes active.
-    assert repo.import_local(SHIPPED).id == BASE and repo.list().active == BASE
-    repo.close()
-    (root / "state.json").unlink()  # deleted by hand: rebuilt as well
-    repo = open_repo(root)
-    assert {m["id"] for m in repo.list().models} == {BASE, V111} and repo.active() is None
-
-
-# --------------------------------------------------------------------------- crash test
-
-
-def test_sigkill_leaves_a_consistent_repository(tmp_path, seed, pkgs, key, trusted):
-    """A child activating/rolling back or receiving uploads is killed at random moments (17
-    times, one repository): state.json always parses and names the last reported active model
-    or the one being switched to, every reported upload is kept, and the final open leaves no
-    temporary or unreferenced file and an active model that passes the full package check."""
-    root = tmp_path / "repo"
-    shutil.copytree(seed, root)
-    rng = random.Random(11)
-    runs = ([("activate", True, rng.uniform(0.0, 0.5)) for _ in range(7)]
-            + [("receive", True, rng.uniform(0.05, 1.5)) for _ in range(6)]
-            + [("activate", False, 0.0), ("receive", False, 0.01), ("activate", False, 0.02)]
-            # one upload given time to finish even on a loaded machine, so "every reported upload is
-            # kept" is always exercised (under load the random delays could all cut uploads short)
-            + [("receive", True, 4.0)])
-    rng.shuffle(runs)
-    active = json.loads((root / "state.json").read_text())["active"]
-    promised, cleaned, switched = set(), 0, 0
-    for run, (mode, after_open, delay) in enumerate(runs):
-        cmd = [sys.executable, str(REPO / "tests" / "repository_child.py"), str(root), str(run), mode,
-               key.public_b64(), str(pkgs["v112"]), str(pkgs["v113"])]
-        proc = run_and_kill(cmd, delay, lines=2 if after_open else 1)
-        assert proc.stdout.startswith("ready\n") and proc.returncode == -signal.SIGKILL, \
-            f"run {run}: {proc.stdout}{proc.stderr}"
-        allowed = {active}
-        for line in proc.stdout.splitlines():
-            word, _, arg = line.partition(" ")
-            if word == "opened":
-                cleaned += int(arg)
-            elif word == "activating":
-                allowed = {active, arg}
-            elif word == "active":
-                active, allowed = arg, {arg}
-                switched += 1
-            elif word == "stored":
-                promised.add(arg)
-        state = json.loads((root / "state.json").read_text())  # never torn
-        assert state["active"] in allowed, f"run {run}: active {state['active']}, expected one of {allowed}"
-        assert promised <= set(state["models"])
-        active = state["active"]
-
-    with ModelRepository(root, trusted_keys=lambda: trusted) as repo:
-        cleaned += len(repo.recovered)
-        listing = repo.list()
-        assert files(root / "incoming") == set() and files(root / "packages") == referenced(root)
-        assert listing.active == active and promised <= {m["id"] for m in listing.models}
-        assert load_package(repo.active_path()).manifest.labels == ("no_crack", "crack")
-    with ModelRepository(root, trusted_keys=lambda: trusted) as repo:
-        assert repo.recovered == []
-    print(f"\ncrash test: {len(runs)} kills, {switched} switches reported, uploads kept: {sorted(promised)}, "
-          f"{cleaned} leftovers cleaned up on open")
-    # It proves something only if kills landed mid-work: switches happened and uploads were cut.
-    assert switched >= 10 and cleaned >= 1 and promised
 
 
 def test_the_model_list_shows_the_gate_of_the_signed_lineage_and_a_refused_candidate_needs_the_override(
