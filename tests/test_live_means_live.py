@@ -11,7 +11,8 @@ import time
 import pytest
 
 from inspector.link import protocol
-from inspector.update.plan import NotLiveError, ModelUpdateError, wait_until_live
+from inspector.update.deploy import NotLiveError, wait_until_live
+from inspector.update.plan import ModelUpdateError
 from test_agent_runtime import make_runtime, model_ids  # noqa: F401 - the fixture
 
 SHA = "ab" * 32

@@ -1,38 +1,22 @@
-"""A model update seen from the app: what goes in, the ``distill update`` command, its events,
-its verdict, and going live on a device. Plain Python (no Qt, no torch): the update dialog
-(:mod:`inspector.qt.update.view`) and the tests drive it.
+"""A model update seen from the app, before it starts: what goes in. Plain Python (no Qt, no torch).
 
-The update itself runs in its own process (``distill update``, torch stays out of the app's
-window); it reports JSON-lines events (:mod:`inspector.update.protocol`), which
-:class:`UpdateState` folds into what the dialog shows: stage states, progress, the loss and
-validation-MCC curves per epoch, the gate verdict, the result. :func:`update_command` is the one
-place the command line is built, so a bundle can swap in its own ``distill`` executable
-(:func:`distill_program`).
-
-Going live on a device: :func:`deploy_to_device` signs and uploads the INT8 candidate, activates
-it (the agent answers only after the model passed its first live inferences, or rolls back by
-itself and says why) and then polls the device's status until it reports that very model
-(name, version, sha256) in service with frames flowing (:func:`wait_until_live`).
+:func:`make_plan` counts what the flag store gives, chooses the base model (the paired device's
+when this laptop has its package) and estimates the duration; :func:`site_split` is the one rule
+that cuts the reviewed frames into adapt and site validation, shared with ``distill update``, so
+the plan says before Start what the job will find. :class:`ModelUpdateError` is the root of the
+update's errors (:mod:`inspector.update.job`, :mod:`inspector.update.deploy`).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
-import sys
-import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from inspector.update import protocol as U
 from inspector.errors import InspectorError
-
-DISTILL_ENV = "CRACK_DISTILL"          # a `distill` executable to use instead of `python -m distill.cli`
-LIVE_TIMEOUT_S = 60.0                  # after activation: how long to wait for the device to report it live
-LIVE_POLL_S = 0.5
 
 # The time estimate (seconds): a simple model of distill update's stages, from a measured run on
 # the 2-core laptop (update.json "timings_s"); an estimate, and the dialog says so.
@@ -70,7 +54,7 @@ class BaseModel:
 
 @dataclass(frozen=True)
 class UpdatePlan:
-    """What an update will use: ``review`` (:class:`~inspector.store.database.ReviewCounts`), ``patches``
+    """What an update will use: ``review`` (:class:`~inspector.store.query.ReviewCounts`), ``patches``
     (:func:`~inspector.store.export.count_export` with unreviewed frames), the ``base`` model,
     ``device`` (the paired device's name, or None) and ``estimate_s``."""
 
@@ -117,7 +101,8 @@ def make_plan(store, laptop_manifest, laptop_package: str | os.PathLike | None, 
 
 
 def _device_base(pairing, laptop: BaseModel, history) -> BaseModel:
-    from inspector.link.client import DeviceClient, DeviceError
+    from inspector.link.client import DeviceClient
+    from inspector.link.connection import DeviceError
 
     try:
         status = DeviceClient.from_pairing(pairing).status()
@@ -308,339 +293,3 @@ def read_manifest(path: str | os.PathLike) -> dict:
             return json.loads(zf.read("manifest.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelUpdateError(f"{path}: not a readable model package ({exc})") from None
-
-
-def training_base(package: str | os.PathLike) -> Path:
-    """The package to pass as ``--base``: an INT8 package's FP32 parent when it lies beside it
-    (``NAME-PARENT.crackpkg``; training starts from float weights), else the package itself."""
-    package = Path(package)
-    m = read_manifest(package)
-    if (m.get("quantization") or {}).get("type") == "int8-qdq" and m.get("parent_version"):
-        parent = package.with_name(f"{m['name']}-{m['parent_version']}.crackpkg")
-        if parent.is_file():
-            return parent
-    return package
-
-
-def distill_program() -> list[str]:
-    """How to start ``distill``: ``$CRACK_DISTILL`` (a bundle's own executable), a ``distill``
-    beside a frozen app's executable, else this interpreter with ``-m distill.cli`` (a checkout)."""
-    env = os.environ.get(DISTILL_ENV)
-    if env:
-        return [env]
-    if getattr(sys, "frozen", False):
-        beside = Path(sys.executable).with_name("distill" + (".exe" if os.name == "nt" else ""))
-        if beside.is_file():
-            return [str(beside)]
-        found = shutil.which("distill")
-        if found:
-            return [found]
-    return [sys.executable, "-m", "distill.cli"]
-
-
-def update_command(base: str | os.PathLike, labelled: str | os.PathLike, out: str | os.PathLike, *,
-                   unlabelled: str | os.PathLike | None = None, seed: int | None = None, fast: bool = False,
-                   override_reason: str | None = None, pushed_by: str | None = None,
-                   extra: list[str] | None = None, program: list[str] | None = None) -> list[str]:
-    """The ``distill update`` command line (argv), the one place it is built."""
-    cmd = [*(program or distill_program()), "update", "--base", str(base), "--labelled", str(labelled),
-           "--out", str(out)]
-    if unlabelled is not None:
-        cmd += ["--unlabelled", str(unlabelled)]
-    if seed is not None:
-        cmd += ["--seed", str(int(seed))]
-    if fast:
-        cmd.append("--fast")
-    if override_reason:
-        cmd += ["--override-gate", "--confirm", override_reason]
-    if pushed_by:
-        cmd += ["--pushed-by", pushed_by]
-    return cmd + list(extra or ())
-
-
-# ---------------------------------------------------------------------------- the events
-
-@dataclass
-class UpdateState:
-    """What the events of one run said so far (:meth:`apply` each event in order).
-
-    ``stages``: name → "pending" | "running" | "done" | "skipped" | "failed" | "cancelled";
-    ``curves``: model ("student", "teacher:<arch>") → [(epoch, loss, val_mcc or None)];
-    ``outcome``: "running", then "passed", "failed" (the gate said no), "error" or "cancelled".
-    """
-
-    stages: dict[str, str] = field(default_factory=lambda: {s: "pending" for s in U.STAGES})
-    stage_detail: dict[str, str] = field(default_factory=dict)
-    base: dict | None = None
-    out: str | None = None
-    current: str | None = None
-    progress: tuple[int, int] | None = None          # (done, total) of the current stage
-    eta_s: float | None = None
-    epochs: dict[str, int] = field(default_factory=dict)
-    curves: dict[str, list[tuple[int, float, float | None]]] = field(default_factory=dict)
-    logs: list[tuple[str, str]] = field(default_factory=list)
-    gate: dict | None = None
-    result: dict | None = None
-    error: str | None = None
-    cancelled_at: str | None = None
-    started: float = field(default_factory=time.monotonic)
-
-    def apply(self, event: dict) -> None:
-        kind = event["event"]
-        getattr(self, f"_on_{kind}")(event)
-
-    # each event kind ------------------------------------------------------------------
-    def _on_start(self, e: dict) -> None:
-        self.base, self.out = e["base"], e["out"]
-        self.stages = {str(s): "pending" for s in e["stages"]}
-
-    def _on_stage(self, e: dict) -> None:
-        name, status = e["stage"], e["status"]
-        self.stages[name] = {"start": "running", "done": "done", "skipped": "skipped"}[status]
-        if e.get("detail"):
-            self.stage_detail[name] = str(e["detail"])
-        if status == "start":
-            self.current, self.progress, self.eta_s = name, None, None
-
-    def _on_progress(self, e: dict) -> None:
-        self.current = e["stage"]
-        if self.stages.get(self.current) == "pending":
-            self.stages[self.current] = "running"
-        self.progress = (int(e["done"]), max(1, int(e["total"])))
-        eta = e.get("eta_s")
-        self.eta_s = float(eta) if isinstance(eta, (int, float)) and math.isfinite(eta) else None
-
-    def _on_epoch(self, e: dict) -> None:
-        val = e.get("val_mcc")
-        point = (int(e["epoch"]), float(e["loss"]), float(val) if isinstance(val, (int, float)) else None)
-        self.curves.setdefault(str(e["model"]), []).append(point)
-        self.epochs[str(e["model"])] = int(e["epochs"])
-
-    def _on_log(self, e: dict) -> None:
-        self.logs.append((e["level"], str(e["message"])))
-
-    def _on_gate(self, e: dict) -> None:
-        self.gate = e
-
-    def _on_result(self, e: dict) -> None:
-        self.result = e
-
-    def _on_error(self, e: dict) -> None:
-        self.error = str(e["message"])
-        stage = e.get("stage") or self.current
-        if stage in self.stages:
-            self.stages[stage] = "failed"
-
-    def _on_cancelled(self, e: dict) -> None:
-        self.cancelled_at = e["stage"]
-        for name, state in self.stages.items():
-            if state == "running":
-                self.stages[name] = "cancelled"
-
-    # derived -------------------------------------------------------------------------
-    @property
-    def finished(self) -> bool:
-        return self.result is not None or self.error is not None or self.cancelled_at is not None
-
-    @property
-    def outcome(self) -> str:
-        if self.cancelled_at is not None:
-            return "cancelled"
-        if self.error is not None:
-            return "error"
-        if self.result is not None:
-            return "passed" if self.gate_passed else "failed"
-        return "running"
-
-    @property
-    def gate_passed(self) -> bool:
-        return bool(self.gate and self.gate.get("passed"))
-
-    @property
-    def promoted(self) -> bool:
-        return bool(self.result and self.result.get("promoted"))
-
-    def failed_rules(self) -> list[dict]:
-        return [r for r in (self.gate or {}).get("rules", []) if isinstance(r, dict) and not r.get("passed")]
-
-    def fraction(self) -> float:
-        """Share of the whole job done: finished stages plus the current stage's progress."""
-        names = list(self.stages)
-        if not names:
-            return 0.0
-        finished = sum(s in ("done", "skipped") for s in self.stages.values())
-        part = 0.0
-        if self.current in self.stages and self.stages[self.current] == "running" and self.progress:
-            done, total = self.progress
-            part = min(1.0, done / total)
-        return min(1.0, (finished + part) / len(names))
-
-    def time_left(self, now: float | None = None) -> tuple[float | None, str]:
-        """(seconds, how it was reckoned): the job's own ETA for the current stage when it gives
-        one, else the elapsed time scaled by the share still to do."""
-        if self.eta_s is not None:
-            return self.eta_s, f"left in {self.current}"
-        frac = self.fraction()
-        if frac <= 0.02:
-            return None, "left"
-        elapsed = (time.monotonic() if now is None else now) - self.started
-        return elapsed * (1 - frac) / frac, "left (from the time so far)"
-
-
-def parse_output_line(line: str) -> tuple[dict | None, str | None]:
-    """(event, None) for an event line, (None, text) for any other line worth logging
-    (a library's print, or an event that breaks the schema: said so), (None, None) for blank."""
-    try:
-        event = U.parse_line(line)
-    except U.UpdateProtocolError as exc:
-        return None, f"not a valid update event ({exc}): {line.strip()[:300]}"
-    if event is not None:
-        return event, None
-    text = line.strip()
-    return None, (text or None)
-
-
-# ---------------------------------------------------------------------------- the verdict
-
-# Metric rows of the before/after table, in order, with what the app calls them.
-# MCC is what the gate judges, F1 the number inspectors know; sets measured on the candidate only
-# (INT8 vs FP32) show their own numbers.
-TABLE_METRICS = (("mcc", "MCC"), ("f1", "F1"), ("agreement", "agreement"))
-
-
-def read_update_json(out_dir: str | os.PathLike) -> dict | None:
-    """``OUT/update.json`` (the job's record: gate verdict, metrics, lineage), or None."""
-    path = Path(out_dir) / "update.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ModelUpdateError(f"{path}: cannot read the update record ({exc})") from None
-
-
-def gate_of(record: dict | None) -> dict | None:
-    """The gate verdict ({passed, rules, metrics}) inside an update.json, wherever it sits."""
-    if not isinstance(record, dict):
-        return None
-    gate = record.get("gate")
-    if isinstance(gate, dict) and "rules" in gate:
-        return gate
-    if "rules" in record and "passed" in record:
-        return record
-    return None
-
-
-def comparison_rows(gate: dict | None) -> list[tuple[str, str, float | None, float | None]]:
-    """Rows (set, metric, base, candidate) of the before/after table from a gate's ``metrics``:
-    every set (golden set, site validation, INT8 agreement, ...), the metrics of
-    :data:`TABLE_METRICS` that either side reports, numbers or None."""
-    rows = []
-    metrics = (gate or {}).get("metrics") or {}
-    for set_name, sides in metrics.items():
-        if not isinstance(sides, dict):
-            continue
-        base = sides.get("base") if isinstance(sides.get("base"), dict) else {}
-        cand = sides.get("candidate") if isinstance(sides.get("candidate"), dict) else {}
-        if not base and not cand and any(isinstance(v, (int, float)) for v in sides.values()):
-            cand = sides                     # a set measured on the candidate only (e.g. INT8 agreement)
-        keys = [k for k, _ in TABLE_METRICS if k in base or k in cand]
-        if not base:
-            keys += [k for k in cand if k not in keys and k != "n" and isinstance(cand[k], (int, float))][:2]
-        for k in keys:
-            rows.append((str(set_name), dict(TABLE_METRICS).get(k, k.replace("_", " ")), _num(base.get(k)),
-                         _num(cand.get(k))))
-    return rows
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def rule_text(rule: dict) -> str:
-    """``name: detail`` (the job's own words, with its numbers), else ``name value (limit L)``."""
-    name = str(rule.get("name", "rule"))
-    if rule.get("detail"):
-        return f"{name}: {rule['detail']}"
-    value, limit = rule.get("value"), rule.get("limit")
-    return f"{name} {_fmt(value)} (limit {_fmt(limit)})" if value is not None or limit is not None else name
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-# ---------------------------------------------------------------------------- going live on a device
-
-class NotLiveError(ModelUpdateError):
-    """The model is active on the device but no frame of its camera has been computed by it:
-    activated, not live (the message says the camera's state)."""
-
-
-def wait_until_live(client, name: str, version: str, sha256: str, *, timeout: float = LIVE_TIMEOUT_S,
-                    poll: float = LIVE_POLL_S, progress: Callable[..., None] | None = None):
-    """Poll ``client.status()`` until the device reports model ``name`` ``version`` (``sha256``)
-    in service **and** frames of its camera computed by that model and passed by the agent's
-    live check (``model_frames``/``model_checked``: counted from the swap, so the old model's
-    frames never count); the :class:`~inspector.link.protocol.Status`.
-
-    ModelUpdateError if another model is in service after an auto-rollback, or after ``timeout``;
-    :class:`NotLiveError` when the model is in service but the camera delivers no frames (a camera
-    neither live nor connecting), which is "activated", never "live"."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        status = client.status()
-        model = status.model or {}
-        ours = model.get("name") == name and model.get("version") == version and model.get("sha256") == sha256
-        camera = status.camera if isinstance(status.camera, dict) else {}
-        state = camera.get("state")
-        if ours and status.model_checked and status.model_frames > 0:
-            return status
-        if ours and state not in ("live", "connecting"):
-            raise NotLiveError(f"{name} {version} is active on {status.agent_name}, but its camera is {state} "
-                               f"({camera.get('message') or 'no message'}): no frame computed by it yet, so it "
-                               f"is not live")
-        rolled = [e for e in status.events if e.get("kind") == "auto-rollback" and f"{name}-{version}" in
-                  str(e.get("message", ""))]
-        if rolled and not ours:
-            raise ModelUpdateError(f"{status.agent_name} rolled {name} {version} back: {rolled[-1].get('message')}")
-        if progress is not None and (model.get("version"), status.model_frames) != last:
-            last = (model.get("version"), status.model_frames)
-            progress("waiting", f"{status.agent_name}: {model.get('name', '?')} {model.get('version', '?')} "
-                                f"in service, {status.model_frames} frames computed by it, {status.fps:.1f} fps")
-        if time.monotonic() > deadline:
-            seen = f"{status.model_frames} frames computed by it" if ours else \
-                f"in service: {model.get('name', 'none')} {model.get('version', '')}"
-            raise ModelUpdateError(f"{status.agent_name} did not report {name} {version} live on checked frames "
-                              f"within {timeout:.0f} s ({seen}; camera {state})")
-        time.sleep(poll)
-
-
-def deploy_to_device(pairing, signing_key, package: str | os.PathLike, *, timeout: float = LIVE_TIMEOUT_S,
-                     progress: Callable[..., None] | None = None):
-    """Sign, upload (skipped if the device already stores this very version), activate ``package``
-    on the paired device, then wait until it reports it live. Returns (ModelInfo, Status)."""
-    from inspector.link.client import DeviceClient, DeviceError
-
-    client = DeviceClient.from_pairing(pairing)
-
-    def uploaded(sent: int, total: int) -> None:
-        if progress is not None:
-            progress("upload", sent, total)
-
-    info, _ = client.install(package, signing_key, uploaded, activate=False)
-
-    def activating(act) -> None:
-        if progress is not None:
-            progress("activating", f"{pairing.agent_name}: {act.message} ({act.state}, {act.elapsed_s:.0f} s)")
-
-    try:  # polls the device's status: a first TensorRT build takes minutes on a Jetson Nano
-        client.activate(info.id, progress=activating)
-    except DeviceError as exc:
-        raise ModelUpdateError(f"{pairing.agent_name} did not take {info.name} {info.version}: {exc}") from exc
-    if progress is not None:
-        progress("activated", f"{info.id} activated on {pairing.agent_name}; waiting for it to run live")
-    status = wait_until_live(client, info.name, info.version, info.sha256, timeout=timeout,
-                             progress=None if progress is None else lambda *a: progress(*a))
-    return info, status
