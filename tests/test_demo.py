@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from inspector.link.demo import PID_FILE, DemoDevice, DemoError, agent_program, demo_data_dir
-from inspector.link.client import DeviceClient, PairingStore, client_name
+from inspector.link.client import DeviceClient
+from inspector.link.pairing import PairingStore, client_name
 from inspector.live.flagging import Flagger, FlagPolicy
 from inspector.paths import sample_video
 from inspector.capture.sources import parse_source
@@ -160,7 +161,7 @@ def test_a_crashed_demo_device_says_so(tmp_path):
 ORPHAN_MAKER = """
 import sys
 from inspector.link.demo import DemoDevice
-from inspector.link.client import PairingStore
+from inspector.link.pairing import PairingStore
 demo = DemoDevice(PairingStore(sys.argv[1]), data=sys.argv[2], threads=1)
 demo.start()
 print(demo.pid, flush=True)
@@ -195,16 +196,25 @@ def test_a_running_demo_of_a_live_app_is_not_touched(tmp_path):
 
 # ---------------------------------------------------------------------------- the window (offscreen)
 
-@pytest.fixture
-def window(qtbot, engine, tmp_path):  # noqa: F811 - the fixture from support
+def demo_window(qtbot, engine, tmp_path, store: FlagStore | None = None, **options):
+    """The window every test here starts the demo device from: the sample video, no automatic
+    flags, its own pairings in ``tmp_path``, shown and started. ``store``: its flag store (default:
+    an empty one in ``tmp_path``); ``options``: more MainWindow options. Returns (window, store);
+    the caller shuts the window down and closes the store."""
     from inspector.qt.window import MainWindow
 
-    store = FlagStore(tmp_path / "flags")
+    store = FlagStore(tmp_path / "flags") if store is None else store
     w = MainWindow(engine, store, Flagger(FlagPolicy(auto=False)), parse_source(sample_video()),
-                   pairings=PairingStore(tmp_path / "app-config"), browse=lambda timeout: [])
+                   pairings=PairingStore(tmp_path / "app-config"), browse=lambda timeout: [], **options)
     qtbot.addWidget(w)
     w.show()
     w.start()
+    return w, store
+
+
+@pytest.fixture
+def window(qtbot, engine, tmp_path):  # noqa: F811 - the fixture from support
+    w, store = demo_window(qtbot, engine, tmp_path)
     yield w
     w.shutdown()
     store.close()
@@ -266,14 +276,7 @@ def test_the_window_reports_a_crashed_demo_device(window, qtbot, tmp_path):
 
 
 def test_the_window_shutdown_stops_the_demo_device(qtbot, engine, tmp_path):  # noqa: F811
-    from inspector.qt.window import MainWindow
-
-    store = FlagStore(tmp_path / "flags")
-    w = MainWindow(engine, store, Flagger(FlagPolicy(auto=False)), parse_source(sample_video()),
-                   pairings=PairingStore(tmp_path / "app-config"), browse=lambda timeout: [])
-    qtbot.addWidget(w)
-    w.show()
-    w.start()
+    w, store = demo_window(qtbot, engine, tmp_path)
     w.start_demo(data=tmp_path / "demo", threads=1)
     qtbot.waitUntil(lambda: w.device is not None, timeout=60000)
     pid = w.demo.device.pid
@@ -294,21 +297,15 @@ def test_demo_and_device_are_one_or_the_other(capsys):
 def test_update_model_goes_live_on_the_demo_device(qtbot, engine, tmp_path, monkeypatch):  # noqa: F811
     """Update model… (the fake job of test_update_view in place of ``distill update``): the gate
     passes, the new model is signed, pushed and activated on the demo device, the view follows."""
-    from test_update_view import FAKE, NEW_VERSION, RUN_MS, one_thread_engine, reviewed_store
+    from update_support import FAKE, NEW_VERSION, RUN_MS, one_thread_engine, reviewed_store
 
     from inspector.update.history import ModelHistory
-    from inspector.qt.window import MainWindow
     from support import sample_video_results
 
     monkeypatch.setenv("FAKE_UPDATE_MODE", "pass")
     store = reviewed_store(tmp_path / "flags", sample_video_results(engine, 36, 15), engine)
-    w = MainWindow(engine, store, Flagger(FlagPolicy(auto=False)), parse_source(sample_video()),
-                   pairings=PairingStore(tmp_path / "app-config"), browse=lambda timeout: [],
-                   history=ModelHistory(tmp_path / "user-data"))
-    w.update_options = {"program": FAKE, "make_engine": one_thread_engine}
-    qtbot.addWidget(w)
-    w.show()
-    w.start()
+    w, store = demo_window(qtbot, engine, tmp_path, store, history=ModelHistory(tmp_path / "user-data"))
+    w.update_options = {"program": FAKE, "make_engine": one_thread_engine}   # read when the dialog opens
     try:
         w.start_demo(data=tmp_path / "demo", threads=1)
         wait_demo_on_screen(w, qtbot)
