@@ -23,7 +23,7 @@ from inspector.agent.repository import ModelRepository
 from inspector.agent.repository_state import ENGINES_DIR
 from inspector.agent.runtime import AgentRuntime
 from inspector.edge.engine import CPU, InferenceEngine
-from inspector.edge.package import INPUT_NAME
+from inspector.edge.contract import INPUT_NAME
 from inspector.paths import default_model, sample_video
 from inspector.link.protocol import ApiError
 from inspector.capture.sources import FrameGrabber, parse_source
@@ -80,7 +80,7 @@ def test_a_cached_engine_is_reused_for_the_same_model_and_dropped_when_it_change
 @pytest.fixture
 def repo_with_two_versions(tmp_path):
     """The shipped model and a re-versioned copy (same graph), imported as local packages."""
-    from test_device_link import variant
+    from device_link_support import variant
 
     root = tmp_path / "models"
     repo = ModelRepository(root)
@@ -264,7 +264,8 @@ def test_a_failing_activation_reports_failed_and_the_old_model_stays(runtime, ba
 
 def test_the_client_polls_until_live_or_failed():
     """DeviceClient.wait_activation over a scripted sequence of statuses (no network)."""
-    from inspector.link.client import DeviceClient, DeviceError
+    from inspector.link.client import DeviceClient
+    from inspector.link.connection import DeviceError
 
     def status(act, model="good-1"):
         return protocol.Status(agent_id="a", agent_name="jetson", camera={}, model={"id": model}, provider="",

@@ -22,7 +22,7 @@ import time
 import pytest
 from agent_support import REPO, Agent, error_code, new_public_key, open_stream, pair, pair_token
 
-from inspector.link import protocol
+from inspector.link import framing, protocol
 from inspector.link.protocol import API
 
 FLOOD_IDLE = 200
@@ -50,7 +50,7 @@ class _FrameCounter(threading.Thread):
     def run(self) -> None:
         try:
             while True:
-                protocol.read_frame(self.resp)
+                framing.read_frame(self.resp)
                 self.frames += 1
         except Exception as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
@@ -246,7 +246,9 @@ def test_a_client_rotates_its_token_and_unpairs_itself(agent):
 
 
 def test_the_app_renews_its_token_and_forgets_the_device(agent, tmp_path, qtbot):
-    from inspector.link.client import DeviceClient, DeviceError, Pairing, PairingStore
+    from inspector.link.client import DeviceClient, Pairing
+    from inspector.link.connection import DeviceError
+    from inspector.link.pairing import PairingStore
     from inspector.qt.device.panel import DevicePanel
     from inspector.link.signing import SigningKey
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from agent_support import Agent, error_code, pair_token, stopped_cleanly
-from inspector.link import protocol
+from inspector.link import framing, openapi, protocol
 from inspector.link.protocol import API
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "409",
 
 
 def _operation_id(method: str, path: str) -> str:
-    return protocol.openapi()["paths"][path][method.lower()]["operationId"]
+    return openapi.document()["paths"][path][method.lower()]["operationId"]
 
 
 def _schemathesis(agent: Agent, tmp_path: Path, *extra: str) -> str:
@@ -134,10 +134,10 @@ def test_the_stream_ends_after_max_frames_and_refuses_a_bad_one(agent, token):
         conn.request("GET", f"{API}/stream?max_frames=3", headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
         assert resp.status == 200 and resp.getheader("Content-Type") == protocol.STREAM_CONTENT_TYPE
-        headers = [protocol.read_frame(resp)[0] for _ in range(3)]
+        headers = [framing.read_frame(resp)[0] for _ in range(3)]
         assert [h.seq for h in headers] == sorted({h.seq for h in headers})
         with pytest.raises(EOFError):
-            protocol.read_frame(resp)
+            framing.read_frame(resp)
     finally:
         conn.close()
     # the last: an Arabic-Indic 1 (int() would take it)

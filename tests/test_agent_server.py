@@ -22,7 +22,7 @@ import pytest
 from agent_support import (PROTECTED, REPO, Agent, PinnedHTTPSConnection, check_frame, error_code, open_stream,
                            pair, signed_variant, stopped_cleanly, wait_status)
 
-from inspector.link import protocol
+from inspector.link import framing, openapi, protocol
 from inspector.link.protocol import API
 from support import SHIPPED_ID
 
@@ -52,7 +52,7 @@ class TestPlainHTTP:
         assert agent.code == agent.pairing_code_file()
         status, headers, body = agent.request("GET", f"{API}/openapi.json")
         assert status == 200 and headers["Content-Type"].startswith("application/json")
-        assert json.loads(body) == json.loads(json.dumps(protocol.openapi()))
+        assert json.loads(body) == json.loads(json.dumps(openapi.document()))
 
     def test_status(self, agent, token):
         st = wait_status(agent, token, lambda s: s.fps > 0 and any(e["kind"] == "in-service" for e in s.events))
@@ -70,7 +70,7 @@ class TestPlainHTTP:
             assert resp.getheader("Content-Length") is None
             seqs = []
             for _ in range(4):
-                header, jpeg, heat = protocol.read_frame(resp)
+                header, jpeg, heat = framing.read_frame(resp)
                 check_frame(header, jpeg, heat)
                 assert header.model_id == SHIPPED_ID and (header.width, header.height) == (640, 480)
                 seqs.append(header.seq)
@@ -189,7 +189,7 @@ class TestPlainHTTP:
         def read() -> None:
             try:
                 while True:
-                    seen.append(protocol.read_frame(resp)[0].model_id)
+                    seen.append(framing.read_frame(resp)[0].model_id)
             except (EOFError, OSError, ValueError) as exc:  # ends when the test closes the connection
                 if not stop.is_set():
                     failures.append(exc)
@@ -259,12 +259,12 @@ class TestPlainHTTP:
     def test_sigterm_with_open_stream_stops_cleanly(self, agent, token):
         conn, resp = open_stream(agent, token)
         try:
-            protocol.read_frame(resp)
+            framing.read_frame(resp)
             t0 = time.monotonic()
             agent.proc.send_signal(signal.SIGTERM)
             with pytest.raises((EOFError, ConnectionError)):
                 while True:
-                    protocol.read_frame(resp)
+                    framing.read_frame(resp)
             assert time.monotonic() - t0 < 5.0
         finally:
             resp.close()
@@ -335,7 +335,7 @@ class TestTLS:
         try:
             assert resp.status == 200
             for _ in range(2):
-                check_frame(*protocol.read_frame(resp))
+                check_frame(*framing.read_frame(resp))
         finally:
             resp.close()
             conn.close()
