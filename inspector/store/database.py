@@ -79,7 +79,6 @@ import re
 import sqlite3
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,6 +89,9 @@ import numpy as np
 from inspector.fsio import fsync_dir, write_atomic
 from inspector.store.heat_png import HeatPngError, decode_heat_png, encode_heat_png
 from inspector.store.checks import (
+    check_frame,
+    check_frame_tiles,
+    heat_to_uint8,
     check_choice,
     check_count,
     check_id,
@@ -123,8 +125,6 @@ APP_NAME = "crack-inspector"
 DB_NAME = "flags.sqlite3"
 LOCK_NAME = ".lock"
 IMAGES_DIR = "images"
-# A heat-map a float-rounding hair above 1 (a caller's own normalisation) is clipped, not refused.
-_HEAT_TOLERANCE = 1e-6
 LABELS = TILE_LABELS  # the model's labels (kept for callers of the v2 API)
 
 _IMAGE_RE = re.compile(r"^images/\d{4}-\d{2}/[0-9a-f]{32}\.(frame|heat)\.png$")
@@ -234,10 +234,10 @@ class FlagStore(ReviewMethods):
     def add(self, frame_rgb, heatmap, tiles, *, reason, source, model: ModelRef, crack_prob_max,
             location=None, note=None, created=None) -> FlagRecord:
         """Store one flag; returns only once its row is committed and its files are durable."""
-        frame = _check_frame(frame_rgb)
+        frame = check_frame(frame_rgb)
         height, width = frame.shape[:2]
-        heat = _heat_to_uint8(heatmap, (height, width))
-        tiles = _check_tiles(tiles, width, height)
+        heat = heat_to_uint8(heatmap, (height, width))
+        tiles = check_frame_tiles(tiles, width, height)
         check_choice("reason", reason, REASONS)
         source = check_text("source", source, required=True)
         if not isinstance(model, ModelRef) or not all(isinstance(v, str) and v for v in asdict(model).values()):
@@ -488,44 +488,3 @@ def _sqlite_reason(what: str, root: Path, err: sqlite3.Error) -> str:
         return (f"cannot {what}: the disk holding {root} is full ({err}); nothing was changed. "
                 "Free some space and try again.")
     return f"cannot {what} in {root / DB_NAME}: {err}; nothing was changed"
-
-
-def _check_frame(frame) -> np.ndarray:
-    if not isinstance(frame, np.ndarray):
-        raise ValueError(f"frame_rgb must be a numpy array (H×W×3 uint8 RGB), got {type(frame).__name__}")
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or 0 in frame.shape:
-        raise ValueError(f"frame_rgb must be H×W×3 uint8 RGB, got shape {frame.shape} dtype {frame.dtype}")
-    return np.ascontiguousarray(frame)
-
-
-def _heat_to_uint8(heatmap, shape: tuple[int, int]) -> np.ndarray:
-    if not isinstance(heatmap, np.ndarray) or not np.issubdtype(heatmap.dtype, np.floating):
-        raise ValueError(f"heatmap must be a float numpy array H×W in [0, 1], got "
-                         f"{getattr(heatmap, 'dtype', type(heatmap).__name__)}")
-    if heatmap.shape != shape:
-        raise ValueError(f"heatmap shape {heatmap.shape} does not match the frame's {shape}")
-    if not np.isfinite(heatmap).all():
-        raise ValueError("heatmap contains NaN or infinity")
-    low, high = float(heatmap.min()), float(heatmap.max())
-    if low < 0.0 or high > 1.0 + _HEAT_TOLERANCE:
-        raise ValueError(f"heatmap values must be in [0, 1], got [{low:g}, {high:g}]")
-    return np.rint(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _check_tiles(tiles, width: int, height: int) -> list[dict]:
-    """Tiles as plain dicts; a tile is a mapping or an object (the engine's TileResult) with
-    ``box`` (x0, y0, x1, y1 inside the frame, x1/y1 exclusive) and ``crack_prob``."""
-    if isinstance(tiles, (str, bytes)) or not isinstance(tiles, Sequence):
-        raise ValueError(f"tiles must be a sequence of tiles, got {type(tiles).__name__}")
-    out = []
-    for i, tile in enumerate(tiles):
-        get = tile.get if isinstance(tile, Mapping) else lambda key, t=tile: getattr(t, key, None)
-        box, prob = get("box"), get("crack_prob")
-        if (not isinstance(box, (Sequence, np.ndarray)) or len(box) != 4
-                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in box)):
-            raise ValueError(f"tiles[{i}]: box must be 4 integers [x0, y0, x1, y1], got {box!r}")
-        x0, y0, x1, y1 = (int(v) for v in box)
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise ValueError(f"tiles[{i}]: box {[x0, y0, x1, y1]} is not inside the {width}×{height} frame")
-        out.append({"box": [x0, y0, x1, y1], "crack_prob": check_prob(f"tiles[{i}].crack_prob", prob)})
-    return out
