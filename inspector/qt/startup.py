@@ -58,7 +58,8 @@ def resolve_source(spec: str | None):
 
 def resolve_device(address: str, pairings=None):
     """The saved :class:`~inspector.link.client.Pairing` for ``HOST:PORT``; StartupError if none."""
-    from inspector.link.client import DeviceError, PairingStore, parse_address
+    from inspector.link.connection import DeviceError, parse_address
+    from inspector.link.pairing import PairingStore
     from inspector.link.protocol import DEFAULT_PORT
 
     if not re.fullmatch(r"\s*(\[[^\]]+\]|[^\s:\[\]/]+):\d+\s*", address or ""):
@@ -83,7 +84,7 @@ def load_engine(model: Path | None, threads: int | None):
 
     from inspector.edge.engine import InferenceEngine
     from inspector.edge.check import choose_variant
-    from inspector.edge.package import PackageError
+    from inspector.edge.fields import PackageError
     from inspector.paths import default_model
 
     threads = threads or default_threads()

@@ -60,7 +60,7 @@ def default_grabber(spec):
 
 
 def default_feed(pairing):
-    from inspector.link.client import DeviceFeed
+    from inspector.link.remote import DeviceFeed
 
     return DeviceFeed(pairing)
 
@@ -144,7 +144,7 @@ class MainWindow(QMainWindow):
 
         self.chooser = SourceChooser()
         if pairings is None:
-            from inspector.link.client import PairingStore
+            from inspector.link.pairing import PairingStore
 
             pairings = PairingStore()
         self.device_panel = DevicePanel(pairings, browse=browse)
