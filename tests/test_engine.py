@@ -1,6 +1,6 @@
 """The inference engine (``inspector/edge/engine.py``) on REAL frames from ``uav75`` and
 ``crackforest_cfd`` (with their crack masks), using the dark-thin-line fixture model of
-``tests/test_package.py`` (a real ONNX graph following the contract; the exported student will
+``tests/package_support.py`` (a real ONNX graph following the contract; the exported student will
 get its own test). Sessions use one intra-op thread: a benchmark shares this machine.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from inspector.edge import engine as engine_mod
 from inspector.edge.engine import FrameResult, InferenceEngine, overlay, select_providers, tile_grid
 from inspector.edge.fields import PackageError
 from inspector.edge.package import load_package, write_package
-from test_package import S, build_fixture_onnx, fixture_manifest, make_reference, real_patches, rewrite, npz_bytes
+from package_support import S, build_fixture_onnx, fixture_manifest, make_reference, npz_bytes, real_patches, rewrite
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])
 CPU = "CPUExecutionProvider"

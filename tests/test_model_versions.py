@@ -44,6 +44,7 @@ def record(path: Path, version: str, **kw) -> ModelVersion:
 
 def test_next_version_skips_every_version_used_before():
     assert next_version("1.1.0") == "1.2.0" and next_version("1.1.0-int8", ()) == "1.2.0"
+    assert next_version("1.9.3") == "1.10.0" and next_version("2.0") == "2.1"
     assert next_version("1.1.0", {"1.2.0"}) == "1.3.0"
     assert next_version("1.1.0", ["1.2.0-int8", "1.3.1", "2.5.0"]) == "1.4.0"    # -int8 twins, patches count
     assert next_version("2.0", ["2.1"]) == "2.2"
