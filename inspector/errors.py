@@ -7,15 +7,15 @@ Each error lives beside the code that raises it and keeps the built-in base it h
 network), so a caller that catches those keeps working. The tree, one name per class:
 
 * :class:`~inspector.capture.sources.SourceError`
-* :class:`~inspector.edge.package.PackageError` → :class:`~inspector.edge.package.ReferenceCheckError`;
+* :class:`~inspector.edge.fields.PackageError` → :class:`~inspector.edge.contract.ReferenceCheckError`;
   :class:`~inspector.edge.numerics.NumericsError`
 * :class:`~inspector.live.loop.LiveError`
 * :class:`~inspector.store.schema.StoreError`, :class:`~inspector.store.heat_png.HeatPngError`
-* :class:`~inspector.report.build.ReportError`
+* :class:`~inspector.report.content.ReportError`
 * :class:`~inspector.link.protocol.ProtocolError`, :class:`~inspector.link.protocol.ApiError`,
-  :class:`~inspector.link.signing.SigningError`, :class:`~inspector.link.client.DeviceError` →
-  :class:`~inspector.link.client.FingerprintMismatch`, :class:`~inspector.link.demo.DemoError`
-* :class:`~inspector.update.plan.ModelUpdateError` → :class:`~inspector.update.plan.NotLiveError`;
+  :class:`~inspector.link.signing.SigningError`, :class:`~inspector.link.connection.DeviceError` →
+  :class:`~inspector.link.connection.FingerprintMismatch`, :class:`~inspector.link.demo.DemoError`
+* :class:`~inspector.update.plan.ModelUpdateError` → :class:`~inspector.update.deploy.NotLiveError`;
   :class:`~inspector.update.protocol.UpdateProtocolError`, :class:`~inspector.update.history.HistoryError`,
   :class:`~inspector.update.history.OverrideError`
 * the agent's: ``AgentConfigError``, ``StartError``, ``DiscoveryError``, ``IdentityError``,

@@ -1,6 +1,6 @@
 """The machinery shared by the live sources that run on their own thread and hand out only their
 newest item: :class:`~inspector.capture.sources.FrameGrabber` (camera frames) and
-:class:`~inspector.link.client.DeviceFeed` (a device's results).
+:class:`~inspector.link.remote.DeviceFeed` (a device's results).
 
 :class:`NewestItemSource` owns the daemon thread and everything around it that does not depend
 on what is read:

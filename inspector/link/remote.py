@@ -102,7 +102,7 @@ class DeviceFeed(NewestItemSource[Inspected]):
     ``latest(after_seq, timeout)`` → the newest :class:`~inspector.live.loop.Inspected` (``frame``: the
     device's camera frame as RGB, ``result``: its verdicts and heat-map, ``model``: the device's
     model, ``link``: a :class:`DeviceLink`); ``inspect(item)`` returns it unchanged (the device
-    already ran the model). ``status`` (:class:`~inspector.capture.sources.SourceStatus`: "connecting",
+    already ran the model). ``status`` (:class:`~inspector.capture.newest.SourceStatus`: "connecting",
     "live", "reconnecting", "ended" when re-pairing is needed, "stopped"), ``fps`` (results
     received per second), ``link_ms`` (median), ``device_status`` (the last
     :class:`~inspector.link.protocol.Status` read). ``on_status(SourceStatus)`` and

@@ -6,12 +6,12 @@ the same object through callbacks.
 Result sources
 --------------
 Where results come from is a *result source*: ``start()``, ``stop()``, ``status``
-(:class:`~inspector.capture.sources.SourceStatus`), ``fps``, ``latest(after_seq, timeout)`` (the newest
+(:class:`~inspector.capture.newest.SourceStatus`), ``fps``, ``latest(after_seq, timeout)`` (the newest
 item with ``.seq > after_seq``, or None) and ``inspect(item) -> Inspected``.
 
 * local: :class:`LocalInference` = a :class:`~inspector.capture.sources.FrameGrabber` (``latest`` gives
   frames) + the :class:`~inspector.edge.engine.InferenceEngine` (``inspect`` runs the model here);
-* remote: :class:`inspector.link.client.DeviceFeed` (``latest`` gives results the device computed,
+* remote: :class:`inspector.link.remote.DeviceFeed` (``latest`` gives results the device computed,
   ``inspect`` returns them as they are).
 
 ``LiveInspector(engine, grabber, ...)`` wraps a plain grabber in :class:`LocalInference`; an
@@ -81,7 +81,7 @@ class LiveResult:
     is when it was read, so ``t_inferred - frame.t_capture`` is capture→verdict latency);
     ``flag_reason`` is the flagger's decision for this frame (written asynchronously);
     ``model`` the model that produced it; ``link`` how it travelled (a
-    :class:`inspector.link.client.DeviceLink` for a device's result, None for local inference)."""
+    :class:`inspector.link.remote.DeviceLink` for a device's result, None for local inference)."""
 
     frame: Any  # sources.Frame
     result: FrameResult
@@ -193,7 +193,7 @@ class LiveInspector:
     """Run ``engine`` on the newest frames of ``grabber``; flag through ``flagger`` into ``store``.
 
     ``grabber`` may also be a result source whose results are computed elsewhere (a
-    :class:`~inspector.link.client.DeviceFeed`; ``engine`` may then be None): see the module doc.
+    :class:`~inspector.link.remote.DeviceFeed`; ``engine`` may then be None): see the module doc.
 
     ``on_result(LiveResult)``, ``on_status(SourceStatus)`` (whenever the grabber's status
     changes), ``on_flag_stored(FlagRecord)``, ``on_error(LiveError)``: see the module doc.

@@ -75,7 +75,7 @@ def problem_text(status) -> str:
 
 
 class SourceBanner(Banner):
-    """Follows the grabber's :class:`~inspector.capture.sources.SourceStatus`."""
+    """Follows the grabber's :class:`~inspector.capture.newest.SourceStatus`."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)

@@ -9,7 +9,7 @@ It owns one :class:`~inspector.live.loop.LiveInspector` (the work) and one
 them. Closing the window stops the inspector, which writes every queued flag first.
 
 Viewing a device (:meth:`MainWindow.use_device`) swaps the inspector's source for a
-:class:`~inspector.link.client.DeviceFeed`: the same view, verdicts, flagging and flag store; the HUD
+:class:`~inspector.link.remote.DeviceFeed`: the same view, verdicts, flagging and flag store; the HUD
 then shows the device's model, provider and the link latency.
 
 **Update model…** in the review workspace opens :class:`~inspector.qt.update.view.UpdateDialog`
@@ -82,7 +82,7 @@ class MainWindow(QMainWindow):
     ``grabber``: use this grabber for the first source instead of ``make_grabber(source)``
     (tests inject failing ones). ``notice``: a message for the notice banner at start (e.g.
     "No camera found — playing the sample video"), with a "Choose source…" action.
-    ``pairings``: the saved devices (default: the per-user :class:`~inspector.link.client.PairingStore`);
+    ``pairings``: the saved devices (default: the per-user :class:`~inspector.link.pairing.PairingStore`);
     ``device``: open on this paired device instead of ``source`` (``source`` is then where
     "Disconnect" goes); ``make_feed(pairing)`` makes its DeviceFeed; ``browse``: mDNS discovery
     for the device panel (default: :func:`inspector.agent.discovery.browse`).
