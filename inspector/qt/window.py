@@ -27,7 +27,7 @@ from typing import Callable
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
-from PySide6.QtWidgets import QHBoxLayout, QMainWindow, QScrollArea, QTabBar, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QMainWindow, QTabWidget, QWidget
 
 from inspector.live.loop import LiveInspector
 from inspector.capture.sources import SourceSpec
@@ -39,16 +39,15 @@ from inspector.qt.device.demo_control import DemoControl
 from inspector.qt.device.panel import DevicePanel
 from inspector.qt.live.flags_panel import FlagsPanel
 from inspector.qt.live.hud import Hud
+from inspector.qt.live.page import LivePage
 from inspector.qt.review.view import ReviewWorkspace
 from inspector.qt.live.source_panel import SourceChooser
 from inspector.qt.live.view import LiveView
 
 log = logging.getLogger(__name__)
 
-SIDEBAR_WIDTH = 370
 FIRST_SIZE = (1500, 920)
 FRAME_ALLOWANCE = (16, 40)   # the window manager's frame and title bar, not known before the window is shown
-FLAGS_MIN_HEIGHT = 220   # the flags list keeps two or three rows on a 768-px screen
 HISTORY = 50          # flags loaded from the store at start
 ERROR_SHOWN_MS = 8000
 
@@ -63,17 +62,6 @@ def default_feed(pairing):
     from inspector.link.remote import DeviceFeed
 
     return DeviceFeed(pairing)
-
-
-class _ControlsScroll(QScrollArea):
-    """The side controls: as tall as they want where the screen allows (QScrollArea's own hint
-    stops at 24 text lines), scrolled where it does not."""
-
-    def sizeHint(self):  # noqa: N802 - Qt API
-        inner = self.widget()
-        if inner is None:
-            return super().sizeHint()
-        return inner.sizeHint() + QSize(self.verticalScrollBar().sizeHint().width(), 0)
 
 
 class MainWindow(QMainWindow):
@@ -169,53 +157,10 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- layout
 
     def _layout(self) -> None:
-        left = QWidget()
-        lv = QVBoxLayout(left)
-        lv.setContentsMargins(10, 10, 5, 10)
-        lv.setSpacing(8)
-        for w in (self.notice, self.status_banner, self.error_banner):
-            lv.addWidget(w)
-        lv.addWidget(self.view, 1)
-        lv.addWidget(self.hud)
-
-        # a local camera or a device: one at a time, so they share the space. The flags list is
-        # what an inspector looks at most: it stays on screen under the controls, which scroll
-        # when the screen is short (a 768-px laptop: the device panel alone is ~400 px)
-        self.source_tabs = QTabBar()
-        self.source_tabs.setDocumentMode(True)
-        self.source_tabs.setExpanding(False)
-        self.source_tabs.addTab("Camera")
-        self.source_tabs.addTab("Device")
-        self.source_tabs.currentChanged.connect(self._show_source_tab)
-        controls = QWidget()
-        cv = QVBoxLayout(controls)
-        cv.setContentsMargins(0, 0, 0, 0)
-        cv.setSpacing(8)
-        cv.addWidget(self.chooser)
-        cv.addWidget(self.device_panel)
-        self._show_source_tab(0)
-        cv.addWidget(self.display)
-        cv.addWidget(self.fields)
-        cv.addStretch(1)
-        self.side_scroll = _ControlsScroll(widgetResizable=True, frameShape=QScrollArea.NoFrame)
-        self.side_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self.side_scroll.setWidget(controls)
-        self.flags_panel.setMinimumHeight(FLAGS_MIN_HEIGHT)
-        scroll = QWidget()
-        scroll.setFixedWidth(SIDEBAR_WIDTH)
-        sv = QVBoxLayout(scroll)
-        sv.setContentsMargins(5, 10, 10, 10)
-        sv.setSpacing(8)
-        sv.addWidget(self.source_tabs)
-        sv.addWidget(self.side_scroll)
-        sv.addWidget(self.flags_panel, 1)
-
-        self.live_page = QWidget()
-        h = QHBoxLayout(self.live_page)
-        h.setContentsMargins(0, 0, 0, 0)
-        h.setSpacing(0)
-        h.addWidget(left, 1)
-        h.addWidget(scroll)
+        self.live_page = LivePage(banners=(self.notice, self.status_banner, self.error_banner), view=self.view,
+                                  hud=self.hud, chooser=self.chooser, device_panel=self.device_panel,
+                                  controls=(self.display, self.fields), flags_panel=self.flags_panel)
+        self.source_tabs = self.live_page.source_tabs   # Camera | Device
         self.workspaces = QTabWidget(documentMode=True)
         self.workspaces.addTab(self.live_page, "Live  (Ctrl+1)")
         self.workspaces.addTab(self.review, "Review  (Ctrl+2)")
@@ -235,11 +180,6 @@ class MainWindow(QMainWindow):
 
     def _on_workspace(self, index: int) -> None:
         (self.view if index == 0 else self.review.grid).setFocus()
-
-    def _show_source_tab(self, index: int) -> None:
-        """Camera or device: one panel at a time (hidden, the other takes no room)."""
-        self.chooser.setVisible(index == 0)
-        self.device_panel.setVisible(index == 1)
 
     def _connect(self) -> None:
         b = self.bridge
