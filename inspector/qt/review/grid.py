@@ -1,7 +1,7 @@
 """The review grid: a virtual list of flag thumbnails with their review state.
 
 :class:`ReviewGridModel` is a list model over the ids of a :class:`~inspector.review.queue.ReviewQueue`
-(10,000 ids cost a list of ints). A row's :class:`~inspector.store.database.FlagRecord` is read when the
+(10,000 ids cost a list of ints). A row's :class:`~inspector.store.schema.FlagRecord` is read when the
 view first asks for it, a page of :data:`PAGE` rows at once through ``store.get_many``, and kept
 in a small LRU. Thumbnails are decoded off the GUI thread (:class:`ThumbnailLoader`, its own
 low-priority job runner) only for rows the view paints, newest request first, and kept

@@ -10,7 +10,7 @@ Keys (:data:`~.keys.KEYS`; ``F1`` lists them) are QShortcuts on this widget, so 
 is shown, and a text field with the focus takes letters as text. A verdict applies to the grid's
 selection when more than one flag is selected (one undo step), else to the current flag, then
 moves on (``auto-advance``). Store writes are synchronous (one small SQLite transaction each);
-one that fails (:class:`~inspector.store.database.StoreError`, e.g. a full disk) changes nothing, is
+one that fails (:class:`~inspector.store.schema.StoreError`, e.g. a full disk) changes nothing, is
 shown as a message, and the view is re-read from the store.
 
 Pictures never load on the GUI thread: thumbnails on a low-priority runner, the large frame on
