@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from inspector.review.queue import ReviewQueue
-from inspector.store.database import FlagStore, ModelRef, ReviewCounts, StoreError
+from inspector.store.database import FlagStore, ModelRef, StoreError
+from inspector.store.query import ReviewCounts
 from inspector.store.query import FlagFilter
 from support import run_and_kill, store  # noqa: F401  (store: a fixture)
 from test_store import add, image_files, real_frame
