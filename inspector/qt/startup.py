@@ -125,3 +125,14 @@ def make_scorer(store, teachers: Path | None):
     from inspector.review.teacher_scorer import TeacherScorer
 
     return TeacherScorer(store, teachers, threads=1)
+
+
+def user_name() -> str | None:
+    """Who runs the app (the reviewer of a label, who pushed an update or overrode a gate), or None
+    if the system cannot say."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None

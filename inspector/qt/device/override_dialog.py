@@ -8,18 +8,11 @@ model history).
 """
 from __future__ import annotations
 
-import getpass
 
 from PySide6.QtWidgets import QCheckBox, QDialog, QDialogButtonBox, QFormLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
 
+from inspector.qt.startup import user_name
 from inspector.update.history import MIN_OVERRIDE_REASON
-
-
-def login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
 
 
 class ExpertOverrideDialog(QDialog):
@@ -40,7 +33,7 @@ class ExpertOverrideDialog(QDialog):
                              "model history.", objectName="dim", wordWrap=True))
         form = QFormLayout()
         self.reason = QLineEdit(placeholderText=f"Why (at least {MIN_OVERRIDE_REASON} characters)")
-        self.by = QLineEdit(login_name() if by is None else by, placeholderText="Your name")
+        self.by = QLineEdit((user_name() or "") if by is None else by, placeholderText="Your name")
         form.addRow("Reason", self.reason)
         form.addRow("Decided by", self.by)
         lay.addLayout(form)

@@ -23,7 +23,6 @@ first screenful of the grid has been painted with its thumbnails.
 """
 from __future__ import annotations
 
-import getpass
 import logging
 
 from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal
@@ -34,6 +33,7 @@ from inspector.store.schema import StoreError
 from inspector.qt.banner import Banner
 from inspector.qt.bridge import RenderSettings
 from inspector.qt.jobs import JobRunner
+from inspector.qt.startup import user_name
 from inspector.qt.review.exports import ReviewExports
 from inspector.qt.review.filters import ReviewFilterBar
 from inspector.qt.review.frame import FrameLoader, ReviewFrameView
@@ -60,13 +60,6 @@ def merge_new_ids(listed: list[int], fresh: list[int], new: list[int]) -> list[i
                 j += 1
         merged.append(fid)
     return merged + queue[j:]
-
-
-def _reviewer() -> str | None:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return None
 
 
 class ReviewWorkspace(QWidget):
@@ -96,7 +89,7 @@ class ReviewWorkspace(QWidget):
         self._closed = False
         self._stale = False
         self._sized = False
-        self.queue = ReviewQueue(store, reviewer=reviewer or _reviewer(), threshold=threshold)
+        self.queue = ReviewQueue(store, reviewer=reviewer or user_name(), threshold=threshold)
         self._seen_max = self._newest_id()
         self.thumb_jobs = JobRunner(self, threads=2, nice=10)   # never competes with the live view
         self.frames = FrameLoader(store, JobRunner(self, threads=1), self)

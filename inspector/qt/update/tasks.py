@@ -7,7 +7,6 @@ the other for them.
 """
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 
 from inspector.qt.startup import default_threads
@@ -15,14 +14,6 @@ from inspector.update.deploy import deploy_to_device
 from inspector.update.history import ModelHistory, ModelVersion
 from inspector.update.job import read_update_json
 from inspector.update.plan import BaseModel, read_manifest
-
-
-def user_name() -> str | None:
-    """Who runs the app (written with an update and an override), or None if the system cannot say."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return None
 
 
 def default_make_engine(path):

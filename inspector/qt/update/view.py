@@ -38,8 +38,9 @@ from inspector.qt.update.history_view import ModelHistoryDialog
 from inspector.qt.update.plan_page import PlanPage
 from inspector.qt.update.process import UpdateProcess
 from inspector.qt.update.run_page import RunPage
+from inspector.qt.startup import user_name
 from inspector.qt.update.tasks import (default_make_engine, export_store, push_to_device, read_result,
-                                       register_candidate, user_name)
+                                       register_candidate)
 from inspector.update.history import MIN_OVERRIDE_REASON, ModelHistory, override_package
 from inspector.update.job import UpdateState, gate_of, rule_text, training_base, update_command
 from inspector.update.plan import UpdatePlan, make_plan, read_manifest
