@@ -169,13 +169,14 @@ def _golden_change(update: dict) -> float | None:
 def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
     """From the click to the new version live on a loopback agent, the app's way: the
     ``distill update`` command line the app builds (a separate process: torch is imported there),
-    then :func:`inspector.update.plan.deploy_to_device` (sign, upload, activate, poll until the
+    then :func:`inspector.update.deploy.deploy_to_device` (sign, upload, activate, poll until the
     device reports the version live after its first-inference checks). The agent shares this
     machine's cores with the job all along, as a demo device on the laptop would."""
     import shutil
     import tempfile
 
-    from inspector.update import plan as MU
+    from inspector.update.deploy import deploy_to_device
+    from inspector.update.job import training_base, update_command
     from inspector.link.client import DeviceClient
     from inspector.paths import default_model
     from inspector.link.signing import SigningKey
@@ -195,10 +196,10 @@ def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
             labelled = draw_labelled(site_root, 200, 0, work / "draws" / f"{site_root.name}-n200-live")
             out = work / "runs" / f"{site_root.name}-click-to-live"
             shutil.rmtree(out, ignore_errors=True)
-            argv = MU.update_command(MU.training_base(default_model()), labelled, out,
-                                     unlabelled=site_root / "unlabelled", seed=0, fast=fast,
-                                     override_reason="benchmark: push whatever the gate says",
-                                     pushed_by="field_update")
+            argv = update_command(training_base(default_model()), labelled, out,
+                                  unlabelled=site_root / "unlabelled", seed=0, fast=fast,
+                                  override_reason="benchmark: push whatever the gate says",
+                                  pushed_by="field_update")
             t0 = time.perf_counter()
             job = subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if job.returncode != 0:
@@ -206,8 +207,8 @@ def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
             t_candidate = time.perf_counter()
             int8 = next(out.glob("crack-student-*-int8.crackpkg"))
             marks = {}
-            info, _ = MU.deploy_to_device(pairing, key, int8, timeout=300,
-                                          progress=lambda what, *a: marks.setdefault(what, time.perf_counter()))
+            info, _ = deploy_to_device(pairing, key, int8, timeout=300,
+                                       progress=lambda what, *a: marks.setdefault(what, time.perf_counter()))
             t_live = time.perf_counter()
             pushed = marks.get("activated", t_live)
             return {"update_s": t_candidate - t0, "push_s": pushed - t_candidate, "activate_s": t_live - pushed,

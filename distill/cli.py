@@ -292,7 +292,8 @@ def _export_lineage(args) -> tuple[str | None, dict | None]:
     """(parent version, tiling) from --parent (a version or a package) and --tiling."""
     parent, tiling = args.parent, parse_tiling(args.tiling) if args.tiling else None
     if parent and parent.endswith(".crackpkg"):
-        from inspector.edge.package import PackageError, load_package
+        from inspector.edge.fields import PackageError
+        from inspector.edge.package import load_package
 
         try:
             m = load_package(parent, verify_reference=False).manifest

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from inspector.edge import package as pkg
+from inspector.edge.manifest import Manifest, Signature
 from inspector.link.signing import (SigningError, SigningKey, key_id_of, public_key_from_b64,
                                verify_manifest_signature)
 from support import SHIPPED
@@ -84,7 +85,7 @@ def test_signature_verifies_here_and_with_cryptography(key, shipped):
     Ed25519PublicKey.from_public_bytes(key.public_bytes()).verify(base64.b64decode(sig["value"]),
                                                                   pkg.signed_payload(shipped.manifest))
     assert verify_manifest_signature(signed, trust(key)) == key.key_id
-    assert verify_manifest_signature(pkg.Manifest.from_dict(signed), trust(SigningKey.generate(), key)) == key.key_id
+    assert verify_manifest_signature(Manifest.from_dict(signed), trust(SigningKey.generate(), key)) == key.key_id
     # Re-signing replaces the signature; the rest of the manifest is untouched.
     other = SigningKey.generate()
     resigned = other.sign_manifest(signed)
@@ -99,7 +100,7 @@ def test_refusals_are_distinct(key, shipped):
     cases = {
         "unsigned": (shipped.manifest.to_dict(), trust(key), "unsigned"),
         "unknown_key": (stranger.sign_manifest(shipped.manifest), trust(key), f"key '{stranger.key_id}'.*not trust"),
-        "bad_alg": (dataclasses.replace(pkg.Manifest.from_dict(signed), signature=pkg.Signature(
+        "bad_alg": (dataclasses.replace(Manifest.from_dict(signed), signature=Signature(
             "rsa", key.key_id, signed["signature"]["value"])), trust(key), "algorithm 'rsa' is not supported"),
         "bad_signature": ({**signed, "version": "9.9.9"}, trust(key), "does not match the manifest"),
     }

@@ -138,7 +138,8 @@ def package_onnx(fp32_path: Path, out_dir, *, meta: dict, name: str, version: st
     and each package's reference outputs are its own, computed here with the provenance recorded.
     """
     from distill.export import reference as refsel
-    from inspector.edge.package import utc_now_iso, write_package
+    from inspector.edge.manifest import utc_now_iso
+    from inspector.edge.package import write_package
 
     fp32_path, out_dir = Path(fp32_path), Path(out_dir)
     size, labels = meta["size"], list(meta["labels"])

@@ -201,7 +201,8 @@ def build_teacher_package(checkpoints: Sequence[str | Path], out_dir, *, samples
     from distill.export import reference as refsel
     from distill.export.package import _scalar_metrics, evaluate_onnx, onnx_session, reference_pool, reference_spec, run_onnx, \
         uint8_patches
-    from inspector.edge.package import utc_now_iso, write_package
+    from inspector.edge.manifest import utc_now_iso
+    from inspector.edge.package import write_package
 
     if not samples:
         raise ValueError("no samples to check the export on and to take the reference images from")

@@ -132,7 +132,7 @@ def validate(c: UpdateConfig) -> None:
     if c.confirm and not c.override_gate:
         raise UpdateConfigError("confirm is only meaningful with override_gate (--override-gate)")
     if c.version is not None:
-        from inspector.edge.package import PackageError, _version
+        from inspector.edge.fields import PackageError, as_version as _version
 
         try:
             _version(c.version, "version")

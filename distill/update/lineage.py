@@ -1,6 +1,6 @@
 """Lineage: what a candidate came from, recorded in its manifest and in update.json.
 
-The manifest (``inspector/edge/package.py``) is extended only where it is free-form, so every package
+The manifest (``inspector/edge/manifest.py``) is extended only where it is free-form, so every package
 still loads on an older agent: ``parent_version`` (the base's FP32 version), ``training_data``
 (the parent's datasets, replayed, plus one entry for the site with its counts and licence;
 scalars only, as the loader requires) and ``extra.lineage``::

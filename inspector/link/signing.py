@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from inspector.edge import package as pkg
+from inspector.edge.fields import PackageError
+from inspector.edge.manifest import Manifest
 from inspector.fsio import fsync_dir
 from inspector.errors import InspectorError
 
@@ -156,7 +158,7 @@ class SigningKey:
 
     # ------------------------------------------------------------------ signing
 
-    def sign_manifest(self, manifest: pkg.Manifest | Mapping[str, Any]) -> dict[str, Any]:
+    def sign_manifest(self, manifest: Manifest | Mapping[str, Any]) -> dict[str, Any]:
         """The manifest as a dict with ``signature`` set (any previous signature is replaced)."""
         m = _manifest(manifest)
         value = self._key.sign(pkg.signed_payload(m))
@@ -173,16 +175,16 @@ class SigningKey:
         return pkg.write_package(dst, self.sign_manifest(p.manifest), p.onnx_bytes, p.reference)
 
 
-def _manifest(manifest: pkg.Manifest | Mapping[str, Any]) -> pkg.Manifest:
-    if isinstance(manifest, pkg.Manifest):
+def _manifest(manifest: Manifest | Mapping[str, Any]) -> Manifest:
+    if isinstance(manifest, Manifest):
         return manifest
     try:
-        return pkg.Manifest.from_dict(manifest)
-    except pkg.PackageError as exc:
+        return Manifest.from_dict(manifest)
+    except PackageError as exc:
         raise SigningError(f"invalid manifest: {exc}", "bad_manifest") from None
 
 
-def verify_manifest_signature(manifest: pkg.Manifest | Mapping[str, Any], trusted: Mapping[str, bytes]) -> str:
+def verify_manifest_signature(manifest: Manifest | Mapping[str, Any], trusted: Mapping[str, bytes]) -> str:
     """Check the manifest's signature against ``trusted`` (key id -> raw public key).
 
     Returns the key id that signed it; raises :class:`SigningError` (see ``reason``) if the

@@ -94,7 +94,7 @@ class ReviewQueue:
         self._emit("current", self.current)
 
     def counts(self):
-        """:class:`~inspector.store.database.ReviewCounts` of the current filter."""
+        """:class:`~inspector.store.query.ReviewCounts` of the current filter."""
         return self.store.counts(self.filter)
 
     def __len__(self) -> int:

@@ -43,7 +43,7 @@ import numpy as np
 
 from inspector.edge.engine import InferenceEngine, _resize
 from inspector.live.loop import engine_model
-from inspector.edge.package import INPUT_NAME
+from inspector.edge.contract import INPUT_NAME
 from inspector.store.schema import FlagRecord, StoreError
 
 log = logging.getLogger(__name__)
