@@ -9,4 +9,7 @@ golden set and the site's held-out frames decides whether the candidate may be p
 Import-light: the entry points are :func:`distill.update.pipeline.run_update` (with an
 :class:`distill.update.config.UpdateConfig`) and ``distill update`` (``distill/cli.py``);
 importing this package loads no torch.
+
+Imports every room below it (training, export, models, data) and inspector's plain-Python update
+and edge modules (the plan's site split, the model history, the package format); never Qt.
 """
