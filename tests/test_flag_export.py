@@ -17,7 +17,7 @@ from inspector.review.queue import ReviewQueue
 from inspector.store.database import FlagStore, StoreError
 from inspector.store.query import FlagFilter
 from support import store  # noqa: F401  (a fixture)
-from test_store import TILE_BOXES, add, real_frame
+from store_support import TILE_BOXES, add, real_frame
 
 
 def reviewed_store(store):

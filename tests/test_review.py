@@ -20,7 +20,7 @@ from inspector.store.database import FlagStore, ModelRef, StoreError
 from inspector.store.query import ReviewCounts
 from inspector.store.query import FlagFilter
 from support import run_and_kill, store  # noqa: F401  (store: a fixture)
-from test_store import add, image_files, real_frame
+from store_support import add, image_files, real_frame
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = ModelRef("crack-teachers", "1.0.0", "ef" * 32)
