@@ -111,9 +111,10 @@ def store(tmp_path):
 def run_and_kill(cmd: list[str], delay: float, *, lines: int = 1) -> subprocess.CompletedProcess:
     """Start ``cmd`` (a child script of the crash tests; the repository on PYTHONPATH and as the
     working folder), read its first line and, if that is ``ready``, ``lines - 1`` more, sleep
-    ``delay`` s and SIGKILL it. Returns its whole stdout (the lines read first included), its
-    stderr and its return code (``-SIGKILL`` when the kill landed); the child never outlives
-    the call."""
+    ``delay`` s and SIGKILL it. Returns its stdout up to the last whole line (the lines read
+    first included; the kill may cut the last line anywhere, even inside a number, when the
+    child writes print's pieces one by one, as it does with PYTHONUNBUFFERED=1), its stderr and
+    its return code (``-SIGKILL`` when the kill landed); the child never outlives the call."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
@@ -128,4 +129,5 @@ def run_and_kill(cmd: list[str], delay: float, *, lines: int = 1) -> subprocess.
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return subprocess.CompletedProcess(cmd, proc.returncode, head + out, err)
+    out = head + out
+    return subprocess.CompletedProcess(cmd, proc.returncode, out[: out.rfind("\n") + 1], err)
