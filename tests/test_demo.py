@@ -91,7 +91,13 @@ def test_demo_device_starts_pairs_streams_and_stops_without_a_trace(tmp_path):
         info = client.push(signed_variant(tmp_path / "v.crackpkg", None, version="1.5.0-int8"), pairings.signing_key())
         client.activate(info.id)
         assert client.status().model["version"] == "1.5.0-int8"
+        # while a model update trains on this laptop the demo device yields: every thread at nice 19
+        assert demo.lower_priority()
+        tids = [t.id for t in psutil.Process(pid).threads()]
+        assert len(tids) > 1 and {os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} == {19}
+        assert client.status().fps >= 0      # and it still serves
     assert not demo.running and gone(pid) and agents_on(data) == []
+    assert not demo.lower_priority()         # no agent, nothing to lower
     assert not (data / PID_FILE).exists() and demo.failure() is None
     log = (data / "agent.log").read_text()
     assert "Traceback" not in log and "stopped" in log
@@ -312,9 +318,13 @@ def test_update_model_goes_live_on_the_demo_device(qtbot, engine, tmp_path, monk
         w.workspaces.setCurrentIndex(1)
         w.review.filters.update_model.click()
         d = w.update_dialog
+        notices = []     # what the window said when the job started: the demo device yields its cores
+        d.runningChanged.connect(lambda running: running and notices.append(w.notice.text.text()))
         qtbot.waitUntil(lambda: d.start_button.isEnabled(), timeout=30000)
         with qtbot.waitSignal(d.deployed, timeout=RUN_MS) as deployed:
             d.start_button.click()
+        assert notices and "the demo device on this laptop runs at the lowest priority" in notices[0], notices
+        assert os.getpriority(os.PRIO_PROCESS, w.demo.device.pid) == 19
         assert deployed.args[0] == f"crack-student {NEW_VERSION} live on demo-device"
         assert w.engine.manifest.version == SHIPPED_VERSION                 # the device was updated, not the laptop
         status = DeviceClient.from_pairing(w.device).status()

@@ -83,6 +83,22 @@ def test_slow_consumer_skips_frames_instead_of_queueing(engine, store):
     assert max(ages) < 0.4 + 1.5, ages
 
 
+def test_a_pace_spaces_local_inferences_out(engine, store):
+    """While a model update trains the window sets ``pace``: one inference per 0.4 s at most, the
+    frames in between skipped (as for a slow consumer), none queued."""
+    rec = Recorder()
+    live = LiveInspector(engine, sample_grabber(), store, Flagger(FlagPolicy(auto=False)), **rec.callbacks())
+    live.pace = 0.4
+    live.start()
+    try:
+        rec.wait(lambda r: len(r.results) >= 5, timeout=30.0)
+    finally:
+        live.stop()
+    gaps = [b.frame.seq - a.frame.seq for a, b in zip(rec.results, rec.results[1:])]
+    assert min(gaps) >= 5, gaps           # 30 fps, ≥ 0.4 s apart: about a dozen frames between two
+    assert rec.errors == []
+
+
 def test_stop_writes_every_queued_flag(engine, store):
     class SlowStore:
         """The real store, 0.15 s slower per write, so flags pile up in the writer's queue."""

@@ -22,7 +22,7 @@ from inspector.live.flagging import Flagger, FlagPolicy
 from inspector.paths import sample_video
 from inspector.qt.device.override_dialog import ExpertOverrideDialog
 from inspector.qt.update.history_view import ModelHistoryDialog
-from inspector.qt.window import MainWindow
+from inspector.qt.window import UPDATE_PACE_S, MainWindow
 from inspector.update.history import ModelHistory
 from support import SHIPPED_VERSION, engine  # noqa: F401  (fixtures)
 from update_support import (FAKE, NEW_VERSION, REPO, RUN_MS, _fake_mode, agent, device_model, frames,  # noqa: F401
@@ -152,9 +152,13 @@ def test_the_window_update_button_and_laptop_rollback_from_the_history(qtbot, tm
         w.workspaces.setCurrentIndex(1)
         w.review.filters.update_model.click()
         d = w.update_dialog
+        seen = []   # after the window's own handler: what the window did when the job started and ended
+        d.runningChanged.connect(lambda running: seen.append((running, w.inspector.pace, w.notice.text.text())))
         qtbot.waitUntil(lambda: d.start_button.isEnabled(), timeout=30000)
         with qtbot.waitSignal(d.deployed, timeout=RUN_MS):
             d.start_button.click()
+        assert seen[0][:2] == (True, UPDATE_PACE_S) and "Update model is training" in seen[0][2], seen
+        assert seen[-1][0] is False and w.inspector.pace is None and not w.notice.isVisible()
         assert w.engine.manifest.version == f"{NEW_VERSION}-int8"
         assert NEW_VERSION in w.windowTitle()
         qtbot.waitUntil(lambda: w.inspector.latest is not None

@@ -49,6 +49,7 @@ DEMO_DIR = "demo-device"            # under the app's per-user data folder
 DEMO_NAME = "demo-device"           # the agent's name, shown in the app
 HOST = "127.0.0.1"                  # loopback only: the demo device is never on the network
 PID_FILE = "demo-agent.pid"         # "<agent pid> <app pid>"
+YIELD_NICE = 19                     # lower_priority(): the lowest priority there is
 LOG_FILE = "agent.log"
 PAIRING_CODE_FILE = "pairing-code.txt"   # written by the agent (inspector/agent/identity.py)
 # A cold start imports onnxruntime and OpenCV, loads the model and re-runs its reference
@@ -259,6 +260,29 @@ class DemoDevice:
             time.sleep(0.2)
 
     # ------------------------------------------------------------------ stop
+
+    def lower_priority(self, nice: int = YIELD_NICE) -> bool:
+        """Give every thread of the agent (its inference, capture and server threads) the nice
+        value ``nice``, so a job on this laptop (a model update) wins the cores when both want
+        them; the agent keeps the cores nobody else wants. True if done (Linux, agent running).
+
+        There is no way back without privileges (a process may only lower its own priority), and
+        none is needed: a nice value only matters while something else wants the same core."""
+        pid = self.pid if self.running else None
+        tasks = Path(f"/proc/{pid}/task")
+        if pid is None or not hasattr(os, "setpriority") or not tasks.is_dir():
+            return False
+        done = False
+        for task in tasks.iterdir():
+            try:
+                tid = int(task.name)
+                os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+                done = True
+            except (OSError, ValueError) as err:   # a thread that just ended, or not permitted
+                log.debug("demo device: could not lower the priority of thread %s: %s", task.name, err)
+        if done:
+            log.info("demo device (pid %d) now runs at nice %d: a model update gets the cores first", pid, nice)
+        return done
 
     def stop(self) -> int | None:
         """SIGTERM, wait up to ``stop_timeout``, then SIGKILL. The exit status (None if never

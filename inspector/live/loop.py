@@ -215,6 +215,9 @@ class LiveInspector:
         self.model = engine_model(engine) if engine is not None else None   # of local inference
         self.location: str | None = None
         self.note: str | None = None
+        # seconds at least between two inferences on this laptop (None: as fast as frames come);
+        # the window sets it while a model update trains, so the job gets the cores
+        self.pace: float | None = None
         self.stats = LiveStats()
         self._threshold = 0.5
         self.threshold = threshold
@@ -361,7 +364,11 @@ class LiveInspector:
             if last_seq:
                 self.stats.skipped += max(0, frame.seq - last_seq - 1)
             last_seq = frame.seq
+            t_frame = time.perf_counter()
             self._inspect(frame, g)
+            pace = self.pace
+            if pace and isinstance(g, LocalInference):   # a device's results cost this laptop nothing
+                self._stopping.wait(max(0.0, pace - (time.perf_counter() - t_frame)))
 
     def _inspect(self, item, source) -> None:
         try:

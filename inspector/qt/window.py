@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 FIRST_SIZE = (1500, 920)
 FRAME_ALLOWANCE = (16, 40)   # the window manager's frame and title bar, not known before the window is shown
 HISTORY = 50          # flags loaded from the store at start
+UPDATE_PACE_S = 0.5   # while a model update trains: one local inference every half second at most
 ERROR_SHOWN_MS = 8000
 
 
@@ -102,6 +103,7 @@ class MainWindow(QMainWindow):
         self.flags: list = []             # records stored during this window's life
         self.frames_shown = 0
         self._stopped = False
+        self._yielding = False            # yield_to_update: the notice is ours to dismiss
         policy = getattr(flagger, "policy", None)
         uncertain_low = float(policy.uncertain_band[0]) if policy is not None else 0.40
         m = engine.manifest
@@ -343,6 +345,7 @@ class MainWindow(QMainWindow):
                                               on_device_changed=self.device_panel.refresh_status, parent=self,
                                               **self.update_options)
             self.update_dialog.message.connect(self.show_message)
+            self.update_dialog.runningChanged.connect(self.yield_to_update)
         dialog = self.update_dialog
         if not dialog.isVisible():
             if not dialog.process.running and dialog.pages.currentIndex() == 1 and dialog.state is not None \
@@ -352,6 +355,28 @@ class MainWindow(QMainWindow):
         dialog.raise_()
         dialog.activateWindow()
         return dialog
+
+    def yield_to_update(self, running: bool) -> None:
+        """While a model update trains, this laptop's own inference gives it the cores: the local
+        live view infers at most every :data:`UPDATE_PACE_S` s (frames still show, verdicts
+        lag) and the demo device, an agent on this laptop, drops to the lowest priority. The
+        notice says so; full speed again when the job ends."""
+        self.inspector.pace = UPDATE_PACE_S if running else None
+        if not running:
+            if self._yielding:
+                self.notice.dismiss()
+            self._yielding = False
+            return
+        self._yielding = True
+        yielded = []
+        if self.device is None:
+            yielded.append(f"live inference here runs at most {1 / UPDATE_PACE_S:.0f} times a second")
+        demo = self.demo.device
+        if demo is not None and demo.lower_priority():
+            yielded.append("the demo device on this laptop runs at the lowest priority")
+        if yielded:
+            self.notice.show_message(f"Update model is training: {' and '.join(yielded)}, so the update gets "
+                                     "the cores. Full speed again when it ends.", "info")
 
     def open_model_history(self):
         """Models…: versions on this laptop and the device; roll back."""

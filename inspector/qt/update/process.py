@@ -2,8 +2,10 @@
 itself, so no worker thread), stdout read line by line as update events, stderr to the log.
 
 Cancel is SIGTERM (``QProcess.terminate``), which the job takes as "stop now, write nothing
-half"; if it has not ended after :data:`KILL_AFTER_MS` it is killed. The child runs at a lower
-priority (nice 10 on Linux), so the live view keeps its cores while a model trains.
+half"; if it has not ended after :data:`KILL_AFTER_MS` it is killed. The child runs at normal
+priority: while it trains, the app's own inference yields the cores to it instead
+(:meth:`inspector.qt.window.MainWindow.yield_to_update`), so the model the inspector waits for
+is ready sooner.
 
 Signals: ``event(dict)`` for every valid event, ``log(level, text)`` for anything else worth
 showing (stderr, stray stdout, a line that breaks the schema), ``ended(exit_code, cancelled)``
@@ -12,7 +14,6 @@ once, after the process is gone (``cancelled``: Cancel was asked).
 from __future__ import annotations
 
 import logging
-import os
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
@@ -21,7 +22,6 @@ from inspector.update.job import parse_output_line
 log = logging.getLogger(__name__)
 
 KILL_AFTER_MS = 15000        # Cancel: SIGTERM, then SIGKILL if still running after this long
-CHILD_NICE = 10
 
 
 class UpdateProcess(QObject):
@@ -56,7 +56,6 @@ class UpdateProcess(QObject):
             proc.setWorkingDirectory(cwd)
         proc.readyReadStandardOutput.connect(lambda: self._read("out"))
         proc.readyReadStandardError.connect(lambda: self._read("err"))
-        proc.started.connect(self._lower_priority)
         proc.errorOccurred.connect(self._on_error)
         proc.finished.connect(self._on_finished)
         log.info("update: %s", " ".join(argv))
@@ -80,14 +79,6 @@ class UpdateProcess(QObject):
             self.proc.waitForFinished(3000)
 
     # ---------------------------------------------------------------- internals
-
-    def _lower_priority(self) -> None:
-        pid = self.proc.processId() if self.proc is not None else 0
-        if pid and hasattr(os, "setpriority"):
-            try:
-                os.setpriority(os.PRIO_PROCESS, pid, CHILD_NICE)
-            except OSError as err:
-                log.debug("update: could not lower the job's priority: %s", err)
 
     def _read(self, which: str) -> None:
         proc = self.proc

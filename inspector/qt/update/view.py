@@ -17,6 +17,7 @@ This module owns the run's course (start, events, end, cancel) and the push; the
 GUI thread is in :mod:`.tasks`.
 
 Signals (tests, the window): ``updateFinished(outcome)`` ("passed", "failed", "error", "cancelled"),
+``runningChanged(running)`` (the job started or ended: the window yields its cores meanwhile),
 ``deployed(text)``, ``deployFailed(text)``, ``message(text, level)``.
 """
 from __future__ import annotations
@@ -63,6 +64,7 @@ class UpdateDialog(QDialog):
     """
 
     updateFinished = Signal(str)
+    runningChanged = Signal(bool)   # the distill update job started (True) or ended (False)
     deployed = Signal(str)
     deployFailed = Signal(str)
     message = Signal(str, str)
@@ -177,6 +179,7 @@ class UpdateDialog(QDialog):
         self.state.started = time.monotonic()
         self._status("Starting distill update…")
         self.process.start(argv, cwd=str(app_root()))
+        self.runningChanged.emit(True)
 
     # ---------------------------------------------------------------- events
 
@@ -202,6 +205,7 @@ class UpdateDialog(QDialog):
         self._append(level, text)
 
     def _on_ended(self, code: int, cancelled: bool) -> None:
+        self.runningChanged.emit(False)
         state = self.state
         self._tick.stop()
         if state is None:
