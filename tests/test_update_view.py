@@ -69,6 +69,17 @@ def test_cancel_stops_the_job_and_says_so(qtbot, store, history, engine):
     assert d.laptop.swaps == [] and history.updates() == [] and d.run_page.close_button.isEnabled()
 
 
+def test_a_job_that_cannot_start_ends_the_yield_it_began(qtbot, store, history, engine, tmp_path):
+    """A program that is not there: the job ends at once with an error, and runningChanged says
+    False after True, so the window does not stay yielded (paced, the demo device niced)."""
+    d = make_dialog(qtbot, store, history, engine, program=[str(tmp_path / "no-such-distill")])
+    seen = []
+    d.runningChanged.connect(seen.append)
+    with qtbot.waitSignal(d.updateFinished, timeout=30000) as done:
+        d.start_button.click()
+    assert done.args == ["error"] and seen == [True, False]
+
+
 def test_a_failed_gate_names_the_rule_and_pushes_nothing_until_an_expert_overrides(qtbot, store, history, engine,
                                                                                  paired):
     pairing, pairings = paired

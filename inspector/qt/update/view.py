@@ -178,8 +178,8 @@ class UpdateDialog(QDialog):
         self._append("app", "$ " + " ".join(argv))
         self.state.started = time.monotonic()
         self._status("Starting distill update…")
+        self.runningChanged.emit(True)   # before start(): its end (even a failed start) comes after
         self.process.start(argv, cwd=str(app_root()))
-        self.runningChanged.emit(True)
 
     # ---------------------------------------------------------------- events
 
