@@ -262,27 +262,9 @@ class DemoDevice:
     # ------------------------------------------------------------------ stop
 
     def lower_priority(self, nice: int = YIELD_NICE) -> bool:
-        """Give every thread of the agent (its inference, capture and server threads) the nice
-        value ``nice``, so a job on this laptop (a model update) wins the cores when both want
-        them; the agent keeps the cores nobody else wants. True if done (Linux, agent running).
-
-        There is no way back without privileges (a process may only lower its own priority), and
-        none is needed: a nice value only matters while something else wants the same core."""
-        pid = self.pid if self.running else None
-        tasks = Path(f"/proc/{pid}/task")
-        if pid is None or not hasattr(os, "setpriority") or not tasks.is_dir():
-            return False
-        done = False
-        for task in tasks.iterdir():
-            try:
-                tid = int(task.name)
-                os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
-                done = True
-            except (OSError, ValueError) as err:   # a thread that just ended, or not permitted
-                log.debug("demo device: could not lower the priority of thread %s: %s", task.name, err)
-        if done:
-            log.info("demo device (pid %d) now runs at nice %d: a model update gets the cores first", pid, nice)
-        return done
+        """Give every thread of the agent the nice value ``nice`` (:func:`lower_priority`), so a
+        job on this laptop (a model update) wins the cores when both want them. True if done."""
+        return lower_priority(self.pid, nice) if self.running else False
 
     def stop(self) -> int | None:
         """SIGTERM, wait up to ``stop_timeout``, then SIGKILL. The exit status (None if never
@@ -321,6 +303,28 @@ class DemoDevice:
             return ""
         tail = [ln for ln in text.splitlines() if ln.strip()][-lines:]
         return f"\nThe end of its log ({self.log_path}):\n" + "\n".join(tail) if tail else ""
+
+
+def lower_priority(pid: int | None, nice: int = YIELD_NICE) -> bool:
+    """Give every thread of process ``pid`` (an agent's inference, capture and server threads) at
+    least the nice value ``nice``; True if done (Linux, the process there).
+
+    There is no way back without privileges (a process may only lower its own priority), and
+    none is needed: a nice value only matters while something else wants the same core."""
+    tasks = Path(f"/proc/{pid}/task")
+    if pid is None or not hasattr(os, "setpriority") or not tasks.is_dir():
+        return False
+    done = False
+    for task in tasks.iterdir():
+        try:
+            tid = int(task.name)
+            os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+            done = True
+        except (OSError, ValueError) as err:   # a thread that just ended, or not permitted
+            log.debug("could not lower the priority of thread %s of %s: %s", task.name, pid, err)
+    if done:
+        log.info("process %d now runs at nice %d: a model update gets the cores first", pid, nice)
+    return done
 
 
 def _exit_text(rc: int | None) -> str:
