@@ -262,15 +262,15 @@ def table(r: dict) -> str:
         golden = "–" if s["golden_change"] is None else f"{s['golden_change']:+.3f}"
         lines.append(f"| {s['site']} | {s['n']} | {s['recipe']} | {s['mcc_mean']:.3f} ± {s['mcc_sd']:.3f} | {golden} | "
                      f"{s['seconds']:.0f} | {s['seeds']} |")
-    live = r.get("click_to_live")
-    if live:
+    for live in r.get("click_to_live") or []:
         lines += ["", "Click to live, recipe (d) with N = 200, on a loopback agent: " + (
             f"{live['click_to_live_s']:.0f} s (update {live['update_s']:.0f} s, push {live['push_s']:.1f} s, "
             f"activate until live {live['activate_s']:.1f} s; goal ≤ {GOALS['click_to_live_s']:.0f} s)"
-            + (f"; the plan dialog's estimate of the update {live['estimate_s']:.0f} s, "
-               f"{live['update_s'] / live['estimate_s'] - 1:+.0%} off (goal within ±30 %)"
+            + (f", {live.get('unlabelled_tiles')} unlabelled tiles; the plan dialog's estimate of the update "
+               f"{live['estimate_s']:.0f} s, {live['update_s'] / live['estimate_s'] - 1:+.0%} off (goal within ±30 %)"
                if live.get("estimate_s") else "")
-            + (f"; {live['machine']['cpu']} ({live['machine']['isa']})" if live.get("machine") else "")
+            + (f"; {live['machine']['cpu']} ({live['machine']['isa']}), {live['machine']['date']}"
+               if live.get("machine") else "")
             if "error" not in live else f"not measured: {live['error']}")]
     return "\n".join(lines) + "\n"
 
@@ -328,12 +328,15 @@ def main() -> int:
                           f"golden {row['golden_change']}, {row['seconds']:.0f} s", flush=True)
                     result["rows"].append(row)
     result["summary"] = summarise(result["rows"], base)
-    live_path = args.work / "click_to_live.json"     # kept, so that --report-only tables show it
+    live_rows = args.rows.with_name("field_update.click_to_live.jsonl")   # committed, one line a run
     if args.click_to_live:
-        result["click_to_live"] = click_to_live(args.work / args.sites[0], args.work, args.fast)
-        live_path.write_text(json.dumps(result["click_to_live"], indent=2))
-    elif live_path.is_file():
-        result["click_to_live"] = json.loads(live_path.read_text())
+        live = click_to_live(args.work / args.sites[0], args.work, args.fast)
+        if "error" not in live:
+            with open(live_rows, "a") as f:
+                f.write(json.dumps({**live, "site": args.sites[0], "fast": args.fast}) + "\n")
+        result["click_to_live"] = [live]
+    if live_rows.is_file():
+        result["click_to_live"] = [json.loads(line) for line in live_rows.read_text().splitlines() if line.strip()]
     text = table(result)
     print(text)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
