@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import ssl

@@ -8,7 +8,6 @@ import stat
 import pytest
 import torch
 import torchvision
-from torch import nn
 
 from distill.models.checkpoint import checkpoint_info, load_classifier, save_checkpoint
 from distill.models.weights import init_from_file

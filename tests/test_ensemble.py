@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from distill.models.checkpoint import save_checkpoint
 from distill.models.ensemble import TeacherEnsemble

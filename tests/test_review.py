@@ -6,13 +6,11 @@ opinion, a full disk, and a relabelling process killed with SIGKILL (``review_ch
 """
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from inspector.review.queue import ReviewQueue
