@@ -1,0 +1,8 @@
+"""``inspector.model_check``, the 1.x import path of :mod:`inspector.edge.check`, kept for tools
+outside the app: this module *is* that one (same object in ``sys.modules``, so patching either
+patches both). New code imports :mod:`inspector.edge.check`."""
+import sys
+
+from inspector.edge import check as _module
+
+sys.modules[__name__] = _module
