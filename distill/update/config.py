@@ -132,10 +132,10 @@ def validate(c: UpdateConfig) -> None:
     if c.confirm and not c.override_gate:
         raise UpdateConfigError("confirm is only meaningful with override_gate (--override-gate)")
     if c.version is not None:
-        from inspector.edge.fields import PackageError, as_version as _version
+        from inspector.edge.fields import PackageError, as_version
 
         try:
-            _version(c.version, "version")
+            as_version(c.version, "version")
         except PackageError as exc:
             raise UpdateConfigError(f"--version: {exc}") from None
     for name in ("base", "labelled"):

@@ -103,7 +103,6 @@ class MainWindow(QMainWindow):
         self.flags: list = []             # records stored during this window's life
         self.frames_shown = 0
         self._stopped = False
-        self._yielding = False            # yield_to_update: the notice is ours to dismiss
         policy = getattr(flagger, "policy", None)
         uncertain_low = float(policy.uncertain_band[0]) if policy is not None else 0.40
         m = engine.manifest
@@ -361,13 +360,12 @@ class MainWindow(QMainWindow):
         live view infers at most every :data:`UPDATE_PACE_S` s (frames still show, verdicts
         lag) and the demo device, an agent on this laptop, drops to the lowest priority. The
         notice says so; full speed again when the job ends."""
+        was_yielding = self.inspector.pace is not None    # only this method sets a pace
         self.inspector.pace = UPDATE_PACE_S if running else None
         if not running:
-            if self._yielding:
+            if was_yielding:
                 self.notice.dismiss()
-            self._yielding = False
             return
-        self._yielding = True
         yielded = []
         if self.device is None:
             yielded.append(f"live inference here runs at most {1 / UPDATE_PACE_S:.0f} times a second")
