@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from distill.data.samples import Sample
@@ -29,13 +28,6 @@ from distill.update.errors import UpdateDataError
 
 UNLABELLED = -1
 MIN_LABELLED = 8
-
-
-@dataclass
-class SiteData:
-    labelled: list[Sample]
-    unlabelled: list[Sample]
-    unlabelled_dir: str | None
 
 
 def read_labelled(path: str, patch_size: int) -> list[Sample]:
@@ -187,10 +179,6 @@ def usable_unlabelled(unlabelled: list[Sample], labelled: list[Sample], val: lis
             n += by_source[src]
         kept = [s for s in kept if s.source in chosen]
     return kept
-
-
-def as_unlabelled(samples: list[Sample]) -> list[Sample]:
-    return [replace(s, label=UNLABELLED) for s in samples]
 
 
 def make_site_folders(masks_root: str | os.PathLike, out: str | os.PathLike, *, n_labelled: int = 100,
