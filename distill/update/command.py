@@ -42,6 +42,12 @@ def add_parser(sub) -> None:
     p.add_argument("--replay-ratio", type=float, help="base patches replayed per site patch")
     p.add_argument("--alpha", type=float, help="weight of KD against the labels' cross-entropy")
     p.add_argument("-T", "--temperature", type=float)
+    p.add_argument("--lwf", type=float, help="weight of the base student's own outputs in the KD target on replay "
+                                             "patches (learning without forgetting, 0..1)")
+    p.add_argument("--lwf-site", type=float, help="the same on site frames (0..1)")
+    p.add_argument("--weight-mix", choices=("off", "auto"),
+                   help="auto: the candidate is a mix of the trained and the base weights (WiSE-FT), the mix chosen "
+                        "on site validation under a forgetting check")
     p.add_argument("--patch-size", type=int, help="patch side for mask-annotated data and unlabelled frames")
     p.add_argument("--max-unlabelled", type=int, help="cap on unlabelled site patches")
     p.add_argument("--no-calibrate", action="store_true", help="keep the 0.5 threshold")
@@ -62,7 +68,8 @@ def config_from_args(args):
                "teacher_layers": args.teacher_layers, "replay_ratio": args.replay_ratio, "alpha": args.alpha,
                "temperature": args.temperature, "patch_size": args.patch_size, "max_unlabelled": args.max_unlabelled,
                "site_name": args.site_name, "site_licence": args.site_licence, "threads": args.threads,
-               "max_steps": args.max_steps}
+               "max_steps": args.max_steps, "lwf": args.lwf, "lwf_site": args.lwf_site,
+               "weight_mix": args.weight_mix}
     return UpdateConfig(base=args.base, labelled=args.labelled, out=args.out, override_gate=args.override_gate,
                         calibrate=not args.no_calibrate, fast=args.fast, **{k: v for k, v in options.items() if v is not None})
 

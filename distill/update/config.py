@@ -53,6 +53,9 @@ class UpdateConfig:
     temperature: float = 4.0
     teacher_views: str = "once"        # "once" (un-augmented view) or "per_epoch" (every augmented view)
     student_bn: str = "train"          # "train": batch norms adapt to the data; "frozen": keep the base's
+    lwf: float = 0.0                   # weight of the base student's soft outputs in the KD target, replay patches
+    lwf_site: float = 0.0              # the same on site frames (learning without forgetting; anchor.py)
+    weight_mix: str = "off"            # "auto": candidate = λ·trained + (1−λ)·base, λ chosen (WiSE-FT; anchor.py)
     lr: float = 3e-4                   # student
     teacher_lr: float = 3e-4
     batch_size: int = 32
@@ -112,6 +115,16 @@ def validate(c: UpdateConfig) -> None:
         raise UpdateConfigError(f"alpha must be in [0, 1], got {c.alpha}")
     if c.teacher_views not in ("once", "per_epoch"):
         raise UpdateConfigError(f"teacher_views must be 'once' or 'per_epoch', got {c.teacher_views!r}")
+    for name in ("lwf", "lwf_site"):
+        if not 0.0 <= getattr(c, name) <= 1.0:
+            raise UpdateConfigError(f"{name} must be in [0, 1], got {getattr(c, name)}")
+    if (c.lwf or c.lwf_site) and c.recipe not in ("full", "kd"):
+        raise UpdateConfigError(f"lwf and lwf_site mix the base student into the teachers' targets: recipe "
+                                f"{c.recipe} has no teachers")
+    if c.weight_mix not in ("off", "auto"):
+        raise UpdateConfigError(f"weight_mix must be 'off' or 'auto', got {c.weight_mix!r}")
+    if c.weight_mix == "auto" and c.recipe == "threshold":
+        raise UpdateConfigError("weight_mix mixes trained weights with the base's: recipe threshold trains none")
     if c.student_bn not in ("train", "frozen"):
         raise UpdateConfigError(f"student_bn must be 'train' or 'frozen', got {c.student_bn!r}")
     if not c.temperature > 0:

@@ -134,7 +134,9 @@ def _recipe(run: Run) -> dict:
             "student": {"init": f"{run.base.name}-{run.base.version} weights", "epochs": c.epochs, "lr": c.lr,
                         "batch_size": c.batch_size, "loss": "Hinton KD (all samples) + CE (labelled)",
                         "alpha": c.alpha if c.recipe in ("full", "kd") else 0.0, "temperature": c.temperature,
-                        "teacher_views": c.teacher_views, "batch_norm": c.student_bn}}
+                        "teacher_views": c.teacher_views, "batch_norm": c.student_bn,
+                        "lwf": {"replay": c.lwf, "site": c.lwf_site},
+                        "weight_mix": run.state.get("weight_mix") if c.weight_mix == "auto" else None}}
 
 
 def _replay_used(run: Run) -> list:

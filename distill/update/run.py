@@ -114,7 +114,7 @@ def load_state(run: Run) -> None:
         old = {}
     run.work.mkdir(parents=True, exist_ok=True)
     run.state = {"format": FORMAT, "fp": run.fp, "started": old.get("started", {}), "done": old.get("done", {}),
-                 "threshold": old.get("threshold")}
+                 "threshold": old.get("threshold"), "weight_mix": old.get("weight_mix")}
     reusable = [s for s in TRAINING_STAGES if run.done(s)]
     if reusable:
         run.rep.log(f"resuming: {', '.join(reusable)} done by an earlier run with the same inputs")

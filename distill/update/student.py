@@ -116,14 +116,17 @@ class SampleKeyed(torch.utils.data.Dataset):
         return PatchDataset(self.samples, self.input_size)
 
 
-def open_cache(path: Path, ensemble):
+def open_cache(path: Path, teacher):
+    """The teacher cache of ``teacher`` (the ensemble, or :class:`~distill.update.anchor.AnchoredTargets`)."""
     from distill.training.cache import TeacherCache
 
-    return TeacherCache(path, ensemble.fingerprint(), store_features=False)
+    return TeacherCache(path, teacher.fingerprint(), store_features=False)
 
 
-def precompute_teacher_outputs(ensemble, cache, dataset, epochs: int, reporter) -> dict:
-    """Teacher logits for every view the student's ``dataset`` will ask for; returns counts."""
+def precompute_teacher_outputs(teacher, cache, dataset, epochs: int, reporter) -> dict:
+    """Teacher logits for every view the student's ``dataset`` will ask for; returns counts.
+    ``teacher`` is the ensemble or, with learning without forgetting, the anchored targets."""
+    anchored = hasattr(teacher, "logits")
     if isinstance(dataset, SampleKeyed):
         key_of, dataset, epochs = (lambda ds, i, keyed=dataset: keyed.key(i)), dataset.plain(), 1
     else:
@@ -140,7 +143,10 @@ def precompute_teacher_outputs(ensemble, cache, dataset, epochs: int, reporter) 
             if missing:
                 images = torch.stack([dataset[i]["image"] for i in missing])
                 with torch.no_grad():
-                    logits = ensemble.forward_all(images)["logits"].float().numpy()
+                    if anchored:
+                        logits = teacher.logits(images, [dataset.samples[i].sha256 for i in missing])
+                    else:
+                        logits = teacher.forward_all(images)["logits"].float().numpy()
                 cache.put_many({key_of(dataset, i): {"logits": logits[j]} for j, i in enumerate(missing)})
                 computed += len(missing)
             done += len(idx)

@@ -45,10 +45,21 @@ def _student_train_samples(run: Run) -> list:
     return d["site_train"] + d["replay_student"]
 
 
-def _ensemble(run: Run):
+def _teacher(run: Run):
+    """What the student distils from: the (adapted) ensemble, mixed with the base student's own
+    outputs when the run keeps what the base knew (``lwf``, ``lwf_site``: ``anchor.py``)."""
     from distill.models.ensemble import TeacherEnsemble
 
-    return TeacherEnsemble.from_checkpoints([str(p) for p in run.teachers], average="logits")
+    ensemble = TeacherEnsemble.from_checkpoints([str(p) for p in run.teachers], average="logits")
+    cfg = run.cfg
+    if not (cfg.lwf or cfg.lwf_site):
+        return ensemble
+    from distill.models.checkpoint import load_classifier
+    from distill.update.anchor import AnchoredTargets
+
+    base = load_classifier(run.base.checkpoint).float()
+    return AnchoredTargets(ensemble, base, {s.sha256 for s in run.data["replay_student"]}, cfg.lwf, cfg.lwf_site,
+                           cfg.temperature)
 
 
 def stage_teacher_outputs(run: Run) -> None:
@@ -62,11 +73,11 @@ def stage_teacher_outputs(run: Run) -> None:
         run.skip_done("teacher_outputs")
         return
     run.begin("teacher_outputs", None)   # the cache is keyed by the teachers' weights: never stale
-    ensemble = _ensemble(run)
-    cache = open_cache(run.work / "teacher_cache.sqlite", ensemble)
+    teacher = _teacher(run)
+    cache = open_cache(run.work / "teacher_cache.sqlite", teacher)
     try:
         ds = train_dataset(_student_train_samples(run), student_input_size(run), cfg.seed, cfg.teacher_views)
-        stats = precompute_teacher_outputs(ensemble, cache, ds, cfg.epochs, rep)
+        stats = precompute_teacher_outputs(teacher, cache, ds, cfg.epochs, rep)
     finally:
         cache.close()
     run.mark("teacher_outputs")
@@ -97,21 +108,35 @@ def stage_distil(run: Run) -> None:
     plan = StudentPlan(cfg.epochs, cfg.lr, cfg.alpha, cfg.temperature, cfg.batch_size, cfg.seed, cfg.max_steps,
                        freeze_bn=cfg.student_bn == "frozen")
     size = student_input_size(run)
-    ensemble = cache = None
+    teacher = cache = None
     if cfg.recipe in ("full", "kd"):
-        ensemble = _ensemble(run)
-        cache = open_cache(run.work / "teacher_cache.sqlite", ensemble)
+        teacher = _teacher(run)
+        cache = open_cache(run.work / "teacher_cache.sqlite", teacher)
     try:
         model = distil(run.base.checkpoint, train_dataset(_student_train_samples(run), size, cfg.seed, cfg.teacher_views),
                        PatchDataset(run.data["val"], size), plan, run.work / "student", rep,
-                       ensemble=ensemble, cache=cache)
+                       ensemble=teacher, cache=cache)
     finally:
         if cache is not None:
             cache.close()
+    if cfg.weight_mix == "auto":
+        _mix_with_base(run, model, size)
     model.meta.extra = {**model.meta.extra, "tiling": run.base.tiling}
     save_checkpoint(out, model, info={"recipe": cfg.recipe, "parent": f"{run.base.name}-{run.base.version}"})
     run.mark("distil")
     rep.done("distil")
+
+
+def _mix_with_base(run: Run, model, size: int) -> None:
+    """WiSE-FT: the candidate becomes λ·trained + (1−λ)·base (``anchor.choose_mix``), recorded."""
+    from distill.data.torch_dataset import PatchDataset
+    from distill.models.checkpoint import load_classifier
+    from distill.update.anchor import choose_mix
+
+    base = load_classifier(run.base.checkpoint).float()
+    choice = choose_mix(base, model, PatchDataset(run.data["val"], size), PatchDataset(run.data["replay_check"], size))
+    run.state["weight_mix"] = choice.to_dict()
+    run.rep.log(f"weight mix: {choice.reason}")
 
 
 # ----------------------------------------------------------------------------------- calibrate

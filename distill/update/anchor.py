@@ -1,0 +1,135 @@
+"""Keeping what the base student knows while it learns a site (docs/design/update.md).
+
+Two tools, each a setting of :class:`~distill.update.config.UpdateConfig`, measured alone and
+together by ``benchmarks/field_update.py``:
+
+* **Learning without forgetting** (Li & Hoiem 2016; self-distillation): the base student is a
+  teacher too. The KD target of a sample mixes the adapted ensemble's soft outputs with the
+  base student's own, in probability space at the distillation temperature T::
+
+      p = (1 − w) · softmax(t_ensemble / T) + w · softmax(t_base / T)
+
+  with ``w = lwf`` on replayed base patches and ``w = lwf_site`` on site frames. The target is
+  stored in the teacher cache as ``T · log p`` (so ``softmax(·/T) = p``) under a fingerprint of
+  the ensemble, the base weights, the weights and T: :class:`AnchoredTargets`.
+* **Weight-space mixing** (WiSE-FT, Wortsman et al. 2022): the candidate is
+  ``λ · trained + (1 − λ) · base`` for the λ of :data:`MIX_GRID` with the best site-validation
+  MCC among those whose MCC on the *base check* (replayed base patches held out of training,
+  patches the base classified when it was trained: a forgetting probe that is not the gate's
+  golden set) drops by at most :data:`CHECK_MAX_DROP` from the base's: :func:`choose_mix`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+MIX_GRID = (1.0, 0.8, 0.6, 0.4, 0.2)
+CHECK_MAX_DROP = 0.005      # half the gate's golden allowance: room for the INT8 package's own drift
+CHECK_PATCHES = 100         # base patches of the replay pool kept out of training to probe forgetting
+
+
+class AnchoredTargets(nn.Module):
+    """The student's KD targets: the ensemble's soft outputs mixed with the base student's.
+
+    ``replay`` is the set of sha256 of the replayed base patches (weight ``lwf``); every other
+    sample is a site frame (weight ``lwf_site``). Targets are precomputed by
+    :meth:`logits` into the teacher cache; :meth:`forward_all` refuses, so a training step can
+    never fall back to the ensemble alone on a cache miss.
+    """
+
+    def __init__(self, ensemble: nn.Module, base: nn.Module, replay: set[str], lwf: float, lwf_site: float,
+                 temperature: float):
+        super().__init__()
+        for name, w in (("lwf", lwf), ("lwf_site", lwf_site)):
+            if not 0.0 <= w <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {w}")
+        self.ensemble, self.base = ensemble, base.eval()
+        self.replay, self.lwf, self.lwf_site, self.temperature = set(replay), float(lwf), float(lwf_site), float(temperature)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.ensemble.fingerprint().encode())
+        h.update(f":lwf={self.lwf}:site={self.lwf_site}:T={self.temperature}".encode())
+        for k, v in self.base.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, shas: list[str]) -> np.ndarray:
+        t = self.temperature
+        teach = torch.softmax(self.ensemble.forward_all(images)["logits"].float() / t, dim=1)
+        base = torch.softmax(self.base(images).float() / t, dim=1)
+        w = torch.tensor([self.lwf if s in self.replay else self.lwf_site for s in shas]).unsqueeze(1)
+        mixed = (1.0 - w) * teach + w * base
+        return (t * torch.log(mixed.clamp_min(1e-12))).numpy().astype(np.float32)
+
+    def forward_all(self, images):   # noqa: ARG002 - the training loop's teacher interface
+        raise RuntimeError("anchored targets are precomputed by the teacher_outputs stage; a cache miss "
+                           "here means the cache does not hold this run's targets")
+
+
+# ------------------------------------------------------------------------------- weight mixing
+
+
+@dataclass
+class MixChoice:
+    lam: float
+    reason: str
+    table: list[dict]          # per λ: site_val_mcc, check_mcc, check_drop, allowed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mixed_state(base: dict, trained: dict, lam: float) -> dict:
+    """``lam · trained + (1 − lam) · base`` for every floating tensor (weights and batch-norm
+    statistics); integer buffers (``num_batches_tracked``) are the trained model's."""
+    if base.keys() != trained.keys():
+        raise ValueError("base and trained student differ in their parameters: not the same architecture")
+    return {k: (lam * v + (1.0 - lam) * base[k]) if v.is_floating_point() else v.clone()
+            for k, v in trained.items()}
+
+
+def choose_mix(base: nn.Module, trained: nn.Module, val_ds, check_ds, grid=MIX_GRID,
+               max_drop: float = CHECK_MAX_DROP) -> MixChoice:
+    """The λ of ``grid`` with the best site-validation MCC (ties: the larger λ) among those whose
+    base-check MCC is at most ``max_drop`` below the base's; λ = 0 (the base itself) when none is.
+    Leaves ``trained`` holding the chosen mix."""
+    from distill.metrics import mcc
+    from distill.training.loop import predict
+
+    def scores(model) -> tuple[float, float]:
+        vp, vy = predict(model, val_ds)
+        cp, cy = predict(model, check_ds)
+        return mcc(vy, vp.argmax(1)), mcc(cy, cp.argmax(1))
+
+    base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    trained_sd = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+    _, base_check = scores(base)
+    table = []
+    for lam in grid:
+        trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
+        val, check = scores(trained)
+        table.append({"lam": lam, "site_val_mcc": _r(val), "check_mcc": _r(check), "check_drop": _r(base_check - check),
+                      "allowed": base_check - check <= max_drop + 1e-12})
+    allowed = [row for row in table if row["allowed"]]
+    if allowed:
+        best = max(allowed, key=lambda row: (row["site_val_mcc"], row["lam"]))
+        lam = best["lam"]
+        reason = (f"λ = {lam}: site validation MCC {best['site_val_mcc']:.3f}, base check MCC "
+                  f"{best['check_mcc']:.3f} (base {base_check:.3f}, at most {max_drop} lower allowed)")
+    else:
+        lam = 0.0
+        reason = (f"every mix forgets: base check MCC drops by more than {max_drop} at every λ of {list(grid)} "
+                  f"(base {base_check:.3f}); the candidate is the base itself")
+    trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
+    return MixChoice(lam, reason, table)
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4) if math.isfinite(x) else float("nan")
