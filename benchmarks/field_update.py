@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -50,6 +51,9 @@ DATA = Path(os.environ.get("CRACK_DATA_DIR", REPO.parent / "shared" / "data"))
 SITES = {"crackforest": "crackforest_cfd", "uav75": "uav75"}
 RECIPES = {"a": "threshold", "b": "finetune", "c": "kd", "d": "full"}
 POOLS = (("labelled", 0.4), ("unlabelled", 0.7), ("test", 1.0))   # cumulative fractions of the frames
+# what keeps the base's knowledge (distill/update/anchor.py), measured alone and together; "" is neither
+VARIANTS = {"": {}, "lwf": {"lwf": 0.5, "lwf_site": 0.2}, "mix": {"weight_mix": "auto"},
+            "lwf+mix": {"lwf": 0.5, "lwf_site": 0.2, "weight_mix": "auto"}}
 GOALS = {"site_mcc_n100": 0.8, "forgetting": 0.01, "click_to_live_s": 180.0}
 READY = re.compile(r"AGENT READY port=(\d+) tls=(\d) cert_sha256=(\S+) pairing_code=(\d+)")
 
@@ -133,15 +137,17 @@ def site_mcc(package: Path, test_dir: Path) -> float:
 # --------------------------------------------------------------------------- one update
 
 
-def run_recipe(site_root: Path, n: int, seed: int, recipe: str, work: Path, fast: bool) -> dict:
+def run_recipe(site_root: Path, n: int, seed: int, recipe: str, work: Path, fast: bool, variant: str = "") -> dict:
     from distill.update.config import UpdateConfig
     from distill.update.pipeline import run_update
     from inspector.paths import default_model
 
-    run_dir = work / "runs" / f"{site_root.name}-n{n}-s{seed}-{recipe}{'' if fast else '-default'}"
+    run_dir = (work / "runs" / f"{site_root.name}-n{n}-s{seed}-{recipe}{'' if fast else '-default'}"
+               f"{'-' + variant if variant else ''}")
     labelled = draw_labelled(site_root, n, seed, work / "draws" / f"{site_root.name}-n{n}-s{seed}")
     cfg = UpdateConfig(base=str(default_model()), labelled=str(labelled), out=str(run_dir),
                        unlabelled=str(site_root / "unlabelled"), recipe=recipe, seed=seed, fast=fast,
+                       **VARIANTS[variant],
                        override_gate=True, confirm="benchmark: every candidate is measured", pushed_by="field_update")
     t0 = time.perf_counter()
     result = run_update(cfg, emit=lambda event: None)
@@ -149,9 +155,12 @@ def run_recipe(site_root: Path, n: int, seed: int, recipe: str, work: Path, fast
     update = json.loads((run_dir / "update.json").read_text())
     int8 = run_dir / Path(result["candidate"]["int8"]).name   # update.json names files in run_dir
     golden = _golden_change(update)
+    mix = update["recipe"]["student"].get("weight_mix")
     return {"recipe": recipe, "n": n, "seed": seed, "seconds": seconds,
             "site_mcc": site_mcc(int8, site_root / "test"), "golden_change": golden,
-            "gate_passed": update.get("gate", {}).get("passed")}
+            "gate_passed": update.get("gate", {}).get("passed"), "verdict": update.get("gate", {}).get("verdict"),
+            "failed": update.get("gate", {}).get("failed"), "mix_lambda": mix["lam"] if mix else None,
+            "timings_s": update.get("timings_s")}
 
 
 def _golden_change(update: dict) -> float | None:
@@ -236,19 +245,24 @@ def summarise(rows: list[dict], base: dict[str, float]) -> list[dict]:
         out.append({"site": site, "n": 0, "recipe": "shipped student", "mcc_mean": base[site], "mcc_sd": 0.0,
                     "golden_change": 0.0, "seconds": 0.0, "seeds": 0})
         for n in sorted({r["n"] for r in rows if r["site"] == site}):
-            for fast in (True, False):
-                for letter, recipe in RECIPES.items():
-                    group = [r for r in rows if r["site"] == site and r["n"] == n and r["recipe"] == recipe
-                             and bool(r.get("fast")) == fast]
-                    if not group:
-                        continue
-                    mccs = [r["site_mcc"] for r in group]
-                    golden = [r["golden_change"] for r in group if r["golden_change"] is not None]
-                    out.append({"site": site, "n": n, "recipe": f"({letter}) {recipe}" + ("" if fast else ", default"),
-                                "mcc_mean": statistics.fmean(mccs),
-                                "mcc_sd": statistics.stdev(mccs) if len(mccs) > 1 else 0.0,
-                                "golden_change": statistics.fmean(golden) if golden else None,
-                                "seconds": statistics.fmean(r["seconds"] for r in group), "seeds": len(group)})
+            for fast, (letter, recipe), variant in itertools.product((True, False), RECIPES.items(), VARIANTS):
+                group = sorted((r for r in rows if r["site"] == site and r["n"] == n and r["recipe"] == recipe
+                                and bool(r.get("fast")) == fast and r.get("variant", "") == variant),
+                               key=lambda r: r["seed"])
+                if not group:
+                    continue
+                mccs = [r["site_mcc"] for r in group]
+                golden = [r["golden_change"] for r in group if r["golden_change"] is not None]
+                out.append({"site": site, "n": n, "recipe": f"({letter}) {recipe}" + ("" if fast else ", default")
+                            + (f", {variant}" if variant else ""),
+                            "mcc_mean": statistics.fmean(mccs),
+                            "mcc_sd": statistics.stdev(mccs) if len(mccs) > 1 else 0.0,
+                            "golden_change": statistics.fmean(golden) if golden else None,
+                            "golden_per_seed": [r["golden_change"] for r in group],
+                            "verdicts": [r.get("verdict") or ("passed" if r.get("gate_passed") else "refused")
+                                         for r in group],
+                            "lambdas": [r.get("mix_lambda") for r in group],
+                            "seconds": statistics.fmean(r["seconds"] for r in group), "seeds": len(group)})
     return out
 
 
@@ -256,12 +270,19 @@ def table(r: dict) -> str:
     lines = [f"{platform.machine()} CPU ({os.cpu_count()} cores); seeds {r['seeds']}; pools: {json.dumps(r['pools'])}.",
              "Recipes with `--fast` settings (at most 1 student / 2 teacher epochs, 500 unlabelled patches) unless "
              "marked *default* (the app's Update model: 3 student / 4 teacher epochs, up to 3000 unlabelled).", "",
-             "| site | N labelled | recipe | site test MCC (mean ± sd) | golden MCC change | time to candidate (s) | seeds |",
-             "|---|---|---|---|---|---|---|"]
+             "Variants (`distill/update/anchor.py`): *lwf* = the base student's outputs mixed into the KD targets "
+             f"({VARIANTS['lwf']}), *mix* = the WiSE-FT weight mix with the base ({VARIANTS['mix']}). Golden change "
+             "and the gate's verdict are listed per seed (seed order), with the mixing weight λ chosen.", "",
+             "| site | N labelled | recipe | site test MCC (mean ± sd) | golden MCC change per seed | gate per seed | "
+             "λ | time to candidate (s) | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in r["summary"]:
-        golden = "–" if s["golden_change"] is None else f"{s['golden_change']:+.3f}"
+        golden = " / ".join("–" if g is None else f"{g:+.3f}" for g in s.get("golden_per_seed", [s["golden_change"]]))
+        verdicts = " / ".join(_SHORT.get(v, v) for v in s.get("verdicts", [])) or "–"
+        lams = " / ".join("–" if x is None else f"{x:g}" for x in s.get("lambdas", [])) if any(
+            x is not None for x in s.get("lambdas", [])) else "–"
         lines.append(f"| {s['site']} | {s['n']} | {s['recipe']} | {s['mcc_mean']:.3f} ± {s['mcc_sd']:.3f} | {golden} | "
-                     f"{s['seconds']:.0f} | {s['seeds']} |")
+                     f"{verdicts} | {lams} | {s['seconds']:.0f} | {s['seeds']} |")
     for live in r.get("click_to_live") or []:
         lines += ["", "Click to live, recipe (d) with N = 200, on a loopback agent: " + (
             f"{live['click_to_live_s']:.0f} s (update {live['update_s']:.0f} s, push {live['push_s']:.1f} s, "
@@ -273,6 +294,9 @@ def table(r: dict) -> str:
                if live.get("machine") else "")
             if "error" not in live else f"not measured: {live['error']}")]
     return "\n".join(lines) + "\n"
+
+
+_SHORT = {"passed": "pass", "failed": "refused", "not_enough_evidence": "not enough evidence"}
 
 
 def _machine() -> dict:
@@ -291,6 +315,8 @@ def main() -> int:
     ap.add_argument("--n", nargs="+", type=int, default=[25, 50, 100, 200])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--variants", nargs="+", default=[""], choices=list(VARIANTS),
+                    help="what keeps the base's knowledge: '' (neither), lwf, mix, lwf+mix")
     ap.add_argument("--fast", action="store_true", help="distill update --fast settings (fewer epochs)")
     ap.add_argument("--click-to-live", action="store_true")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "field_update")
@@ -313,18 +339,22 @@ def main() -> int:
         base[site] = site_mcc(default_model(), args.work / site / "test")
         for n in args.n:
             for seed in args.seeds:
-                for letter, fast in ((x, f) for x in args.recipes for f in modes):
-                    key = {"site": site, "n": n, "seed": seed, "recipe": RECIPES[letter], "fast": fast}
-                    row = next((d for d in done if all(d.get(k) == v for k, v in key.items())), None)
+                for letter, fast, variant in itertools.product(args.recipes, modes,
+                                                               VARIANTS if args.report_only else args.variants):
+                    key = {"site": site, "n": n, "seed": seed, "recipe": RECIPES[letter], "fast": fast,
+                           "variant": variant}
+                    row = next((d for d in done if all(d.get(k, "" if k == "variant" else None) == v
+                                                       for k, v in key.items())), None)
                     if row is None and args.report_only:
                         continue
                     if row is None:
-                        row = {**key, **run_recipe(args.work / site, n, seed, RECIPES[letter], args.work, fast),
+                        row = {**key, **run_recipe(args.work / site, n, seed, RECIPES[letter], args.work, fast,
+                                                   variant),
                                "machine": _machine()}
                         done_path.parent.mkdir(parents=True, exist_ok=True)
                         with open(done_path, "a") as f:
                             f.write(json.dumps(row) + "\n")
-                    print(f"  {site} N={n} seed={seed} {row['recipe']}: site MCC {row['site_mcc']:.3f}, "
+                    print(f"  {site} N={n} seed={seed} {row['recipe']} {variant}: site MCC {row['site_mcc']:.3f}, "
                           f"golden {row['golden_change']}, {row['seconds']:.0f} s", flush=True)
                     result["rows"].append(row)
     result["summary"] = summarise(result["rows"], base)
