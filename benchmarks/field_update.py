@@ -48,12 +48,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DATA = Path(os.environ.get("CRACK_DATA_DIR", REPO.parent / "shared" / "data"))
-SITES = {"crackforest": "crackforest_cfd", "uav75": "uav75"}
+# site -> (dataset, patch side): "@160" sites are cut at the app's tile size (160 px), which the
+# shipped student sees downscaled to its 96 px input and a px160 student sees whole
+SITES = {"crackforest": ("crackforest_cfd", 96), "uav75": ("uav75", 96),
+         "crackforest@160": ("crackforest_cfd", 160), "uav75@160": ("uav75", 160)}
 RECIPES = {"a": "threshold", "b": "finetune", "c": "kd", "d": "full"}
 POOLS = (("labelled", 0.4), ("unlabelled", 0.7), ("test", 1.0))   # cumulative fractions of the frames
-# what keeps the base's knowledge (distill/update/anchor.py), measured alone and together; "" is neither
-VARIANTS = {"": {}, "lwf": {"lwf": 0.5, "lwf_site": 0.2}, "mix": {"weight_mix": "auto"},
-            "lwf+mix": {"lwf": 0.5, "lwf_site": 0.2, "weight_mix": "auto"}}
+# settings beside a recipe, combined with "+" ("lwf+mix+px160"); "" is none of them. lwf and mix keep
+# the base's knowledge (distill/update/anchor.py), px160 is a student that takes 160 px tiles whole
+VARIANT_PARTS = {"lwf": {"lwf": 0.5, "lwf_site": 0.2}, "mix": {"weight_mix": "auto"}, "px160": {"input_size": 160},
+                 "need": {}}   # need: the N labels are the pool's "most in need" (need_order), not a random draw
+VARIANTS = ["", "lwf", "mix", "lwf+mix", "px160", "lwf+mix+px160", "need", "lwf+mix+need"]
+
+
+def variant_settings(variant: str) -> dict:
+    settings: dict = {}
+    for part in filter(None, variant.split("+")):
+        settings.update(VARIANT_PARTS[part])
+    return settings
 GOALS = {"site_mcc_n100": 0.8, "forgetting": 0.01, "click_to_live_s": 180.0}
 READY = re.compile(r"AGENT READY port=(\d+) tls=(\d) cert_sha256=(\S+) pairing_code=(\d+)")
 
@@ -77,7 +89,10 @@ def prepare_site(site: str, work: Path) -> dict:
     done = root / "pools.json"
     if done.is_file():
         return json.loads(done.read_text())
-    samples = read_dataset(DATA / SITES[site], layout="masks")
+    from distill.data.patches import PatchRule
+
+    folder, patch = SITES[site]
+    samples = read_dataset(DATA / folder, layout="masks", patch_rule=PatchRule(size=patch, stride=patch))
     pools: dict[str, list] = {"labelled": [], "unlabelled": [], "test": []}
     for s in samples:
         pools[_pool_of(s.source)].append(s)
@@ -128,6 +143,58 @@ def draw_labelled(site_root: Path, n: int, seed: int, out: Path) -> Path:
     return out
 
 
+def need_order(site_root: Path) -> list[dict]:
+    """The labelled pool in the review's "most in need" order (``inspector.store.query``'s "need"
+    sort: disagreement, then uncertainty), as an inspector labelling the first N would meet it.
+    Each patch is scored by the shipped student (INT8, the app's live model) and the shipped
+    teacher ensemble (the app's teacher scorer): disagreement |p_teacher − p_student|,
+    uncertainty the binary entropy of p_student. Frames are ranked by their most disagreeing
+    patch, and patches are taken one per frame per round (diversity: many frames before a second
+    patch of one). The labels are only read afterwards, as the inspector's answers."""
+    import numpy as np
+
+    from distill.data.layouts import read_dataset
+    from distill.export.package import onnx_session, run_onnx, uint8_patches
+    from inspector.edge.package import load_package
+    from inspector.paths import default_model, default_teachers
+
+    cached = site_root / "need_order.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    meta = {r["file"]: r for r in json.loads((site_root / "labelled_pool" / "metadata.json").read_text())["patches"]}
+    samples = read_dataset(site_root / "labelled_pool", layout="folders")
+    probs = {}
+    for name, path in (("student", default_model()), ("teacher", default_teachers())):
+        pkg = load_package(path)
+        p = run_onnx(onnx_session(pkg.onnx_bytes), uint8_patches(samples, pkg.manifest.input.size))["probs"]
+        probs[name] = p[:, list(pkg.manifest.labels).index("crack")]
+    ps, pt = probs["student"], probs["teacher"]
+    q = np.clip(ps, 1e-6, 1 - 1e-6)
+    rows = []
+    for s, a, b, h in zip(samples, ps, pt, -(q * np.log2(q) + (1 - q) * np.log2(1 - q))):
+        rel = str(Path(s.path).resolve().relative_to((site_root / "labelled_pool").resolve()))
+        rows.append({**meta[rel], "disagreement": float(abs(b - a)), "uncertainty": float(h)})
+    frames: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (-r["disagreement"], -r["uncertainty"], r["file"])):
+        frames.setdefault(r["source"], []).append(r)
+    ranked = list(frames.values())        # frames in order of their most disagreeing patch
+    order = [f[i] for i in range(max(map(len, ranked))) for f in ranked if i < len(f)]
+    cached.write_text(json.dumps(order))
+    return order
+
+
+def draw_by_need(site_root: Path, n: int, out: Path) -> Path:
+    """The first N patches of :func:`need_order`, linked into ``out`` with their sources."""
+    chosen = need_order(site_root)[:n]
+    for r in chosen:
+        dst = out / r["file"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            os.link(site_root / "labelled_pool" / r["file"], dst)
+    _write_meta(out, [{k: r[k] for k in ("file", "source", "label")} for r in chosen])
+    return out
+
+
 def site_mcc(package: Path, test_dir: Path) -> float:
     from distill.training.runs import evaluate_model_path
 
@@ -144,10 +211,13 @@ def run_recipe(site_root: Path, n: int, seed: int, recipe: str, work: Path, fast
 
     run_dir = (work / "runs" / f"{site_root.name}-n{n}-s{seed}-{recipe}{'' if fast else '-default'}"
                f"{'-' + variant if variant else ''}")
-    labelled = draw_labelled(site_root, n, seed, work / "draws" / f"{site_root.name}-n{n}-s{seed}")
+    if "need" in variant.split("+"):
+        labelled = draw_by_need(site_root, n, work / "draws" / f"{site_root.name}-n{n}-need")
+    else:
+        labelled = draw_labelled(site_root, n, seed, work / "draws" / f"{site_root.name}-n{n}-s{seed}")
     cfg = UpdateConfig(base=str(default_model()), labelled=str(labelled), out=str(run_dir),
                        unlabelled=str(site_root / "unlabelled"), recipe=recipe, seed=seed, fast=fast,
-                       **VARIANTS[variant],
+                       **variant_settings(variant),
                        override_gate=True, confirm="benchmark: every candidate is measured", pushed_by="field_update")
     t0 = time.perf_counter()
     result = run_update(cfg, emit=lambda event: None)
@@ -271,8 +341,10 @@ def table(r: dict) -> str:
              "Recipes with `--fast` settings (at most 1 student / 2 teacher epochs, 500 unlabelled patches) unless "
              "marked *default* (the app's Update model: 3 student / 4 teacher epochs, up to 3000 unlabelled).", "",
              "Variants (`distill/update/anchor.py`): *lwf* = the base student's outputs mixed into the KD targets "
-             f"({VARIANTS['lwf']}), *mix* = the WiSE-FT weight mix with the base ({VARIANTS['mix']}). Golden change "
-             "and the gate's verdict are listed per seed (seed order), with the mixing weight λ chosen.", "",
+             f"({VARIANT_PARTS['lwf']}), *mix* = the WiSE-FT weight mix with the base ({VARIANT_PARTS['mix']}); "
+             f"*px160* = a student taking 160 px inputs ({VARIANT_PARTS['px160']}), on the `@160` sites (patches cut "
+             "at the app's 160 px tile, which the 96 px students see downscaled). Golden change and the gate's "
+             "verdict are listed per seed (seed order), with the mixing weight λ chosen.", "",
              "| site | N labelled | recipe | site test MCC (mean ± sd) | golden MCC change per seed | gate per seed | "
              "λ | time to candidate (s) | seeds |",
              "|---|---|---|---|---|---|---|---|---|"]

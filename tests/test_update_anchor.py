@@ -95,20 +95,20 @@ def test_anchored_targets_mix_the_base_in_on_replay_and_site_frames_by_their_wei
         AnchoredTargets(Ensemble(bad), base, replay, 1.5, 0.0, T)
 
 
-def test_the_mix_keeps_the_base_check_and_falls_back_to_the_base_when_every_mix_forgets(base, replay_patches):
-    check = PatchDataset(replay_patches[:120], 96)
+def test_the_mix_keeps_the_golden_mcc_and_falls_back_to_the_base_when_every_mix_forgets(base, replay_patches):
+    golden = PatchDataset(read_manifest(MODELS / "golden" / "golden.csv")[::4], 96)
     val = PatchDataset(replay_patches[120:200], 96)
     same = load_classifier(CKPT).float().eval()
-    choice = choose_mix(base, same, val, check)
+    choice = choose_mix(base, same, val, golden)
     assert choice.lam == 1.0 and all(row["allowed"] for row in choice.table)   # nothing forgotten: all of it
     bad = _flipped(base)
-    choice = choose_mix(base, bad, val, check)
+    choice = choose_mix(base, bad, val, golden)
     # a student with its classes swapped forgets at every mixing weight but the smallest ones
-    assert choice.table[0]["lam"] == 1.0 and not choice.table[0]["allowed"] and choice.table[0]["check_drop"] > 1.0
+    assert choice.table[0]["lam"] == 1.0 and not choice.table[0]["allowed"] and choice.table[0]["golden_drop"] > 1.0
     chosen = next(row for row in choice.table if row["lam"] == choice.lam) if choice.lam else None
     assert choice.lam == 0.0 or chosen["allowed"]
     with torch.no_grad():                    # the model now holds the chosen mix
-        x = check[0]["image"][None]
+        x = golden[0]["image"][None]
         expect = mixed_state(base.state_dict(), _flipped(base).state_dict(), choice.lam)
         ref = load_classifier(CKPT).float().eval()
         ref.load_state_dict(expect)
@@ -116,7 +116,9 @@ def test_the_mix_keeps_the_base_check_and_falls_back_to_the_base_when_every_mix_
 
 
 @pytest.mark.slow
-def test_an_update_with_lwf_and_the_weight_mix_records_both_and_keeps_the_check_out_of_training(tmp_path):
+def test_an_update_with_lwf_the_weight_mix_and_a_larger_input_records_them_and_ships_that_input(tmp_path):
+    """One quick run with every new setting: each is recorded, the mix kept the golden MCC."""
+    from inspector.edge.package import load_package
     from inspector.store.database import FlagStore
 
     with FlagStore(tmp_path / "flags") as s:
@@ -124,20 +126,21 @@ def test_an_update_with_lwf_and_the_weight_mix_records_both_and_keeps_the_check_
     out = tmp_path / "update"
     proc, events = run_cli("--base", str(BASE_INT8), "--labelled", str(export), "--out", str(out),
                            "--golden", str(golden_slice(tmp_path)), "--pushed-by", "ana",
-                           "--lwf", "0.5", "--lwf-site", "0.1", "--weight-mix", "auto", *QUICK)
+                           "--lwf", "0.5", "--lwf-site", "0.1", "--weight-mix", "auto", "--input-size", "128", *QUICK)
     assert proc.returncode == EXIT_OK, proc.stderr[-3000:]    # promoted or refused, not an error
     assert events[-1]["event"] == "result"
     record = json.loads((out / "update.json").read_text())
     student = record["recipe"]["student"]
-    assert student["lwf"] == {"replay": 0.5, "site": 0.1}
+    assert student["lwf"] == {"replay": 0.5, "site": 0.1} and student["input_size"] == 128
+    base = load_package(BASE_INT8).manifest
+    for variant in ("fp32", "int8"):          # 160 px tiles seen whole at 128 px, not downscaled to 96
+        m = load_package(out / record["candidate"][variant]).manifest
+        assert m.input.size == 128 and m.tiling == base.tiling
     mix = student["weight_mix"]
     assert mix["lam"] in [row["lam"] for row in mix["table"]] + [0.0]
     assert [row["lam"] for row in mix["table"]] == [1.0, 0.8, 0.6, 0.4, 0.2]
-    work = out / ".work" / "data"
-    if work.is_dir():                         # a refused run keeps its working files
-        check = {s.sha256 for s in read_manifest(work / "replay_check.csv")}
-        trained = {s.sha256 for name in ("replay_student", "replay_teachers") for s in read_manifest(work / f"{name}.csv")}
-        assert len(check) == 100 and not check & trained
+    chosen = next((row for row in mix["table"] if row["lam"] == mix["lam"]), None)
+    assert chosen is None or (chosen["allowed"] and chosen["golden_drop"] <= 0.005)
 
 
 def test_lwf_needs_teachers_and_the_mix_needs_training(tmp_path):
@@ -153,4 +156,8 @@ def test_lwf_needs_teachers_and_the_mix_needs_training(tmp_path):
         UpdateConfig(**common, lwf_site=-0.1).resolved()
     with pytest.raises(UpdateConfigError, match="weight_mix"):
         UpdateConfig(**common, weight_mix="maybe").resolved()
+    with pytest.raises(UpdateConfigError, match="input_size must be"):
+        UpdateConfig(**common, input_size=8).resolved()
+    with pytest.raises(UpdateConfigError, match="trains nothing"):
+        UpdateConfig(**common, recipe="threshold", input_size=160).resolved()
     assert np.isclose(UpdateConfig(**common, recipe="finetune", weight_mix="auto").resolved().lwf, 0.0)

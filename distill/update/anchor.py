@@ -14,9 +14,14 @@ together by ``benchmarks/field_update.py``:
   the ensemble, the base weights, the weights and T: :class:`AnchoredTargets`.
 * **Weight-space mixing** (WiSE-FT, Wortsman et al. 2022): the candidate is
   ``λ · trained + (1 − λ) · base`` for the λ of :data:`MIX_GRID` with the best site-validation
-  MCC among those whose MCC on the *base check* (replayed base patches held out of training,
-  patches the base classified when it was trained: a forgetting probe that is not the gate's
-  golden set) drops by at most :data:`CHECK_MAX_DROP` from the base's: :func:`choose_mix`.
+  MCC among those whose golden-set MCC drops by at most :data:`GOLDEN_MARGIN` from the base's
+  (FP32, in torch): :func:`choose_mix`. The golden set is the gate's yardstick, so the gate's
+  golden rules then check a choice made under them (as the calibrate stage's threshold rule
+  already is); the INT8 package, which ships, is judged afresh by the gate. A forgetting probe
+  kept off the golden set was tried first: 100 replay patches held out of training. The base
+  learnt those patches, and its MCC on them stayed 1.000 at every λ while its golden MCC fell
+  by 0.03 (benchmarks/field_update.py, CrackForest N = 100): memorised data does not show
+  forgetting, so the mix is chosen under the golden constraint, as issue 20 asks.
 """
 from __future__ import annotations
 
@@ -29,8 +34,7 @@ import torch
 from torch import nn
 
 MIX_GRID = (1.0, 0.8, 0.6, 0.4, 0.2)
-CHECK_MAX_DROP = 0.005      # half the gate's golden allowance: room for the INT8 package's own drift
-CHECK_PATCHES = 100         # base patches of the replay pool kept out of training to probe forgetting
+GOLDEN_MARGIN = 0.005       # half the gate's golden allowance (0.01): room for the INT8 package's own drift
 
 
 class AnchoredTargets(nn.Module):
@@ -80,7 +84,7 @@ class AnchoredTargets(nn.Module):
 class MixChoice:
     lam: float
     reason: str
-    table: list[dict]          # per λ: site_val_mcc, check_mcc, check_drop, allowed
+    table: list[dict]          # per λ: site_val_mcc, golden_mcc, golden_drop, allowed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,37 +99,39 @@ def mixed_state(base: dict, trained: dict, lam: float) -> dict:
             for k, v in trained.items()}
 
 
-def choose_mix(base: nn.Module, trained: nn.Module, val_ds, check_ds, grid=MIX_GRID,
-               max_drop: float = CHECK_MAX_DROP) -> MixChoice:
+def choose_mix(base: nn.Module, trained: nn.Module, val_ds, golden_ds, grid=MIX_GRID,
+               max_drop: float = GOLDEN_MARGIN, base_golden_ds=None) -> MixChoice:
     """The λ of ``grid`` with the best site-validation MCC (ties: the larger λ) among those whose
-    base-check MCC is at most ``max_drop`` below the base's; λ = 0 (the base itself) when none is.
-    Leaves ``trained`` holding the chosen mix."""
+    golden MCC is at most ``max_drop`` below the base's (measured on ``base_golden_ds`` when the
+    base takes another input size); λ = 0 (the base weights) when none is. Leaves ``trained``
+    holding the chosen mix."""
     from distill.metrics import mcc
     from distill.training.loop import predict
 
     def scores(model) -> tuple[float, float]:
         vp, vy = predict(model, val_ds)
-        cp, cy = predict(model, check_ds)
+        cp, cy = predict(model, golden_ds)
         return mcc(vy, vp.argmax(1)), mcc(cy, cp.argmax(1))
 
     base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
     trained_sd = {k: v.detach().clone() for k, v in trained.state_dict().items()}
-    _, base_check = scores(base)
+    gp, gy = predict(base, base_golden_ds if base_golden_ds is not None else golden_ds)
+    base_check = mcc(gy, gp.argmax(1))
     table = []
     for lam in grid:
         trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
         val, check = scores(trained)
-        table.append({"lam": lam, "site_val_mcc": _r(val), "check_mcc": _r(check), "check_drop": _r(base_check - check),
-                      "allowed": base_check - check <= max_drop + 1e-12})
+        table.append({"lam": lam, "site_val_mcc": _r(val), "golden_mcc": _r(check),
+                      "golden_drop": _r(base_check - check), "allowed": base_check - check <= max_drop + 1e-12})
     allowed = [row for row in table if row["allowed"]]
     if allowed:
         best = max(allowed, key=lambda row: (row["site_val_mcc"], row["lam"]))
         lam = best["lam"]
-        reason = (f"λ = {lam}: site validation MCC {best['site_val_mcc']:.3f}, base check MCC "
-                  f"{best['check_mcc']:.3f} (base {base_check:.3f}, at most {max_drop} lower allowed)")
+        reason = (f"λ = {lam}: site validation MCC {best['site_val_mcc']:.3f}, golden MCC "
+                  f"{best['golden_mcc']:.3f} (base {base_check:.3f}, at most {max_drop} lower allowed)")
     else:
         lam = 0.0
-        reason = (f"every mix forgets: base check MCC drops by more than {max_drop} at every λ of {list(grid)} "
+        reason = (f"every mix forgets: golden MCC drops by more than {max_drop} at every λ of {list(grid)} "
                   f"(base {base_check:.3f}); the candidate is the base itself")
     trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
     return MixChoice(lam, reason, table)

@@ -48,6 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-mix", choices=("off", "auto"),
                    help="auto: the candidate is a mix of the trained and the base weights (WiSE-FT), the mix chosen "
                         "on site validation under a forgetting check")
+    p.add_argument("--input-size", type=int, help="the student's input side in px (default the base's): larger "
+                                                  "sees fainter cracks at more compute per tile")
     p.add_argument("--patch-size", type=int, help="patch side for mask-annotated data and unlabelled frames")
     p.add_argument("--max-unlabelled", type=int, help="cap on unlabelled site patches")
     p.add_argument("--no-calibrate", action="store_true", help="keep the 0.5 threshold")
@@ -69,7 +71,7 @@ def config_from_args(args):
                "temperature": args.temperature, "patch_size": args.patch_size, "max_unlabelled": args.max_unlabelled,
                "site_name": args.site_name, "site_licence": args.site_licence, "threads": args.threads,
                "max_steps": args.max_steps, "lwf": args.lwf, "lwf_site": args.lwf_site,
-               "weight_mix": args.weight_mix}
+               "weight_mix": args.weight_mix, "input_size": args.input_size}
     return UpdateConfig(base=args.base, labelled=args.labelled, out=args.out, override_gate=args.override_gate,
                         calibrate=not args.no_calibrate, fast=args.fast, **{k: v for k, v in options.items() if v is not None})
 

@@ -61,6 +61,8 @@ class UpdateConfig:
     batch_size: int = 32
     val_fraction: float = 0.3          # of the labelled sources, held out as site validation
     patch_size: int = 96               # patch side for mask-annotated data and unlabelled frames
+    input_size: int | None = None      # the student's input side (default the base's); larger sees finer detail
+                                       # at about (input_size / base's)² the compute per tile
     max_unlabelled: int | None = 3000  # cap on unlabelled site patches (sampled by source)
     calibrate: bool = True             # recalibrate the threshold when the rule says so
     version: str | None = None         # default: the base's minor version + 1
@@ -121,6 +123,10 @@ def validate(c: UpdateConfig) -> None:
     if (c.lwf or c.lwf_site) and c.recipe not in ("full", "kd"):
         raise UpdateConfigError(f"lwf and lwf_site mix the base student into the teachers' targets: recipe "
                                 f"{c.recipe} has no teachers")
+    if c.input_size is not None and (not isinstance(c.input_size, int) or not 32 <= c.input_size <= 512):
+        raise UpdateConfigError(f"input_size must be an integer in [32, 512] or unset, got {c.input_size!r}")
+    if c.input_size is not None and c.recipe == "threshold":
+        raise UpdateConfigError("input_size changes what the student sees: recipe threshold trains nothing")
     if c.weight_mix not in ("off", "auto"):
         raise UpdateConfigError(f"weight_mix must be 'off' or 'auto', got {c.weight_mix!r}")
     if c.weight_mix == "auto" and c.recipe == "threshold":

@@ -154,28 +154,18 @@ def stage_split(run: Run) -> None:
     run.split = split.to_dict()
     unlabelled = usable_unlabelled(d["unlabelled"], d["labelled"], val, cfg.max_unlabelled, cfg.seed)
     pool = sorted(d["replay_pool"], key=lambda s: source_unit(cfg.seed, s.sha256, "replay"))
-    check = []
-    if cfg.weight_mix == "auto":   # base patches kept out of training: the weight mix's forgetting probe
-        from distill.update.anchor import CHECK_PATCHES
-
-        n_check = min(CHECK_PATCHES, len(pool) // 4)
-        if n_check < 20:
-            raise UpdateDataError(f"--replay holds {len(pool)} patches: weight_mix needs at least 80 (a quarter "
-                                  "of them, 20 or more, are kept out of training to check forgetting)")
-        pool, check = pool[:-n_check], pool[-n_check:]
     site_train = adapt + unlabelled
     n_teacher, n_student = round(cfg.replay_ratio * len(adapt)), round(cfg.replay_ratio * len(site_train))
     if n_student > len(pool):
         rep.log(f"replay: {n_student} base patches wanted, the pool holds {len(pool)}; using all", "warning")
     d.update(adapt=adapt, val=val, unlabelled_used=unlabelled, site_train=site_train,
-             replay_teachers=pool[:n_teacher], replay_student=pool[:n_student], replay_check=check)
-    for name in ("adapt", "val", "unlabelled_used", "replay_teachers", "replay_student", "replay_check"):
+             replay_teachers=pool[:n_teacher], replay_student=pool[:n_student])
+    for name in ("adapt", "val", "unlabelled_used", "replay_teachers", "replay_student"):
         write_manifest(run.work / "data" / f"{name}.csv", d[name])
     val_counts = lin.counts(val)
     rep.done("split", f"adapt {len(adapt)} ({lin.counts(adapt)['sources']} sources), site validation {len(val)} "
                       f"({val_counts['sources']} sources), unlabelled {len(unlabelled)}, replay "
-                      f"{n_teacher} (teachers) / {min(n_student, len(pool))} (student)"
-                      + (f", base check {len(check)}" if check else ""))
+                      f"{n_teacher} (teachers) / {min(n_student, len(pool))} (student)")
 
 
 STAGE_FUNCTIONS = {"read": stage_read, "split": stage_split, "adapt_teachers": stage_adapt_teachers,

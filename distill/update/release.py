@@ -135,7 +135,7 @@ def _recipe(run: Run) -> dict:
                         "batch_size": c.batch_size, "loss": "Hinton KD (all samples) + CE (labelled)",
                         "alpha": c.alpha if c.recipe in ("full", "kd") else 0.0, "temperature": c.temperature,
                         "teacher_views": c.teacher_views, "batch_norm": c.student_bn,
-                        "lwf": {"replay": c.lwf, "site": c.lwf_site},
+                        "input_size": student_input_size(run), "lwf": {"replay": c.lwf, "site": c.lwf_site},
                         "weight_mix": run.state.get("weight_mix") if c.weight_mix == "auto" else None}}
 
 

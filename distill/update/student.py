@@ -161,12 +161,16 @@ def _key(dataset, i: int) -> str:
 
 
 def distil(checkpoint: Path, train_ds, val_ds, plan: StudentPlan, work: Path, reporter, *,
-           ensemble=None, cache=None):
-    """The student from ``checkpoint`` trained on ``train_ds``; returns the model (last epoch)."""
+           ensemble=None, cache=None, input_size: int | None = None):
+    """The student from ``checkpoint`` trained on ``train_ds``; returns the model (last epoch).
+    ``input_size`` (default the checkpoint's) is the side the trained student takes: the network
+    is convolutional up to a global pooling, so the same weights start at any size."""
     from distill.models.checkpoint import load_classifier
     from distill.training.loop import TrainConfig, fit
 
     model = load_classifier(checkpoint).float()
+    if input_size is not None:
+        model.meta.input_size = int(input_size)
     if plan.freeze_bn:   # the batch norms keep the base's statistics while the weights train
         freeze_batch_norms(model)
     cfg = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr, weight_decay=1e-4,

@@ -85,7 +85,8 @@ def stage_teacher_outputs(run: Run) -> None:
 
 
 def student_input_size(run: Run) -> int:
-    return run.base.manifest.input.size
+    """The candidate's input side: ``input_size`` when set, else the base's."""
+    return run.cfg.input_size or run.base.manifest.input.size
 
 
 # -------------------------------------------------------------------------------------- distil
@@ -108,6 +109,9 @@ def stage_distil(run: Run) -> None:
     plan = StudentPlan(cfg.epochs, cfg.lr, cfg.alpha, cfg.temperature, cfg.batch_size, cfg.seed, cfg.max_steps,
                        freeze_bn=cfg.student_bn == "frozen")
     size = student_input_size(run)
+    if size != run.base.manifest.input.size:
+        rep.log(f"the student learns at {size} px inputs (the base's {run.base.manifest.input.size} px): about "
+                f"{(size / run.base.manifest.input.size) ** 2:.1f}× the compute per tile")
     teacher = cache = None
     if cfg.recipe in ("full", "kd"):
         teacher = _teacher(run)
@@ -115,7 +119,7 @@ def stage_distil(run: Run) -> None:
     try:
         model = distil(run.base.checkpoint, train_dataset(_student_train_samples(run), size, cfg.seed, cfg.teacher_views),
                        PatchDataset(run.data["val"], size), plan, run.work / "student", rep,
-                       ensemble=teacher, cache=cache)
+                       ensemble=teacher, cache=cache, input_size=size)
     finally:
         if cache is not None:
             cache.close()
@@ -128,13 +132,16 @@ def stage_distil(run: Run) -> None:
 
 
 def _mix_with_base(run: Run, model, size: int) -> None:
-    """WiSE-FT: the candidate becomes λ·trained + (1−λ)·base (``anchor.choose_mix``), recorded."""
+    """WiSE-FT: the candidate becomes λ·trained + (1−λ)·base (``anchor.choose_mix``: best site
+    validation MCC under the golden constraint), recorded in update.json's recipe."""
     from distill.data.torch_dataset import PatchDataset
     from distill.models.checkpoint import load_classifier
     from distill.update.anchor import choose_mix
 
     base = load_classifier(run.base.checkpoint).float()
-    choice = choose_mix(base, model, PatchDataset(run.data["val"], size), PatchDataset(run.data["replay_check"], size))
+    golden = run.data["golden"]
+    choice = choose_mix(base, model, PatchDataset(run.data["val"], size), PatchDataset(golden, size),
+                        base_golden_ds=PatchDataset(golden, base.meta.input_size))
     run.state["weight_mix"] = choice.to_dict()
     run.rep.log(f"weight mix: {choice.reason}")
 
