@@ -195,6 +195,25 @@ def draw_by_need(site_root: Path, n: int, out: Path) -> Path:
     return out
 
 
+def frame_ms(package: Path, runs: int = 30) -> float:
+    """Median ms of one 640×480 frame through the live engine (tiling, INT8 inference with its
+    Grad-CAM map, stitching) on a CrackForest photo, after 5 warm-up frames."""
+    import cv2
+
+    from inspector.edge.engine import InferenceEngine
+
+    photo = sorted((DATA / "crackforest_cfd" / "images").glob("*.jpg"))[0]
+    frame = cv2.resize(cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB), (640, 480))
+    engine = InferenceEngine(package)
+    times = []
+    for i in range(runs + 5):
+        t0 = time.perf_counter()
+        engine.inspect(frame)
+        if i >= 5:
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
 def site_mcc(package: Path, test_dir: Path) -> float:
     from distill.training.runs import evaluate_model_path
 
@@ -228,6 +247,7 @@ def run_recipe(site_root: Path, n: int, seed: int, recipe: str, work: Path, fast
     mix = update["recipe"]["student"].get("weight_mix")
     return {"recipe": recipe, "n": n, "seed": seed, "seconds": seconds,
             "site_mcc": site_mcc(int8, site_root / "test"), "golden_change": golden,
+            "int8_frame_ms": frame_ms(int8),
             "gate_passed": update.get("gate", {}).get("passed"), "verdict": update.get("gate", {}).get("verdict"),
             "failed": update.get("gate", {}).get("failed"), "mix_lambda": mix["lam"] if mix else None,
             "timings_s": update.get("timings_s")}
@@ -332,6 +352,8 @@ def summarise(rows: list[dict], base: dict[str, float]) -> list[dict]:
                             "verdicts": [r.get("verdict") or ("passed" if r.get("gate_passed") else "refused")
                                          for r in group],
                             "lambdas": [r.get("mix_lambda") for r in group],
+                            "frame_ms": statistics.fmean(ms) if (ms := [r["int8_frame_ms"] for r in group
+                                                                         if r.get("int8_frame_ms")]) else None,
                             "seconds": statistics.fmean(r["seconds"] for r in group), "seeds": len(group)})
     return out
 
@@ -346,15 +368,16 @@ def table(r: dict) -> str:
              "at the app's 160 px tile, which the 96 px students see downscaled). Golden change and the gate's "
              "verdict are listed per seed (seed order), with the mixing weight λ chosen.", "",
              "| site | N labelled | recipe | site test MCC (mean ± sd) | golden MCC change per seed | gate per seed | "
-             "λ | time to candidate (s) | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "λ | INT8 ms / 640×480 frame | time to candidate (s) | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in r["summary"]:
         golden = " / ".join("–" if g is None else f"{g:+.3f}" for g in s.get("golden_per_seed", [s["golden_change"]]))
         verdicts = " / ".join(_SHORT.get(v, v) for v in s.get("verdicts", [])) or "–"
         lams = " / ".join("–" if x is None else f"{x:g}" for x in s.get("lambdas", [])) if any(
             x is not None for x in s.get("lambdas", [])) else "–"
         lines.append(f"| {s['site']} | {s['n']} | {s['recipe']} | {s['mcc_mean']:.3f} ± {s['mcc_sd']:.3f} | {golden} | "
-                     f"{verdicts} | {lams} | {s['seconds']:.0f} | {s['seeds']} |")
+                     f"{verdicts} | {lams} | {'–' if not s.get('frame_ms') else format(s['frame_ms'], '.1f')} | "
+                     f"{s['seconds']:.0f} | {s['seeds']} |")
     for live in r.get("click_to_live") or []:
         lines += ["", "Click to live, recipe (d) with N = 200, on a loopback agent: " + (
             f"{live['click_to_live_s']:.0f} s (update {live['update_s']:.0f} s, push {live['push_s']:.1f} s, "

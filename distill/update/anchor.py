@@ -15,7 +15,8 @@ together by ``benchmarks/field_update.py``:
 * **Weight-space mixing** (WiSE-FT, Wortsman et al. 2022): the candidate is
   ``λ · trained + (1 − λ) · base`` for the λ of :data:`MIX_GRID` with the best site-validation
   MCC among those whose golden-set MCC drops by at most :data:`GOLDEN_MARGIN` from the base's
-  (FP32, in torch): :func:`choose_mix`. The golden set is the gate's yardstick, so the gate's
+  (FP32, in torch), each mix judged at the threshold the calibrate stage would adopt for it
+  (``threshold.decide``), as the gate will judge it: :func:`choose_mix`. The golden set is the gate's yardstick, so the gate's
   golden rules then check a choice made under them (as the calibrate stage's threshold rule
   already is); the INT8 package, which ships, is judged afresh by the gate. A forgetting probe
   kept off the golden set was tried first: 100 replay patches held out of training. The base
@@ -100,39 +101,46 @@ def mixed_state(base: dict, trained: dict, lam: float) -> dict:
 
 
 def choose_mix(base: nn.Module, trained: nn.Module, val_ds, golden_ds, grid=MIX_GRID,
-               max_drop: float = GOLDEN_MARGIN, base_golden_ds=None) -> MixChoice:
+               max_drop: float = GOLDEN_MARGIN, base_golden_ds=None, calibrate: bool = True) -> MixChoice:
     """The λ of ``grid`` with the best site-validation MCC (ties: the larger λ) among those whose
     golden MCC is at most ``max_drop`` below the base's (measured on ``base_golden_ds`` when the
-    base takes another input size); λ = 0 (the base weights) when none is. Leaves ``trained``
-    holding the chosen mix."""
+    base takes another input size); λ = 0 (the base weights) when none is. Each mix is judged at
+    the threshold the calibrate rule would adopt for it (0.5 with ``calibrate`` off), the base at
+    0.5 as the gate judges it. Leaves ``trained`` holding the chosen mix."""
     from distill.metrics import mcc
     from distill.training.loop import predict
+    from distill.update.threshold import decide, mcc_at
 
-    def scores(model) -> tuple[float, float]:
+    crack = base.meta.label_names.index("crack")
+
+    def scores(model) -> tuple[float, float, float]:
+        """Site-validation and golden MCC at the threshold the calibrate stage would adopt."""
         vp, vy = predict(model, val_ds)
-        cp, cy = predict(model, golden_ds)
-        return mcc(vy, vp.argmax(1)), mcc(cy, cp.argmax(1))
+        gp, gy = predict(model, golden_ds)
+        t = decide(vy, vp[:, crack], gy, gp[:, crack]).threshold if calibrate else 0.5
+        return mcc_at(vy, vp[:, crack], t), mcc_at(gy, gp[:, crack], t), t
 
     base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
     trained_sd = {k: v.detach().clone() for k, v in trained.state_dict().items()}
     gp, gy = predict(base, base_golden_ds if base_golden_ds is not None else golden_ds)
-    base_check = mcc(gy, gp.argmax(1))
+    base_golden = mcc(gy, gp.argmax(1))
     table = []
     for lam in grid:
         trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
-        val, check = scores(trained)
-        table.append({"lam": lam, "site_val_mcc": _r(val), "golden_mcc": _r(check),
-                      "golden_drop": _r(base_check - check), "allowed": base_check - check <= max_drop + 1e-12})
+        val, golden, t = scores(trained)
+        table.append({"lam": lam, "threshold": t, "site_val_mcc": _r(val), "golden_mcc": _r(golden),
+                      "golden_drop": _r(base_golden - golden), "allowed": base_golden - golden <= max_drop + 1e-12})
     allowed = [row for row in table if row["allowed"]]
     if allowed:
         best = max(allowed, key=lambda row: (row["site_val_mcc"], row["lam"]))
         lam = best["lam"]
         reason = (f"λ = {lam}: site validation MCC {best['site_val_mcc']:.3f}, golden MCC "
-                  f"{best['golden_mcc']:.3f} (base {base_check:.3f}, at most {max_drop} lower allowed)")
+                  f"{best['golden_mcc']:.3f} at threshold {best['threshold']} "
+                  f"(base {base_golden:.3f}, at most {max_drop} lower allowed)")
     else:
         lam = 0.0
         reason = (f"every mix forgets: golden MCC drops by more than {max_drop} at every λ of {list(grid)} "
-                  f"(base {base_check:.3f}); the candidate is the base itself")
+                  f"(base {base_golden:.3f}); the candidate is the base itself")
     trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
     return MixChoice(lam, reason, table)
 

@@ -141,7 +141,7 @@ def _mix_with_base(run: Run, model, size: int) -> None:
     base = load_classifier(run.base.checkpoint).float()
     golden = run.data["golden"]
     choice = choose_mix(base, model, PatchDataset(run.data["val"], size), PatchDataset(golden, size),
-                        base_golden_ds=PatchDataset(golden, base.meta.input_size))
+                        base_golden_ds=PatchDataset(golden, base.meta.input_size), calibrate=run.cfg.calibrate)
     run.state["weight_mix"] = choice.to_dict()
     run.rep.log(f"weight mix: {choice.reason}")
 
