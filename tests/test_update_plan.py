@@ -161,3 +161,38 @@ def test_the_base_is_the_devices_model_when_this_laptop_has_it_else_the_laptops_
     assert plan.base.version == m.version and plan.base.where == "this laptop"
     assert plan.base.note.startswith("test-agent did not answer")
 
+
+
+def _finished_update(folder: Path, took: float, labelled: int, unlabelled: int, *, resumed=()) -> str:
+    import json
+
+    folder.mkdir(parents=True)
+    record = {"data": {"site": {"labelled": {"patches": labelled}, "unlabelled": {"patches": unlabelled}}},
+              "recipe": {"student": {"epochs": 3}, "teachers": {"epochs": 4}}, "resumed": list(resumed),
+              "timings_s": {"read": 0.25 * took, "distil": 0.75 * took}}
+    (folder / "update.json").write_text(json.dumps(record))
+    return str(folder / "update.json")
+
+
+def test_the_estimate_learns_this_machine_from_its_last_update(tmp_path):
+    from inspector.update.plan import estimate_seconds, machine_factor
+
+    h = ModelHistory(tmp_path / "data")
+    assert machine_factor(h)[0] == 1.0 and "first update" in machine_factor(h)[1]
+    reference = estimate_seconds(200, 400)
+
+    def add(version, took, **kw):
+        h.add(ModelVersion("crack-student", version, "1.1.1", "2026-12-06T00:00:00Z", int8=str(tmp_path / f"{version}.pkg"),
+                           update_json=_finished_update(tmp_path / version, took, 200, 400, **kw)))
+
+    add("1.2.0", 2 * reference)
+    factor, basis = machine_factor(h)
+    assert factor == pytest.approx(2.0) and "1.2.0" in basis
+    assert estimate_seconds(100, 50, factor=factor) == pytest.approx(2 * estimate_seconds(100, 50))
+    add("1.3.0", 0.5 * reference, resumed=["adapt_teachers"])     # skipped stages: says nothing of the machine
+    add("1.4.0", 40 * reference)                                  # a laptop asleep mid-run: outside the range
+    assert machine_factor(h)[0] == pytest.approx(2.0)
+    add("1.5.0", 0.8 * reference)
+    assert machine_factor(h)[0] == pytest.approx(0.8)              # the newest usable run counts
+    Path(tmp_path / "1.5.0" / "update.json").unlink()              # an update folder the user deleted
+    assert machine_factor(h)[0] == pytest.approx(2.0)

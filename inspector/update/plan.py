@@ -64,6 +64,7 @@ class UpdatePlan:
     device: str | None
     estimate_s: float
     split: "SiteSplit | None" = None     # the site-validation part the job will hold out (same rule)
+    estimate_basis: str = "an estimate from the counts"   # what it rests on (machine_factor)
 
     @property
     def labelled_tiles(self) -> int:
@@ -95,9 +96,10 @@ def make_plan(store, laptop_manifest, laptop_package: str | os.PathLike | None, 
     if pairing is not None:
         device = pairing.agent_name
         base = _device_base(pairing, laptop, history)
-    est = estimate_seconds(patches["crack"] + patches["no_crack"], patches["unlabelled"], fast=fast)
+    factor, basis = machine_factor(history)
+    est = estimate_seconds(patches["crack"] + patches["no_crack"], patches["unlabelled"], fast=fast, factor=factor)
     split = site_split(store_units(store), seed=seed)
-    return UpdatePlan(review, patches, base, device, est, split)
+    return UpdatePlan(review, patches, base, device, est, split, basis)
 
 
 def _device_base(pairing, laptop: BaseModel, history) -> BaseModel:
@@ -126,11 +128,42 @@ def _replace_note(base: BaseModel, note: str) -> BaseModel:
     return BaseModel(base.name, base.version, base.sha256, base.path, base.where, note)
 
 
-def estimate_seconds(labelled_tiles: int, unlabelled_tiles: int, *, fast: bool = False) -> float:
-    """A rough duration of ``distill update`` on this machine: fixed stages, then the teachers'
-    adaptation and outputs and the student's epochs over the reviewed, unlabelled and replayed tiles."""
+def estimate_seconds(labelled_tiles: int, unlabelled_tiles: int, *, fast: bool = False,
+                     factor: float = 1.0) -> float:
+    """A rough duration of ``distill update``: fixed stages, then the teachers' adaptation and
+    outputs and the student's epochs over the reviewed, unlabelled and replayed tiles, on the
+    reference laptop, times ``factor`` (this machine's: :func:`machine_factor`)."""
     epochs, teacher_epochs = (1, 2) if fast else (EST_EPOCHS, EST_TEACHER_EPOCHS)
     unlabelled = min(unlabelled_tiles, 500) if fast else unlabelled_tiles
+    return factor * _model_seconds(labelled_tiles, unlabelled, epochs, teacher_epochs)
+
+
+FACTOR_RANGE = (0.25, 4.0)   # a last run outside this (a suspended laptop, a stopped job) says nothing
+
+
+def machine_factor(history) -> tuple[float, str]:
+    """How much longer than the reference laptop this machine takes: the newest finished update
+    in ``history`` whose ``update.json`` is at hand, its measured stage times over what the model
+    says for its own tiles and epochs (1.0 without one). Returns (factor, what it rests on)."""
+    for version in reversed(history.updates() if history is not None else []):
+        try:
+            record = json.loads(Path(version.update_json).read_text())
+            site, student = record["data"]["site"], record["recipe"]["student"]
+            took = sum(float(v) for v in record["timings_s"].values())
+            model = _model_seconds(int(site["labelled"]["patches"]), int(site["unlabelled"]["patches"]),
+                                   int(student["epochs"]), int(record["recipe"]["teachers"]["epochs"]))
+        except (OSError, TypeError, KeyError, ValueError):
+            continue
+        if record.get("resumed") or not model > 0:
+            continue          # a resumed run skipped stages: its time is not the machine's
+        factor = took / model
+        if FACTOR_RANGE[0] <= factor <= FACTOR_RANGE[1]:
+            return factor, (f"an estimate from the counts, scaled ×{factor:.2f} by this laptop's last update "
+                            f"({version.key}, {took / 60:.0f} min)")
+    return 1.0, "an estimate from the counts for a reference 2-core laptop; this laptop's first update calibrates it"
+
+
+def _model_seconds(labelled_tiles: int, unlabelled: int, epochs: int, teacher_epochs: int) -> float:
     replay = REPLAY_RATIO * labelled_tiles
     site = labelled_tiles + replay
     return (EST_FIXED_S + EST_TEACHER_S_PER_TILE_EPOCH * site * teacher_epochs

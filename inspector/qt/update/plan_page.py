@@ -75,8 +75,8 @@ class PlanPage(QWidget):
         b = plan.base
         f["base"].setText(f"{b.label} — {'running on ' + b.where if b.where != 'this laptop' else 'this laptop'}"
                           + (f"\n{b.note}" if b.note else ""))
-        f["estimate"].setText(f"≈ {format_duration(plan.estimate_s)}  (an estimate from the counts; this "
-                              f"laptop keeps its live view running meanwhile)")
+        f["estimate"].setText(f"≈ {format_duration(plan.estimate_s)}  ({plan.estimate_basis}; the live view slows "
+                              f"down meanwhile to leave the cores to the update)")
         target = f"to {plan.device}" if plan.device else "into this laptop's live view"
         self.push_box.setText(f"Push when the gate passes ({target})")
         sp = plan.split
