@@ -58,7 +58,7 @@ POOLS = (("labelled", 0.4), ("unlabelled", 0.7), ("test", 1.0))   # cumulative f
 # the base's knowledge (distill/update/anchor.py), px160 is a student that takes 160 px tiles whole
 VARIANT_PARTS = {"lwf": {"lwf": 0.5, "lwf_site": 0.2}, "mix": {"weight_mix": "auto"}, "px160": {"input_size": 160},
                  "need": {}}   # need: the N labels are the pool's "most in need" (need_order), not a random draw
-VARIANTS = ["", "lwf", "mix", "lwf+mix", "px160", "lwf+mix+px160", "need", "lwf+mix+need"]
+VARIANTS = ["", "lwf", "mix", "lwf+mix", "px160", "mix+px160", "lwf+mix+px160", "need", "mix+need", "lwf+mix+need"]
 
 
 def variant_settings(variant: str) -> dict:
