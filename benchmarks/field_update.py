@@ -56,9 +56,11 @@ RECIPES = {"a": "threshold", "b": "finetune", "c": "kd", "d": "full"}
 POOLS = (("labelled", 0.4), ("unlabelled", 0.7), ("test", 1.0))   # cumulative fractions of the frames
 # settings beside a recipe, combined with "+" ("lwf+mix+px160"); "" is none of them. lwf and mix keep
 # the base's knowledge (distill/update/anchor.py), px160 is a student that takes 160 px tiles whole
-VARIANT_PARTS = {"lwf": {"lwf": 0.5, "lwf_site": 0.2}, "mix": {"weight_mix": "auto"}, "px160": {"input_size": 160},
+VARIANT_PARTS = {"lwf": {"lwf": 0.5, "lwf_site": 0.2}, "lwfr": {"lwf": 1.0, "lwf_site": 0.0},
+                 "mix": {"weight_mix": "auto"}, "px160": {"input_size": 160},
                  "need": {}}   # need: the N labels are the pool's "most in need" (need_order), not a random draw
-VARIANTS = ["", "lwf", "mix", "lwf+mix", "px160", "mix+px160", "lwf+mix+px160", "need", "mix+need", "lwf+mix+need"]
+VARIANTS = ["", "lwf", "mix", "lwf+mix", "lwfr+mix", "px160", "mix+px160", "lwf+mix+px160", "lwfr+mix+px160", "need",
+            "mix+need", "lwf+mix+need", "lwfr+mix+need"]
 
 
 def variant_settings(variant: str) -> dict:
@@ -363,9 +365,10 @@ def table(r: dict) -> str:
              "Recipes with `--fast` settings (at most 1 student / 2 teacher epochs, 500 unlabelled patches) unless "
              "marked *default* (the app's Update model: 3 student / 4 teacher epochs, up to 3000 unlabelled).", "",
              "Variants (`distill/update/anchor.py`): *lwf* = the base student's outputs mixed into the KD targets "
-             f"({VARIANT_PARTS['lwf']}), *mix* = the WiSE-FT weight mix with the base ({VARIANT_PARTS['mix']}); "
+             f"({VARIANT_PARTS['lwf']}; *lwfr*: on replay only, {VARIANT_PARTS['lwfr']}), *mix* = the WiSE-FT weight mix with the base ({VARIANT_PARTS['mix']}); "
              f"*px160* = a student taking 160 px inputs ({VARIANT_PARTS['px160']}), on the `@160` sites (patches cut "
-             "at the app's 160 px tile, which the 96 px students see downscaled). Golden change and the gate's "
+             "at the app's 160 px tile, which the 96 px students see downscaled); *need* = the N labels drawn in the "
+             "review's most-in-need order instead of at random. Golden change and the gate's "
              "verdict are listed per seed (seed order), with the mixing weight λ chosen.", "",
              "| site | N labelled | recipe | site test MCC (mean ± sd) | golden MCC change per seed | gate per seed | "
              "λ | INT8 ms / 640×480 frame | time to candidate (s) | seeds |",

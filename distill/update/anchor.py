@@ -112,22 +112,22 @@ def choose_mix(base: nn.Module, trained: nn.Module, val_ds, golden_ds, grid=MIX_
     the threshold the calibrate rule would adopt for it (0.5 with ``calibrate`` off), the base at
     0.5 as the gate judges it. Leaves ``trained`` holding the chosen mix."""
     from distill.metrics import mcc
-    from distill.training.loop import predict
     from distill.update.threshold import decide, mcc_at
 
     crack = base.meta.label_names.index("crack")
+    val_x, val_y = _decoded(val_ds)           # decoded once: six models see the same patches
+    gold_x, gold_y = _decoded(golden_ds)
 
     def scores(model) -> tuple[float, float, float]:
         """Site-validation and golden MCC at the threshold the calibrate stage would adopt."""
-        vp, vy = predict(model, val_ds)
-        gp, gy = predict(model, golden_ds)
-        t = decide(vy, vp[:, crack], gy, gp[:, crack]).threshold if calibrate else 0.5
-        return mcc_at(vy, vp[:, crack], t), mcc_at(gy, gp[:, crack], t), t
+        vp, gp = _crack_probs(model, val_x, crack), _crack_probs(model, gold_x, crack)
+        t = decide(val_y, vp, gold_y, gp).threshold if calibrate else 0.5
+        return mcc_at(val_y, vp, t), mcc_at(gold_y, gp, t), t
 
     base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
     trained_sd = {k: v.detach().clone() for k, v in trained.state_dict().items()}
-    gp, gy = predict(base, base_golden_ds if base_golden_ds is not None else golden_ds)
-    base_golden = mcc(gy, gp.argmax(1))
+    base_x, base_y = (gold_x, gold_y) if base_golden_ds is None else _decoded(base_golden_ds)
+    base_golden = mcc(base_y, (_crack_probs(base, base_x, crack) >= 0.5).astype(np.int64))
     table = []
     for lam in grid:
         trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
@@ -147,6 +147,18 @@ def choose_mix(base: nn.Module, trained: nn.Module, val_ds, golden_ds, grid=MIX_
                   f"(base {base_golden:.3f}); the candidate is the base itself")
     trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
     return MixChoice(lam, reason, table)
+
+
+def _decoded(dataset) -> tuple[torch.Tensor, np.ndarray]:
+    items = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([it["image"] for it in items]), np.array([int(it["label"]) for it in items])
+
+
+@torch.no_grad()
+def _crack_probs(model: nn.Module, x: torch.Tensor, crack: int, batch: int = 128) -> np.ndarray:
+    model.eval()
+    return torch.cat([torch.softmax(model(x[i:i + batch]).float(), dim=1)[:, crack]
+                      for i in range(0, len(x), batch)]).numpy()
 
 
 def _r(x: float) -> float:
