@@ -344,11 +344,14 @@ def summarise(rows: list[dict], base: dict[str, float]) -> list[dict]:
                 if not group:
                     continue
                 mccs = [r["site_mcc"] for r in group]
+                # what the inspector ends up with: the candidate if the gate passed it, else the base
+                shipped = [r["site_mcc"] if _passed(r) else base[site] for r in group]
                 golden = [r["golden_change"] for r in group if r["golden_change"] is not None]
                 out.append({"site": site, "n": n, "recipe": f"({letter}) {recipe}" + ("" if fast else ", default")
                             + (f", {variant}" if variant else ""),
                             "mcc_mean": statistics.fmean(mccs),
                             "mcc_sd": statistics.stdev(mccs) if len(mccs) > 1 else 0.0,
+                            "shipped_mean": statistics.fmean(shipped),
                             "golden_change": statistics.fmean(golden) if golden else None,
                             "golden_per_seed": [r["golden_change"] for r in group],
                             "verdicts": [r.get("verdict") or ("passed" if r.get("gate_passed") else "refused")
@@ -358,6 +361,10 @@ def summarise(rows: list[dict], base: dict[str, float]) -> list[dict]:
                                                                          if r.get("int8_frame_ms")]) else None,
                             "seconds": statistics.fmean(r["seconds"] for r in group), "seeds": len(group)})
     return out
+
+
+def _passed(row: dict) -> bool:
+    return row.get("verdict") == "passed" if row.get("verdict") else bool(row.get("gate_passed"))
 
 
 def table(r: dict) -> str:
@@ -370,15 +377,18 @@ def table(r: dict) -> str:
              "at the app's 160 px tile, which the 96 px students see downscaled); *need* = the N labels drawn in the "
              "review's most-in-need order instead of at random. Golden change and the gate's "
              "verdict are listed per seed (seed order), with the mixing weight λ chosen.", "",
-             "| site | N labelled | recipe | site test MCC (mean ± sd) | golden MCC change per seed | gate per seed | "
-             "λ | INT8 ms / 640×480 frame | time to candidate (s) | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "*Shipped* is what the inspector ends up with: the candidate's site MCC when the gate passes it, "
+             "the base's when it refuses (mean over seeds).", "",
+             "| site | N labelled | recipe | site test MCC (mean ± sd) | shipped | golden MCC change per seed | "
+             "gate per seed | λ | INT8 ms / 640×480 frame | time to candidate (s) | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in r["summary"]:
         golden = " / ".join("–" if g is None else f"{g:+.3f}" for g in s.get("golden_per_seed", [s["golden_change"]]))
         verdicts = " / ".join(_SHORT.get(v, v) for v in s.get("verdicts", [])) or "–"
         lams = " / ".join("–" if x is None else f"{x:g}" for x in s.get("lambdas", [])) if any(
             x is not None for x in s.get("lambdas", [])) else "–"
-        lines.append(f"| {s['site']} | {s['n']} | {s['recipe']} | {s['mcc_mean']:.3f} ± {s['mcc_sd']:.3f} | {golden} | "
+        shipped = f"{s['shipped_mean']:.3f}" if "shipped_mean" in s else f"{s['mcc_mean']:.3f}"
+        lines.append(f"| {s['site']} | {s['n']} | {s['recipe']} | {s['mcc_mean']:.3f} ± {s['mcc_sd']:.3f} | {shipped} | {golden} | "
                      f"{verdicts} | {lams} | {'–' if not s.get('frame_ms') else format(s['frame_ms'], '.1f')} | "
                      f"{s['seconds']:.0f} | {s['seeds']} |")
     for live in r.get("click_to_live") or []:
