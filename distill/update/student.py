@@ -161,9 +161,9 @@ def _key(dataset, i: int) -> str:
 
 
 def distil(checkpoint: Path, train_ds, val_ds, plan: StudentPlan, work: Path, reporter, *,
-           ensemble=None, cache=None, input_size: int | None = None):
+           teacher=None, cache=None, input_size: int | None = None):
     """The student from ``checkpoint`` trained on ``train_ds``; returns the model (last epoch).
-    ``input_size`` (default the checkpoint's) is the side the trained student takes: the network
+    ``teacher`` is the ensemble or its anchored targets (None: cross-entropy alone). ``input_size`` (default the checkpoint's) is the side the trained student takes: the network
     is convolutional up to a global pooling, so the same weights start at any size."""
     from distill.models.checkpoint import load_classifier
     from distill.training.loop import TrainConfig, fit
@@ -176,8 +176,8 @@ def distil(checkpoint: Path, train_ds, val_ds, plan: StudentPlan, work: Path, re
     cfg = TrainConfig(epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr, weight_decay=1e-4,
                       warmup_epochs=0.0, patience=plan.epochs, seed=plan.seed, num_workers=0, device="cpu",
                       max_steps_per_epoch=plan.max_steps)
-    loss = SiteKDLoss(plan.temperature, plan.alpha if ensemble is not None else 0.0)
-    fit(model, loss, train_ds, val_ds, work, cfg, teacher=ensemble, cache=cache,
+    loss = SiteKDLoss(plan.temperature, plan.alpha if teacher is not None else 0.0)
+    fit(model, loss, train_ds, val_ds, work, cfg, teacher=teacher, cache=cache,
         callback=reporter.fit_callback("student"))
     model.load_state_dict(torch.load(work / "last.pt", map_location="cpu", weights_only=False)["student"])
     return model.eval()

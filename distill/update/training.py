@@ -119,7 +119,7 @@ def stage_distil(run: Run) -> None:
     try:
         model = distil(run.base.checkpoint, train_dataset(_student_train_samples(run), size, cfg.seed, cfg.teacher_views),
                        PatchDataset(run.data["val"], size), plan, run.work / "student", rep,
-                       ensemble=teacher, cache=cache, input_size=size)
+                       teacher=teacher, cache=cache, input_size=size)
     finally:
         if cache is not None:
             cache.close()
