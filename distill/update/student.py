@@ -8,6 +8,10 @@ cross-entropy on the labelled ones:
     loss = α · T² · KL(softmax(t/T) ‖ softmax(s/T))  (all samples)
          + (1 − α) · CE(s, y)                         (labelled samples only)
 
+With ``lwf`` / ``lwf_site`` the teacher's soft targets ``t`` are mixed with the base student's own
+(``anchor.AnchoredTargets``); after training, ``weight_mix`` may pull the weights back towards
+the base's (``anchor.choose_mix``, in ``training.py``).
+
 ``teacher_outputs`` runs the ensemble before training and stores the logits in the teacher
 cache (``distill/training/cache.py``, in the work folder): ``distil`` then never runs a teacher, and a
 re-run finds every output cached. Two ways (``teacher_views``):
