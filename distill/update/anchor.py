@@ -89,7 +89,7 @@ class AnchoredTargets(nn.Module):
 class MixChoice:
     lam: float
     reason: str
-    table: list[dict]          # per λ: site_val_mcc, golden_mcc, golden_drop, allowed
+    table: list[dict]          # per λ: site_val_best; where scored: threshold, site_val_mcc, golden_mcc, golden_drop, allowed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,43 +108,52 @@ def choose_mix(base: nn.Module, trained: nn.Module, val_ds, golden_ds, grid=MIX_
                max_drop: float = GOLDEN_MARGIN, base_golden_ds=None, calibrate: bool = True) -> MixChoice:
     """The λ of ``grid`` with the best site-validation MCC (ties: the larger λ) among those whose
     golden MCC is at most ``max_drop`` below the base's (measured on ``base_golden_ds`` when the
-    base takes another input size); λ = 0 (the base weights) when none is. Each mix is judged at
-    the threshold the calibrate rule would adopt for it (0.5 with ``calibrate`` off), the base at
-    0.5 as the gate judges it. Leaves ``trained`` holding the chosen mix."""
+    base takes another input size); λ = 0 (the base weights) when none is. Leaves ``trained``
+    holding the chosen mix.
+
+    Each mix is judged at the threshold the calibrate rule would adopt for it (0.5 with
+    ``calibrate`` off), the base at 0.5, as the gate judges them. The golden set (469 patches) is
+    what costs: the mixes are tried in order of their best site-validation MCC over the threshold
+    grid (cheap, a few dozen patches), and the golden set is scored only until one is allowed:
+    usually λ = 1 alone. Rows not reached have no golden numbers."""
     from distill.metrics import mcc
-    from distill.update.threshold import decide, mcc_at
+    from distill.update.threshold import best_threshold, decide, mcc_at
 
     crack = base.meta.label_names.index("crack")
-    val_x, val_y = _decoded(val_ds)           # decoded once: six models see the same patches
+    val_x, val_y = _decoded(val_ds)
     gold_x, gold_y = _decoded(golden_ds)
-
-    def scores(model) -> tuple[float, float, float]:
-        """Site-validation and golden MCC at the threshold the calibrate stage would adopt."""
-        vp, gp = _crack_probs(model, val_x, crack), _crack_probs(model, gold_x, crack)
-        t = decide(val_y, vp, gold_y, gp).threshold if calibrate else 0.5
-        return mcc_at(val_y, vp, t), mcc_at(gold_y, gp, t), t
-
-    base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
-    trained_sd = {k: v.detach().clone() for k, v in trained.state_dict().items()}
     base_x, base_y = (gold_x, gold_y) if base_golden_ds is None else _decoded(base_golden_ds)
     base_golden = mcc(base_y, (_crack_probs(base, base_x, crack) >= 0.5).astype(np.int64))
-    table = []
+    base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    trained_sd = {k: v.detach().clone() for k, v in trained.state_dict().items()}
+
+    rows = []
     for lam in grid:
         trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
-        val, golden, t = scores(trained)
-        table.append({"lam": lam, "threshold": t, "site_val_mcc": _r(val), "golden_mcc": _r(golden),
-                      "golden_drop": _r(base_golden - golden), "allowed": base_golden - golden <= max_drop + 1e-12})
-    allowed = [row for row in table if row["allowed"]]
-    if allowed:
-        best = max(allowed, key=lambda row: (row["site_val_mcc"], row["lam"]))
-        lam = best["lam"]
-        reason = (f"λ = {lam}: site validation MCC {best['site_val_mcc']:.3f}, golden MCC "
-                  f"{best['golden_mcc']:.3f} at threshold {best['threshold']} "
+        vp = _crack_probs(trained, val_x, crack)
+        best = best_threshold(val_y, vp)[1] if calibrate else mcc_at(val_y, vp, 0.5)
+        rows.append({"lam": lam, "site_val_best": _r(best), "val_probs": vp})
+    chosen = None
+    for row in sorted(rows, key=lambda r: (r["site_val_best"], r["lam"]), reverse=True):
+        trained.load_state_dict(mixed_state(base_sd, trained_sd, row["lam"]))
+        gp, vp = _crack_probs(trained, gold_x, crack), row["val_probs"]
+        t = decide(val_y, vp, gold_y, gp).threshold if calibrate else 0.5
+        golden = mcc_at(gold_y, gp, t)
+        row.update(threshold=t, site_val_mcc=_r(mcc_at(val_y, vp, t)), golden_mcc=_r(golden),
+                   golden_drop=_r(base_golden - golden), allowed=base_golden - golden <= max_drop + 1e-12)
+        if row["allowed"]:
+            chosen = row
+            break
+    table = [{k: v for k, v in row.items() if k != "val_probs"} for row in rows]
+    if chosen is not None:
+        lam = chosen["lam"]
+        reason = (f"λ = {lam}: site validation MCC {chosen['site_val_mcc']:.3f}, golden MCC "
+                  f"{chosen['golden_mcc']:.3f} at threshold {chosen['threshold']} "
                   f"(base {base_golden:.3f}, at most {max_drop} lower allowed)")
     else:
         lam = 0.0
         reason = (f"every mix forgets: golden MCC drops by more than {max_drop} at every λ of {list(grid)} "
-                  f"(base {base_golden:.3f}); the candidate is the base itself")
+                  f"(base {base_golden:.3f}); the candidate is the base's weights")
     trained.load_state_dict(mixed_state(base_sd, trained_sd, lam))
     return MixChoice(lam, reason, table)
 
