@@ -63,8 +63,12 @@ VARIANTS = ["", "lwf", "mix", "lwf+mix", "lwfr+mix", "px160", "mix+px160", "lwf+
             "mix+need", "lwf+mix+need", "lwfr+mix+need"]
 
 
+NONE_OF_THEM = {"lwf": 0.0, "lwf_site": 0.0, "weight_mix": "off", "input_size": None}   # "": the recipe as it was
+
+
 def variant_settings(variant: str) -> dict:
-    settings: dict = {}
+    """UpdateConfig settings of a variant, every one of them explicit (not the app's default of the day)."""
+    settings: dict = dict(NONE_OF_THEM)
     for part in filter(None, variant.split("+")):
         settings.update(VARIANT_PARTS[part])
     return settings

@@ -249,7 +249,8 @@ def test_the_gate_refuses_a_candidate_that_forgets_the_golden_set_and_an_int8_th
     events = []
     cfg = UpdateConfig(base=str(BASE_FP32), labelled=str(labelled), out=str(tmp_path / "out"),
                        golden=str(golden_slice(tmp_path)), recipe="finetune", epochs=2, lr=2e-3, replay_ratio=0.0,
-                       calibrate=False, threads=1, pushed_by="test")
+                       calibrate=False, threads=1, pushed_by="test",
+                       weight_mix="off")   # the gate itself must catch forgetting, not only the mix avoid it
     record = run_update(cfg, events.append)
     failed = set(record["gate"]["failed"])
     assert "golden_mcc" in failed and record["promoted"] is False

@@ -146,15 +146,14 @@ def test_an_update_with_lwf_the_weight_mix_and_a_larger_input_records_them_and_s
     assert chosen is None if mix["lam"] == 0.0 else (chosen["allowed"] and chosen["golden_drop"] <= 0.01)
 
 
-def test_lwf_needs_teachers_and_the_mix_needs_training(tmp_path):
+def test_lwf_needs_teachers_bad_settings_are_refused_by_name_and_the_mix_is_the_default(tmp_path):
     from distill.update.config import UpdateConfig
     from distill.update.errors import UpdateConfigError
 
     common = {"base": str(BASE_INT8), "labelled": str(MODELS / "golden"), "out": str(tmp_path)}
     with pytest.raises(UpdateConfigError, match="no teachers"):
         UpdateConfig(**common, recipe="finetune", lwf=0.5).resolved()
-    with pytest.raises(UpdateConfigError, match="trains none"):
-        UpdateConfig(**common, recipe="threshold", weight_mix="auto").resolved()
+    assert UpdateConfig(**common).resolved().weight_mix == "auto"      # the app's default since issue 20
     with pytest.raises(UpdateConfigError, match="lwf_site must be in"):
         UpdateConfig(**common, lwf_site=-0.1).resolved()
     with pytest.raises(UpdateConfigError, match="weight_mix"):

@@ -46,8 +46,8 @@ def add_parser(sub) -> None:
                                              "patches (learning without forgetting, 0..1)")
     p.add_argument("--lwf-site", type=float, help="the same on site frames (0..1)")
     p.add_argument("--weight-mix", choices=("off", "auto"),
-                   help="auto: the candidate is a mix of the trained and the base weights (WiSE-FT), the mix chosen "
-                        "on site validation under a forgetting check")
+                   help="auto (default): the candidate is a mix of the trained and the base weights (WiSE-FT), "
+                        "the mix chosen on site validation under the golden constraint; off: the trained weights")
     p.add_argument("--input-size", type=int, help="the student's input side in px (default the base's): larger "
                                                   "sees fainter cracks at more compute per tile")
     p.add_argument("--patch-size", type=int, help="patch side for mask-annotated data and unlabelled frames")

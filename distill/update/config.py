@@ -55,7 +55,8 @@ class UpdateConfig:
     student_bn: str = "train"          # "train": batch norms adapt to the data; "frozen": keep the base's
     lwf: float = 0.0                   # weight of the base student's soft outputs in the KD target, replay patches
     lwf_site: float = 0.0              # the same on site frames (learning without forgetting; anchor.py)
-    weight_mix: str = "off"            # "auto": candidate = λ·trained + (1−λ)·base, λ chosen (WiSE-FT; anchor.py)
+    weight_mix: str = "auto"           # "auto": candidate = λ·trained + (1−λ)·base, λ chosen (WiSE-FT; anchor.py);
+                                       # "off": the trained weights as they are
     lr: float = 3e-4                   # student
     teacher_lr: float = 3e-4
     batch_size: int = 32
@@ -129,8 +130,6 @@ def validate(c: UpdateConfig) -> None:
         raise UpdateConfigError("input_size changes what the student sees: recipe threshold trains nothing")
     if c.weight_mix not in ("off", "auto"):
         raise UpdateConfigError(f"weight_mix must be 'off' or 'auto', got {c.weight_mix!r}")
-    if c.weight_mix == "auto" and c.recipe == "threshold":
-        raise UpdateConfigError("weight_mix mixes trained weights with the base's: recipe threshold trains none")
     if c.student_bn not in ("train", "frozen"):
         raise UpdateConfigError(f"student_bn must be 'train' or 'frozen', got {c.student_bn!r}")
     if not c.temperature > 0:

@@ -136,7 +136,8 @@ def _recipe(run: Run) -> dict:
                         "alpha": c.alpha if c.recipe in ("full", "kd") else 0.0, "temperature": c.temperature,
                         "teacher_views": c.teacher_views, "batch_norm": c.student_bn,
                         "input_size": student_input_size(run), "lwf": {"replay": c.lwf, "site": c.lwf_site},
-                        "weight_mix": run.state.get("weight_mix") if c.weight_mix == "auto" else None}}
+                        "weight_mix": run.state.get("weight_mix") if c.weight_mix == "auto" and c.recipe != "threshold"
+                                      else None}}
 
 
 def _replay_used(run: Run) -> list:
