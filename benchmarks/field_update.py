@@ -323,7 +323,10 @@ def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
             # what the app's plan dialog would have said for these tiles (its estimate of the job)
             unlabelled = sum(1 for p in (site_root / "unlabelled").iterdir() if p.is_file())
             estimate = estimate_seconds(200, min(unlabelled, 3000), fast=fast)
+            record = json.loads((out / "update.json").read_text())
+            mix = record["recipe"]["student"].get("weight_mix")
             return {"update_s": t_candidate - t0, "push_s": pushed - t_candidate, "activate_s": t_live - pushed,
+                    "timings_s": record["timings_s"], "weight_mix_lambda": mix["lam"] if mix else None,
                     "click_to_live_s": t_live - t0, "version": info.id, "estimate_s": estimate,
                     "unlabelled_tiles": unlabelled, "machine": _machine()}
         finally:
@@ -381,6 +384,8 @@ def table(r: dict) -> str:
              "at the app's 160 px tile, which the 96 px students see downscaled); *need* = the N labels drawn in the "
              "review's most-in-need order instead of at random. Golden change and the gate's "
              "verdict are listed per seed (seed order), with the mixing weight λ chosen.", "",
+             "A row without a variant is the recipe as it was before the weight mix (`weight_mix` off); the app's "
+             "default since 2026-12-06 is the *mix* row. "
              "*Shipped* is what the inspector ends up with: the candidate's site MCC when the gate passes it, "
              "the base's when it refuses (mean over seeds).", "",
              "| site | N labelled | recipe | site test MCC (mean ± sd) | shipped | golden MCC change per seed | "
@@ -404,6 +409,8 @@ def table(r: dict) -> str:
                if live.get("estimate_s") else "")
             + (f"; {live['machine']['cpu']} ({live['machine']['isa']}), {live['machine']['date']}"
                if live.get("machine") else "")
+            + (f"; weight mix λ = {live['weight_mix_lambda']}" if live.get("weight_mix_lambda") is not None
+               else "; no weight mix (before it was the default)")
             if "error" not in live else f"not measured: {live['error']}")]
     return "\n".join(lines) + "\n"
 
@@ -447,6 +454,8 @@ def main() -> int:
     done_path = args.rows
     done = [json.loads(line) for line in done_path.read_text().splitlines()] if done_path.is_file() else []
     for site in args.sites:
+        if args.report_only and not any(d["site"] == site for d in done):
+            continue            # a site never measured has no place in the table
         result["pools"][site] = prepare_site(site, args.work)
         base[site] = site_mcc(default_model(), args.work / site / "test")
         for n in args.n:
