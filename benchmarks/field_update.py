@@ -62,8 +62,9 @@ VARIANT_PARTS = {"lwf": {"lwf": 0.5, "lwf_site": 0.2}, "lwfr": {"lwf": 1.0, "lwf
 VARIANTS = ["", "lwf", "mix", "lwf+mix", "lwfr+mix", "px160", "mix+px160", "lwf+mix+px160", "lwfr+mix+px160", "need",
             "mix+need", "lwf+mix+need", "lwfr+mix+need"]
 
-
 NONE_OF_THEM = {"lwf": 0.0, "lwf_site": 0.0, "weight_mix": "off", "input_size": None}   # "": the recipe as it was
+GOALS = {"site_mcc_n100": 0.8, "forgetting": 0.01, "click_to_live_s": 180.0}
+READY = re.compile(r"AGENT READY port=(\d+) tls=(\d) cert_sha256=(\S+) pairing_code=(\d+)")
 
 
 def variant_settings(variant: str) -> dict:
@@ -72,8 +73,6 @@ def variant_settings(variant: str) -> dict:
     for part in filter(None, variant.split("+")):
         settings.update(VARIANT_PARTS[part])
     return settings
-GOALS = {"site_mcc_n100": 0.8, "forgetting": 0.01, "click_to_live_s": 180.0}
-READY = re.compile(r"AGENT READY port=(\d+) tls=(\d) cert_sha256=(\S+) pairing_code=(\d+)")
 
 
 # --------------------------------------------------------------------------- site data
@@ -139,13 +138,17 @@ def draw_labelled(site_root: Path, n: int, seed: int, out: Path) -> Path:
     crack = [r for r in meta if r["label"] == "crack"]
     clean = [r for r in meta if r["label"] == "no_crack"]
     k = min(len(crack), max(n // 5, round(n * len(crack) / len(meta))))
-    chosen = rng.sample(crack, k) + rng.sample(clean, min(len(clean), n - k))
+    return _link_draw(site_root, rng.sample(crack, k) + rng.sample(clean, min(len(clean), n - k)), out)
+
+
+def _link_draw(site_root: Path, chosen: list[dict], out: Path) -> Path:
+    """The ``chosen`` rows of the labelled pool hard-linked into ``out``, with their metadata."""
     for r in chosen:
         dst = out / r["file"]
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists():
             os.link(site_root / "labelled_pool" / r["file"], dst)
-    _write_meta(out, chosen)
+    _write_meta(out, [{k: r[k] for k in ("file", "source", "label")} for r in chosen])
     return out
 
 
@@ -157,12 +160,11 @@ def need_order(site_root: Path) -> list[dict]:
     uncertainty the binary entropy of p_student. Frames are ranked by their most disagreeing
     patch, and patches are taken one per frame per round (diversity: many frames before a second
     patch of one). The labels are only read afterwards, as the inspector's answers."""
-    import numpy as np
-
     from distill.data.layouts import read_dataset
     from distill.export.package import onnx_session, run_onnx, uint8_patches
     from inspector.edge.package import load_package
     from inspector.paths import default_model, default_teachers
+    from inspector.store.schema import disagreement_of, uncertainty_of   # the review's own scores
 
     cached = site_root / "need_order.json"
     if cached.is_file():
@@ -174,12 +176,10 @@ def need_order(site_root: Path) -> list[dict]:
         pkg = load_package(path)
         p = run_onnx(onnx_session(pkg.onnx_bytes), uint8_patches(samples, pkg.manifest.input.size))["probs"]
         probs[name] = p[:, list(pkg.manifest.labels).index("crack")]
-    ps, pt = probs["student"], probs["teacher"]
-    q = np.clip(ps, 1e-6, 1 - 1e-6)
     rows = []
-    for s, a, b, h in zip(samples, ps, pt, -(q * np.log2(q) + (1 - q) * np.log2(1 - q))):
+    for s, a, b in zip(samples, probs["student"].tolist(), probs["teacher"].tolist()):
         rel = str(Path(s.path).resolve().relative_to((site_root / "labelled_pool").resolve()))
-        rows.append({**meta[rel], "disagreement": float(abs(b - a)), "uncertainty": float(h)})
+        rows.append({**meta[rel], "disagreement": disagreement_of([b], [a]), "uncertainty": uncertainty_of([a])})
     frames: dict[str, list[dict]] = {}
     for r in sorted(rows, key=lambda r: (-r["disagreement"], -r["uncertainty"], r["file"])):
         frames.setdefault(r["source"], []).append(r)
@@ -191,14 +191,7 @@ def need_order(site_root: Path) -> list[dict]:
 
 def draw_by_need(site_root: Path, n: int, out: Path) -> Path:
     """The first N patches of :func:`need_order`, linked into ``out`` with their sources."""
-    chosen = need_order(site_root)[:n]
-    for r in chosen:
-        dst = out / r["file"]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            os.link(site_root / "labelled_pool" / r["file"], dst)
-    _write_meta(out, [{k: r[k] for k in ("file", "source", "label")} for r in chosen])
-    return out
+    return _link_draw(site_root, need_order(site_root)[:n], out)
 
 
 def frame_ms(package: Path, runs: int = 30) -> float:
@@ -250,13 +243,18 @@ def run_recipe(site_root: Path, n: int, seed: int, recipe: str, work: Path, fast
     update = json.loads((run_dir / "update.json").read_text())
     int8 = run_dir / Path(result["candidate"]["int8"]).name   # update.json names files in run_dir
     golden = _golden_change(update)
-    mix = update["recipe"]["student"].get("weight_mix")
     return {"recipe": recipe, "n": n, "seed": seed, "seconds": seconds,
             "site_mcc": site_mcc(int8, site_root / "test"), "golden_change": golden,
             "int8_frame_ms": frame_ms(int8),
             "gate_passed": update.get("gate", {}).get("passed"), "verdict": update.get("gate", {}).get("verdict"),
-            "failed": update.get("gate", {}).get("failed"), "mix_lambda": mix["lam"] if mix else None,
+            "failed": update.get("gate", {}).get("failed"), "mix_lambda": _mix_lambda(update),
             "timings_s": update.get("timings_s")}
+
+
+def _mix_lambda(update: dict) -> float | None:
+    """The weight-mix λ an update chose (None: the mix was off)."""
+    mix = update["recipe"]["student"].get("weight_mix")
+    return mix["lam"] if mix else None
 
 
 def _golden_change(update: dict) -> float | None:
@@ -324,9 +322,8 @@ def click_to_live(site_root: Path, work: Path, fast: bool) -> dict:
             unlabelled = sum(1 for p in (site_root / "unlabelled").iterdir() if p.is_file())
             estimate = estimate_seconds(200, min(unlabelled, 3000), fast=fast)
             record = json.loads((out / "update.json").read_text())
-            mix = record["recipe"]["student"].get("weight_mix")
             return {"update_s": t_candidate - t0, "push_s": pushed - t_candidate, "activate_s": t_live - pushed,
-                    "timings_s": record["timings_s"], "weight_mix_lambda": mix["lam"] if mix else None,
+                    "timings_s": record["timings_s"], "weight_mix_lambda": _mix_lambda(record),
                     "click_to_live_s": t_live - t0, "version": info.id, "estimate_s": estimate,
                     "unlabelled_tiles": unlabelled, "machine": _machine()}
         finally:
@@ -352,7 +349,7 @@ def summarise(rows: list[dict], base: dict[str, float]) -> list[dict]:
                     continue
                 mccs = [r["site_mcc"] for r in group]
                 # what the inspector ends up with: the candidate if the gate passed it, else the base
-                shipped = [r["site_mcc"] if _passed(r) else base[site] for r in group]
+                shipped = [r["site_mcc"] if _verdict(r) == "passed" else base[site] for r in group]
                 golden = [r["golden_change"] for r in group if r["golden_change"] is not None]
                 out.append({"site": site, "n": n, "recipe": f"({letter}) {recipe}" + ("" if fast else ", default")
                             + (f", {variant}" if variant else ""),
@@ -361,8 +358,7 @@ def summarise(rows: list[dict], base: dict[str, float]) -> list[dict]:
                             "shipped_mean": statistics.fmean(shipped),
                             "golden_change": statistics.fmean(golden) if golden else None,
                             "golden_per_seed": [r["golden_change"] for r in group],
-                            "verdicts": [r.get("verdict") or ("passed" if r.get("gate_passed") else "refused")
-                                         for r in group],
+                            "verdicts": [_verdict(r) for r in group],
                             "lambdas": [r.get("mix_lambda") for r in group],
                             "frame_ms": statistics.fmean(ms) if (ms := [r["int8_frame_ms"] for r in group
                                                                          if r.get("int8_frame_ms")]) else None,
@@ -370,8 +366,9 @@ def summarise(rows: list[dict], base: dict[str, float]) -> list[dict]:
     return out
 
 
-def _passed(row: dict) -> bool:
-    return row.get("verdict") == "passed" if row.get("verdict") else bool(row.get("gate_passed"))
+def _verdict(row: dict) -> str:
+    """The gate's verdict of a row (rows from before verdicts were recorded have gate_passed only)."""
+    return row.get("verdict") or ("passed" if row.get("gate_passed") else "refused")
 
 
 def table(r: dict) -> str:
@@ -435,7 +432,7 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--variants", nargs="+", default=[""], choices=list(VARIANTS),
-                    help="what keeps the base's knowledge: '' (neither), lwf, mix, lwf+mix")
+                    help="settings beside the recipe, '+'-combined: '' (none), lwf, lwfr, mix, px160, need")
     ap.add_argument("--fast", action="store_true", help="distill update --fast settings (fewer epochs)")
     ap.add_argument("--click-to-live", action="store_true")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "field_update")
