@@ -167,7 +167,8 @@ def _key(dataset, i: int) -> str:
 def distil(checkpoint: Path, train_ds, val_ds, plan: StudentPlan, work: Path, reporter, *,
            teacher=None, cache=None, input_size: int | None = None):
     """The student from ``checkpoint`` trained on ``train_ds``; returns the model (last epoch).
-    ``teacher`` is the ensemble or its anchored targets (None: cross-entropy alone). ``input_size`` (default the checkpoint's) is the side the trained student takes: the network
+    ``teacher`` is the ensemble or its anchored targets (None: cross-entropy alone).
+    ``input_size`` (default the checkpoint's) is the side the trained student takes: the network
     is convolutional up to a global pooling, so the same weights start at any size."""
     from distill.models.checkpoint import load_classifier
     from distill.training.loop import TrainConfig, fit
