@@ -173,14 +173,21 @@ def compose_heatmap(height: int, width: int, boxes: Sequence[Box], extents: Sequ
     n, ch, cw = maps.shape
     if n != len(boxes) or len(extents) != n:
         raise ValueError(f"{n} tile maps for {len(boxes)} boxes and {len(extents)} extents")
-    if len(set(extents)) != 1:
+    if len(set(extents)) > 1:
         raise ValueError(f"tiles of different extents {sorted(set(extents))} cannot share one grid")
+    if n == 0:
+        return np.zeros((height, width), np.float32)
     pitch_x, pitch_y = extents[0][0] / cw, extents[0][1] / ch
     gw, gh = math.ceil(width / pitch_x), math.ceil(height / pitch_y)
-    acc = np.zeros((gh + ch + 1, gw + cw + 1), np.float32)
+    # a margin of one tile on every side: a reused tile (inspector.edge.reuse) that followed the
+    # camera may start left of or above the frame, or end beyond it
+    mx, my = cw + 1, ch + 1
+    acc = np.zeros((gh + 2 * my + 1, gw + 2 * mx + 1), np.float32)
     wsum = np.zeros_like(acc)
     for (x0, y0, _, _), m in zip(boxes, maps):
-        fx, fy = x0 / pitch_x, y0 / pitch_y
+        fx, fy = x0 / pitch_x + mx, y0 / pitch_y + my
+        if not (0 <= fx <= gw + mx and 0 <= fy <= gh + my):
+            continue                                # wholly outside the frame
         ix, iy = int(fx), int(fy)
         ax, ay = fx - ix, fy - iy
         for dy, wy in ((0, 1.0 - ay), (1, ay)):
@@ -189,11 +196,29 @@ def compose_heatmap(height: int, width: int, boxes: Sequence[Box], extents: Sequ
                 if w > 1e-6:
                     acc[iy + dy:iy + dy + ch, ix + dx:ix + dx + cw] += np.float32(w) * m
                     wsum[iy + dy:iy + dy + ch, ix + dx:ix + dx + cw] += np.float32(w)
-    grid = np.divide(acc[:gh, :gw], wsum[:gh, :gw], out=np.zeros((gh, gw), np.float32),
-                     where=wsum[:gh, :gw] > 0)
+    acc, wsum = acc[my:my + gh, mx:mx + gw], wsum[my:my + gh, mx:mx + gw]
+    grid = np.divide(acc, wsum, out=np.zeros((gh, gw), np.float32), where=wsum > 0)
     out_w, out_h = max(width, round(gw * pitch_x)), max(height, round(gh * pitch_y))
     up = cv2.resize(grid, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(up[:height, :width])
+
+
+def stitch_heatmap(height: int, width: int, boxes: Sequence[Box], extents: Sequence[tuple[int, int]],
+                   crack_probs: np.ndarray, cams: np.ndarray) -> np.ndarray:
+    """The frame's heat-map (module doc, step 4) from each tile's crack probability (N,) and raw
+    crack-class CAM (N, h, w) at ``boxes`` (top-left may lie outside the frame): CAM × probability,
+    composed, scaled so that its peak is the most confident tile's probability, in [0, 1]."""
+    p = np.maximum(np.asarray(crack_probs, np.float32), 0.0)
+    weighted = np.maximum(np.asarray(cams, np.float32), 0.0) * p[:, None, None]
+    heat = compose_heatmap(height, width, boxes, extents, weighted)
+    p_max = float(p.max()) if len(p) else 0.0
+    peak = float(heat.max()) if heat.size else 0.0
+    if peak > 0.0 and math.isfinite(peak):
+        heat *= np.float32(p_max / peak)
+    else:
+        heat[:] = 0.0
+    np.clip(heat, 0.0, 1.0, out=heat)
+    return heat
 
 
 @dataclass
@@ -205,6 +230,7 @@ class TileResult:
     probs: np.ndarray
     crack_prob: float
     cam: np.ndarray
+    fresh: bool = True   # inferred on this frame; False: carried over by inspector.edge.reuse
 
 
 @dataclass
@@ -217,6 +243,12 @@ class FrameResult:
     heatmap: np.ndarray
     crack_prob_max: float
     timings: dict[str, float] = field(default_factory=dict)
+    reuse: "object | None" = None   # inspector.edge.reuse.ReuseInfo when tiles were carried over
+
+    @property
+    def fresh_tiles(self) -> list[TileResult]:
+        """The tiles inferred on this frame (all of them without reuse)."""
+        return [t for t in self.tiles if t.fresh]
 
 
 def _check_image(frame: np.ndarray, what: str) -> np.ndarray:
@@ -398,17 +430,8 @@ class InferenceEngine:
         tiles = [TileResult(box=(int(x0), int(y0), int(x1), int(y1)), probs=probs[i].copy(),
                             crack_prob=float(probs[i, ci]), cam=np.ascontiguousarray(cams[i, ci], dtype=np.float32))
                  for i, (x0, y0, x1, y1) in enumerate(boxes)]
-        p = np.maximum(probs[:, ci].astype(np.float32), 0.0)
-        weighted = np.maximum(cams[:, ci].astype(np.float32), 0.0) * p[:, None, None]
-        heat = compose_heatmap(height, width, boxes, extents, weighted)
-        p_max = float(probs[:, ci].max()) if len(boxes) else 0.0
-        peak = float(heat.max()) if heat.size else 0.0
-        if peak > 0.0 and math.isfinite(peak):
-            heat *= np.float32(p_max / peak)
-        else:
-            heat[:] = 0.0
-        np.clip(heat, 0.0, 1.0, out=heat)
-        return heat, tiles, p_max
+        heat = stitch_heatmap(height, width, boxes, extents, probs[:, ci], cams[:, ci])
+        return heat, tiles, float(probs[:, ci].max()) if len(boxes) else 0.0
 
     def inspect(self, frame_rgb: np.ndarray) -> FrameResult:
         """Tile ``frame_rgb`` (uint8 H×W×3 RGB, any size), run all tiles as one batch, stitch."""
