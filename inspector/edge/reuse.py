@@ -49,13 +49,16 @@ import numpy as np
 from inspector.edge.engine import FrameResult, TileResult, _check_image, _tile_batch, stitch_heatmap, tile_grid
 
 
+CHANGE_BLOCK = 4   # the change test's block, in pixels of the small copy (8 frame px at 640 wide)
+
+
 @dataclass(frozen=True)
 class ReusePolicy:
     """When a cached tile result may stand for a tile; see the module doc."""
 
     refresh_frames: int = 30        # every tile re-inferred at least every K frames (1 s at 30 fps)
     max_drift: float = 0.125        # fraction of a tile a cached result may have moved
-    change_threshold: float = 6.0   # mean |Δgrey| (0..255) of the small copy under a cached result
+    change_threshold: float = 25.0  # |Δgrey| (0..255) of the most changed block under a cached result
     min_response: float = 0.05      # phase-correlation peak below which the motion is not trusted
     motion_width: int = 320         # width of the small grey copy for motion and change
     max_fresh: int | None = None    # tiles inferred per frame at most (None: from budget_ms)
@@ -165,31 +168,33 @@ class ReusingEngine:
         return dx * scale, dy * scale
 
     def _change(self, small: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Mean |Δgrey| between each cached row's thumbnail and the small copy under it now
-        (inf where less than half of it is still in the frame)."""
+        """How much the content under each cached row changed since it was inferred: the largest
+        mean |Δgrey| over blocks of ``CHANGE_BLOCK`` pixels of the small copy, between the row's
+        thumbnail and the small copy cut at the row's sub-pixel position now (inf where less than
+        half of it is still in the frame). The largest block, not the mean: a thin crack coming
+        into a tile changes a few blocks a lot and the tile's mean hardly at all."""
         scale = small.shape[1] / self._shape[1]
         t = self._thumb
         h, w = small.shape
         out = np.full(len(rows), np.inf)
         for k, r in enumerate(rows):
-            x, y = (int(round(v * scale)) for v in self._cache.pos[r])
-            x0, y0, x1, y1 = max(0, x), max(0, y), min(w, x + t), min(h, y + t)
+            fx, fy = (float(v) * scale for v in self._cache.pos[r])
+            x, y = math.floor(fx), math.floor(fy)
+            x0, y0, x1, y1 = max(0, x + 1), max(0, y + 1), min(w, x + t) - 1, min(h, y + t) - 1
             if (x1 - x0) * (y1 - y0) * 2 < t * t:
                 continue
-            seen = self._cache.thumbs[r, y0 - y:y1 - y, x0 - x:x1 - x]
-            out[k] = float(np.mean(np.abs(small[y0:y1, x0:x1] - seen)))
+            now = cv2.getRectSubPix(small, (t, t), (fx + (t - 1) / 2, fy + (t - 1) / 2))
+            diff = np.abs(now - self._cache.thumbs[r])[y0 - y:y1 - y, x0 - x:x1 - x]
+            bh, bw = max(1, diff.shape[0] // CHANGE_BLOCK), max(1, diff.shape[1] // CHANGE_BLOCK)
+            out[k] = float(cv2.resize(diff, (bw, bh), interpolation=cv2.INTER_AREA).max())
         return out
 
     def _thumbs(self, small: np.ndarray, boxes) -> np.ndarray:
-        """The small grey copy of each tile at ``boxes``, as the cache keeps it."""
+        """The small grey copy of each tile at ``boxes`` (sub-pixel), as the cache keeps it."""
         scale = small.shape[1] / self._shape[1]
         t = self._thumb
-        padded = cv2.copyMakeBorder(small, 0, t, 0, t, cv2.BORDER_REPLICATE)
-        out = np.empty((len(boxes), t, t), np.float32)
-        for i, (x0, y0, _, _) in enumerate(boxes):
-            x, y = int(round(x0 * scale)), int(round(y0 * scale))
-            out[i] = padded[y:y + t, x:x + t]
-        return out
+        return np.stack([cv2.getRectSubPix(small, (t, t), (x0 * scale + (t - 1) / 2, y0 * scale + (t - 1) / 2))
+                         for x0, y0, _, _ in boxes])
 
     def inspect(self, frame_rgb: np.ndarray) -> FrameResult:
         """Like :meth:`InferenceEngine.inspect`, inferring only the tiles that need it."""

@@ -93,8 +93,13 @@ class FlagPolicy:
         object.__setattr__(self, "duplicate_distance", float(dist))
 
     def reason_for(self, result: FrameResult) -> str | None:
-        """"crack", "uncertain" or None for an inference result (no de-duplication)."""
-        probs = [t.crack_prob for t in result.tiles] or [result.crack_prob_max]
+        """"crack", "uncertain" or None for an inference result (no de-duplication). Only tiles
+        inferred on this frame count: a result carried over by tile reuse was judged when it was
+        fresh (inspector.edge.reuse), so a frame with no fresh tile is never flagged."""
+        if not result.tiles:
+            probs = [result.crack_prob_max]
+        else:
+            probs = [t.crack_prob for t in result.fresh_tiles]
         if any(p >= self.crack_threshold for p in probs):
             return "crack"
         lo, hi = self.uncertain_band
