@@ -29,6 +29,7 @@ from inspector.agent.service import (PROBATION_FRAMES, PROBATION_TIMEOUT_S, Load
                                      now_iso)
 from inspector.agent.stream import JPEG_QUALITY, FrameBoard, Subscription, check_result, encode_result
 from inspector.edge.numerics import int8_isa
+from inspector.edge.reuse import ReusePolicy, ReusingEngine, fitted_to, reusable
 from inspector.link import protocol
 from inspector.link.protocol import ModelInfo, ModelList
 
@@ -38,6 +39,7 @@ POLL_S = 0.1                  # inference thread: wake-up period to notice stop(
 EVENTS_KEPT = 100
 JOIN_S = 10.0                 # stop(): wait for the frame in flight
 ERROR_LOG_EVERY_S = 10.0      # repeated inference errors are logged at most this often
+SHARE_FRAMES = 90             # the status's share of tiles inferred is over this many frames
 
 Event = dict[str, Any]
 
@@ -56,7 +58,8 @@ class AgentRuntime:
                  on_event: Callable[[Event], None] | None = None,
                  engine_factory: Callable[[Path], Any] | None = None,
                  probation_frames: int = PROBATION_FRAMES, probation_timeout: float = PROBATION_TIMEOUT_S,
-                 jpeg_quality: int = JPEG_QUALITY, numeric_path: str = "optimised"):
+                 jpeg_quality: int = JPEG_QUALITY, numeric_path: str = "optimised",
+                 reuse: ReusePolicy | None = ReusePolicy()):
         self.repository = repository
         self.grabber = grabber
         self._on_event = on_event
@@ -73,6 +76,9 @@ class AgentRuntime:
         self._startup: threading.Thread | None = None
         self._last_error_log = 0.0
         self.errors = 0
+        self.reuse = reuse
+        self._reuser: ReusingEngine | None = None
+        self._shares: deque[tuple[int, int]] = deque(maxlen=SHARE_FRAMES)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -150,6 +156,7 @@ class AgentRuntime:
                 "provider": providers[0] if providers else "",
                 "isa": int8_isa(),
                 "model_frames": served if current else 0,
+                "tile_share": self.tile_share(),
                 "model_checked": bool(current) and served >= max(1, self.models.probation_frames),
                 "verification": verification.to_dict() if verification is not None else None,
                 "fps": round(fps, 2), "clients": clients,
@@ -197,7 +204,7 @@ class AgentRuntime:
         t_start = time.perf_counter()
         height, width = frame.rgb.shape[:2]
         try:
-            result = loaded.engine.inspect(frame.rgb)
+            result = self._reusing(loaded).inspect(frame.rgb)
             failure = check_result(result, height, width, len(loaded.info.labels), full=probation is not None)
         except Exception as exc:  # noqa: BLE001 - judged like any other failure
             result, failure = None, f"{type(exc).__name__}: {exc}"
@@ -211,9 +218,25 @@ class AgentRuntime:
                 log.error("%s: frame %d not published: %s (%d so far)", loaded.info.id, frame.seq, failure,
                           self.errors)
             return
+        with self._lock:
+            self._shares.append((len(result.fresh_tiles), len(result.tiles)))
         item = encode_result(frame, result, loaded.info.id, t_start, self._next_seq, self.jpeg_quality)
         if self.models.credit(loaded):  # not if computed by a model swapped out meanwhile
             self._board.publish(item)
+
+    def _reusing(self, loaded: Loaded):
+        """The model in service with tile reuse (a fresh cache for each model), or the bare engine."""
+        if self.reuse is None or not reusable(loaded.engine):
+            return loaded.engine
+        if self._reuser is None or self._reuser.engine is not loaded.engine:
+            self._reuser = ReusingEngine(loaded.engine, fitted_to(self.reuse, float(self.grabber.fps or 0.0)))
+        return self._reuser
+
+    def tile_share(self) -> float | None:
+        """Tiles inferred over tiles published, over the last ``SHARE_FRAMES`` frames (None before any)."""
+        with self._lock:
+            fresh, total = sum(f for f, _ in self._shares), sum(t for _, t in self._shares)
+        return round(fresh / total, 4) if total else None
 
     def _next_seq(self) -> int:
         with self._lock:

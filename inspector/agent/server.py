@@ -99,7 +99,7 @@ class AgentServer:
                                uptime_s=round(time.monotonic() - self._started, 3),
                                activation=st.get("activation"), isa=st.get("isa", ""),
                                verification=st.get("verification"), model_frames=st.get("model_frames", 0),
-                               model_checked=st.get("model_checked", False))
+                               model_checked=st.get("model_checked", False), tile_share=st.get("tile_share"))
 
     def _events(self) -> list[dict]:
         # repository first: within one second (the resolution of both), its "activated" comes

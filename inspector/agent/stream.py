@@ -72,7 +72,8 @@ def encode_result(frame: Any, result: Any, model_id: str, t_start: float, next_s
     header = StreamHeader(
         seq=seq, frame_seq=int(frame.seq), t_capture=now_wall - (now_perf - frame.t_capture), t_sent=now_wall,
         width=int(width), height=int(height), heat_scale=protocol.HEAT_SCALE,
-        tiles=[{"box": [int(v) for v in t.box], "crack_prob": float(t.crack_prob)} for t in result.tiles],
+        tiles=[{"box": [int(v) for v in t.box], "crack_prob": float(t.crack_prob), "fresh": bool(t.fresh)}
+               for t in result.tiles],
         crack_prob_max=float(result.crack_prob_max), model_id=model_id,
         timings_ms={k: round(v, 3) for k, v in timings.items()})
     return seq, framing.encode_frame(header, jpeg.tobytes(), heat)

@@ -41,15 +41,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-from inspector.edge.engine import FrameResult, TileResult, _check_image, _tile_batch, stitch_heatmap, tile_grid
+from inspector.edge.engine import (FrameResult, InferenceEngine, TileResult, _check_image, _tile_batch, stitch_heatmap,
+                                   tile_grid)
 
 
 CHANGE_BLOCK = 4   # the change test's block, in pixels of the small copy (8 frame px at 640 wide)
+# the share of a frame interval inference may take when the cap is fitted to the camera's rate;
+# the rest is for decoding, motion, stitching, the overlay and painting (or encoding, on a device)
+FRAME_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,19 @@ class ReusePolicy:
         if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b)
                               or b <= 0):
             raise ValueError(f"budget_ms must be a positive number of milliseconds or None, got {b!r}")
+
+
+def reusable(engine) -> bool:
+    """Whether tile reuse can wrap ``engine``: an :class:`InferenceEngine` (a stand-in that only
+    has ``inspect``, as tests and tools use, runs as it is)."""
+    return isinstance(engine, InferenceEngine)
+
+
+def fitted_to(policy: ReusePolicy, fps: float) -> ReusePolicy:
+    """``policy`` with its time budget set to ``FRAME_SHARE`` of a ``fps`` frame interval, if it has none."""
+    if policy.budget_ms is not None or policy.max_fresh is not None or not fps > 0:
+        return policy
+    return replace(policy, budget_ms=FRAME_SHARE * 1000.0 / fps)
 
 
 @dataclass(frozen=True)

@@ -384,6 +384,8 @@ class Status(Message):
     # model's never count), and whether they are enough to call it checked on live frames
     model_frames: int = 0
     model_checked: bool = False
+    # tiles inferred over tiles streamed, recent frames (temporal tile reuse); None before a frame
+    tile_share: float | None = _json({"minimum": 0, "maximum": 1}, default=None)
 
     def current_activation(self) -> "Activation | None":
         return None if self.activation is None else Activation.from_dict(self.activation)
@@ -394,6 +396,7 @@ class Tile(Message):
     """One of ``StreamHeader.tiles``: a tile of the frame and its crack probability."""
     box: list[int] = _json({"minItems": 4, "maxItems": 4})   # x0, y0, x1, y1 in frame pixels
     crack_prob: float = _json({"minimum": 0, "maximum": 1})
+    fresh: bool = True         # inferred on this frame; False: carried over by tile reuse
 
 
 @dataclass(frozen=True)

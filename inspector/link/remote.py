@@ -82,13 +82,14 @@ def rebuild_result(header: P.StreamHeader, heat: np.ndarray, labels: tuple[str, 
         try:
             box = tuple(int(v) for v in t["box"])
             p = float(t["crack_prob"])
+            fresh = t.get("fresh", True)
         except (KeyError, TypeError, ValueError):
             raise P.ProtocolError(f"stream: tile {i} is not {{'box': [x0, y0, x1, y1], 'crack_prob': p}}: {t!r}") from None
-        if len(box) != 4 or not 0.0 <= p <= 1.0:
-            raise P.ProtocolError(f"stream: tile {i} has box {box} / crack_prob {p}")
+        if len(box) != 4 or not 0.0 <= p <= 1.0 or not isinstance(fresh, bool):
+            raise P.ProtocolError(f"stream: tile {i} has box {box} / crack_prob {p} / fresh {fresh!r}")
         probs = np.empty(2, np.float32)
         probs[crack_at], probs[1 - crack_at] = p, 1.0 - p
-        tiles.append(TileResult(box=box, probs=probs, crack_prob=p, cam=_NO_CAM))
+        tiles.append(TileResult(box=box, probs=probs, crack_prob=p, cam=_NO_CAM, fresh=fresh))
     timings = {str(k): float(v) for k, v in header.timings_ms.items() if isinstance(v, (int, float))}
     if "total" not in timings:
         timings["total"] = sum(timings.get(k, 0.0) for k in ("tile", "preprocess", "infer", "stitch"))

@@ -49,6 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from inspector.edge.engine import FrameResult, InferenceEngine
+from inspector.edge.reuse import ReusePolicy, ReusingEngine, fitted_to, reusable
 from inspector.store.database import ModelRef
 from inspector.errors import InspectorError
 
@@ -115,14 +116,20 @@ def engine_model(engine) -> ModelRef:
 
 
 class LocalInference:
-    """The local result source: ``grabber``'s frames, inspected here by ``engine``."""
+    """The local result source: ``grabber``'s frames, inspected here by ``engine``, with
+    temporal tile reuse (:mod:`inspector.edge.reuse`) unless ``reuse`` is None (or the engine a
+    stand-in with ``inspect`` alone). Without a
+    budget in the policy, the cap on fresh tiles is fitted to the source's frame rate once it
+    is known (:func:`~inspector.edge.reuse.fitted_to`)."""
 
-    def __init__(self, grabber, engine: InferenceEngine):
+    def __init__(self, grabber, engine: InferenceEngine, reuse: ReusePolicy | None = ReusePolicy()):
         if engine is None:
             raise ValueError("a local video source needs an inference engine (LiveInspector(engine, ...))")
         self.grabber = grabber
         self.engine = engine
         self.model = engine_model(engine)
+        self.reuse = ReusingEngine(engine, reuse) if reuse is not None and reusable(engine) else None
+        self._fit_budget = reuse is not None
 
     def __repr__(self) -> str:
         return f"LocalInference({self.grabber!r})"
@@ -145,13 +152,19 @@ class LocalInference:
         return self.grabber.latest(after_seq=after_seq, timeout=timeout)
 
     def inspect(self, frame) -> Inspected:
-        result = self.engine.inspect(frame.rgb)
+        if self.reuse is None:
+            result = self.engine.inspect(frame.rgb)
+        else:
+            fps = float(getattr(self.grabber, "fps", 0.0) or 0.0)
+            if self._fit_budget and fps > 0:
+                self.reuse.policy, self._fit_budget = fitted_to(self.reuse.policy, fps), False
+            result = self.reuse.inspect(frame.rgb)
         return Inspected(frame=frame, result=result, model=self.model, t_inferred=time.perf_counter())
 
 
-def as_result_source(source, engine):
-    """``source`` if it is a result source (has ``inspect``), else ``LocalInference(source, engine)``."""
-    return source if callable(getattr(source, "inspect", None)) else LocalInference(source, engine)
+def as_result_source(source, engine, reuse: ReusePolicy | None = ReusePolicy()):
+    """``source`` if it is a result source (has ``inspect``), else ``LocalInference(source, engine, reuse)``."""
+    return source if callable(getattr(source, "inspect", None)) else LocalInference(source, engine, reuse)
 
 
 @dataclass
@@ -165,6 +178,13 @@ class LiveStats:
     errors: int = 0
     infer_ms: float = 0.0     # of the last result
     infer_ms_total: float = 0.0
+    tiles_fresh: int = 0      # tiles inferred (tile reuse carries the others over), all results
+    tiles_total: int = 0
+
+    @property
+    def tile_share(self) -> float:
+        """Tiles inferred over tiles shown, since the start (1.0 without reuse)."""
+        return self.tiles_fresh / self.tiles_total if self.tiles_total else 0.0
 
     @property
     def infer_ms_mean(self) -> float:
@@ -204,8 +224,9 @@ class LiveInspector:
     def __init__(self, engine: InferenceEngine | None, grabber, store, flagger, *,
                  on_result: Callback | None = None, on_status: Callback | None = None,
                  on_flag_stored: Callback | None = None, on_error: Callback | None = None,
-                 threshold: float = 0.5):
+                 threshold: float = 0.5, reuse: ReusePolicy | None = ReusePolicy()):
         self.engine = engine
+        self.reuse = reuse    # tile reuse for local sources (None: every tile of every frame)
         self.store = store
         self.flagger = flagger
         self.on_result = on_result or _noop
@@ -222,7 +243,7 @@ class LiveInspector:
         self._threshold = 0.5
         self.threshold = threshold
 
-        self._source = as_result_source(grabber, engine)
+        self._source = as_result_source(grabber, engine, reuse)
         self._lock = threading.Lock()          # _latest, _source, _accepting + putting jobs
         self._flag_lock = threading.Lock()     # the flagger is shared by the worker and flag_current
         self._latest: LiveResult | None = None
@@ -281,7 +302,7 @@ class LiveInspector:
         """Switch to another source while running (a grabber, or a result source such as a
         DeviceFeed): the worker moves to it at once and the old source is stopped on a helper
         thread (closing a network stream can block)."""
-        source = as_result_source(grabber, self.engine)
+        source = as_result_source(grabber, self.engine, self.reuse)
         with self._lock:
             old, self._source = self._source, source
             self._latest = None
@@ -302,7 +323,7 @@ class LiveInspector:
             self.engine, self.model = engine, engine_model(engine)
             current = self._source
             if isinstance(current, LocalInference):
-                self._source = LocalInference(current.grabber, engine)
+                self._source = LocalInference(current.grabber, engine, self.reuse)
                 self._latest = None
 
     def stop(self) -> None:
@@ -392,6 +413,8 @@ class LiveInspector:
         self.stats.results += 1
         self.stats.infer_ms = float(result.timings.get("total", 0.0))
         self.stats.infer_ms_total += self.stats.infer_ms
+        self.stats.tiles_fresh += len(result.fresh_tiles)
+        self.stats.tiles_total += len(result.tiles)
         if reason:
             self._enqueue(live, reason, None, None)
         self._call(self.on_result, live)

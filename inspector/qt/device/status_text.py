@@ -56,7 +56,10 @@ def status_fields(status: P.Status, address: str | None, feed=None) -> dict[str,
                      f"reference check: rule {v.get('rule')}, {'passed' if v.get('passed') else 'FAILED'}; "
                      f"max |Δp| {v.get('probs_max_abs', 0):.2g}, heat-map r {v.get('cam_corr', 0):.6f}, "
                      f"peak Δ {v.get('cam_peak', 0):.2g} on {v.get('n_images')} images"),
-        "fps": (f"{status.fps:.1f} inferred{received}", None),
+        "fps": (f"{status.fps:.1f} inferred{received}"
+                + (f" · {100 * status.tile_share:.0f} % tiles" if status.tile_share is not None else ""),
+                "frames per second the device inferred; share of the tiles it inferred on recent frames "
+                "(the others carried over as the camera moved: tile reuse)"),
         "link": ("—" if link is None else f"{link:.0f} ms",
                  "agent sent → received here (median); between two machines as exact as their clocks agree"),
     }

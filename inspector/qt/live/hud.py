@@ -82,6 +82,7 @@ class Hud(QFrame):
         super().__init__(parent, objectName="panel")
         self.meter = FrameMeter()
         self._infer_ms: float | None = None
+        self._tiles: deque[tuple[int, int]] = deque(maxlen=LATENCY_SAMPLES)   # (inferred, shown) per frame
         self._frame_size: tuple[int, int] | None = None
         self._link_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.capture_fps: Callable[[], float] | None = None   # the source's own rate, polled
@@ -106,6 +107,9 @@ class Hud(QFrame):
     def on_frame_painted(self, live, t_painted: float) -> None:
         self.meter.add(live.frame.t_capture, t_painted)
         self._infer_ms = live.result.timings.get("total")
+        tiles = live.result.tiles
+        if tiles:
+            self._tiles.append((len(live.result.fresh_tiles), len(tiles)))
         self._frame_size = (live.frame.rgb.shape[1], live.frame.rgb.shape[0])
         link = getattr(live, "link", None)
         if link is not None:
@@ -136,7 +140,11 @@ class Hud(QFrame):
         self.fps.set(f"{fps:4.1f} fps")
         lat = self.meter.latency_ms()
         self.latency.set("—" if lat is None else f"{lat:4.0f} ms")
-        self.inference.set("—" if self._infer_ms is None else f"{self._infer_ms:4.0f} ms")
+        shown = sum(t for _, t in self._tiles)
+        share = f" · {100 * sum(f for f, _ in self._tiles) / shown:3.0f} % tiles" if shown else ""
+        self.inference.set("—" if self._infer_ms is None else f"{self._infer_ms:4.0f} ms{share}",
+                           "time per frame; share of the tiles inferred on recent frames (the others carried "
+                           "over from earlier frames as the camera moved: tile reuse)")
         cap = self.capture_fps() if self.capture_fps is not None else 0.0
         size = f"  {self._frame_size[0]}×{self._frame_size[1]}" if self._frame_size else ""
         self.capture.set(f"{cap:4.1f} fps{size}" if cap > 0 else "—" + size)
