@@ -15,6 +15,7 @@ import pytest
 from inspector.link import framing
 from inspector.agent.repository_state import RepositoryError
 from inspector.agent.runtime import AgentRuntime
+from inspector.edge.reuse import ReusePolicy
 from inspector.agent.stream import check_result
 from inspector.edge.engine import FrameResult, TileResult
 from inspector.paths import sample_video
@@ -100,7 +101,8 @@ def make_runtime():
     def make(ids: list[str], active: str, **kw) -> tuple[AgentRuntime, FakeRepository]:
         repo = FakeRepository(ids, active)
         grabber = FrameGrabber(parse_source(sample_video()), loop=True, realtime=True)
-        rt = AgentRuntime(repo, grabber, engine_factory=FakeEngine, probation_timeout=10.0, **kw)
+        kw.setdefault("engine_factory", FakeEngine)
+        rt = AgentRuntime(repo, grabber, probation_timeout=10.0, **kw)
         made.append(rt)
         rt.start(wait_model=True)
         return rt, repo
@@ -193,3 +195,30 @@ def test_check_result():
     assert "(3,)" in check_result(good, 8, 10, 3, full=False)
     good.heatmap[0, 0] = np.inf
     assert check_result(good, 8, 10, 2, full=False) is None and "non-finite" in check_result(good, 8, 10, 2, full=True)
+
+
+def test_the_agent_reuses_tiles_and_says_how_many_it_inferred(make_runtime):
+    """The shipped model on the agent (the sample video: pans and a hold): tiles carried over are
+    marked on the wire and the status reports the share inferred; with reuse off, every tile."""
+    from inspector.edge.engine import InferenceEngine
+    from support import SHIPPED
+
+    def real(_path):
+        return InferenceEngine(SHIPPED, threads=1)
+
+    for reuse, expect_stale in ((ReusePolicy(), True), (None, False)):
+        rt, _ = make_runtime(["good-1"], "good-1", engine_factory=real, reuse=reuse)
+        with rt.subscribe() as sub:
+            headers, deadline = [], time.monotonic() + 20.0
+            while len(headers) < 30 and time.monotonic() < deadline:
+                blob = sub.next(timeout=1.0)
+                if blob is not None:
+                    headers.append(framing.read_frame(io.BytesIO(blob))[0])
+        assert len(headers) == 30
+        stale = sum(not t["fresh"] for h in headers for t in h.tiles)
+        share = rt.status()["tile_share"]
+        if expect_stale:
+            assert stale > 0 and 0.0 < share < 0.9
+        else:
+            assert stale == 0 and share == 1.0
+        rt.stop()
