@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -41,6 +42,7 @@ WARMUP_S = 3.0           # first frames include session warm-up and window mappi
 RSS_EVERY_S = 10.0
 GOALS = {"fps": 30.0, "p95_ms": 50.0, "rss_mb": 600.0}
 TEACHERS_SECTION = "## With the teacher scorer"
+REUSE_SECTION = "## Tile reuse on and off"     # written by benchmarks/app_reuse.py
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -100,7 +102,9 @@ def prefill(store, engine, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_flags: int = 0, engine=None) -> dict:
+def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_flags: int = 0, engine=None,
+        video: Path | None = None, reuse: bool = True) -> dict:
+    """One arm: the window on ``video`` (default: the sample video), tile reuse on or off."""
     if not os.environ.get("DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     import psutil
@@ -120,7 +124,8 @@ def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_
     proc = psutil.Process()
     engine = engine or load_engine(None, threads)
     scorer_info: dict = {}
-    painted: list[tuple[float, float, float, int]] = []   # (t_painted, capture→paint s, capture→verdict s, seq)
+    # (t_painted, capture→paint s, capture→verdict s, seq, tiles inferred, tiles)
+    painted: list[tuple[float, float, float, int, int, int]] = []
     rss: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="app-bench-") as tmp, FlagStore(Path(tmp) / "flags") as store:
         scorer = None
@@ -131,13 +136,16 @@ def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_
             scorer_info["prefill_s"] = prefill(store, engine, prefill_flags)
             scorer_info["prefilled"] = prefill_flags
             scorer = TeacherScorer(store, default_teachers(), threads=1)
-        window = MainWindow(engine, store, Flagger(), parse_source(sample_video()), scorer=scorer)
+        window = MainWindow(engine, store, Flagger(), parse_source(str(video or sample_video())), scorer=scorer)
+        if not reuse:     # every tile of every frame, as before tile reuse
+            window.inspector.reuse = None
+            window.inspector.set_engine(engine)
         window.resize(1600, 1000)
         t0 = time.perf_counter()
 
         def on_painted(live, t_painted: float) -> None:
             painted.append((t_painted - t0, t_painted - live.frame.t_capture, live.t_inferred - live.frame.t_capture,
-                            live.frame.seq))
+                            live.frame.seq, len(live.result.fresh_tiles), len(live.result.tiles)))
 
         def sample_rss() -> None:
             rss.append((time.perf_counter() - t0, proc.memory_info().rss / 2**20))
@@ -190,7 +198,9 @@ def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_
         "cpu_cores": {"this_process": own_s / wall_s, "other_processes": max(0.0, all_s - own_s) / wall_s},
         "scorer": scorer_info,
         "flag_times_s": flag_times,
-        "frames": [(round(t, 4), round(a * 1e3, 2), round(b * 1e3, 2), seq) for t, a, b, seq in painted],
+        "video": str(video or "sample"), "reuse": reuse,
+        "frames": [(round(t, 4), round(a * 1e3, 2), round(b * 1e3, 2), seq, fresh, n)
+                   for t, a, b, seq, fresh, n in painted],
     }
 
 
@@ -272,15 +282,18 @@ def compare_table(arms: list[dict], alone: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str | None, main_text: str | None) -> None:
-    """docs/benchmarks/app_bench.md: the main table (a plain run) and/or the teacher section;
-    whichever is not given is kept as it is."""
+def write_docs(section: str | None, main_text: str | None, *, heading: str = TEACHERS_SECTION) -> None:
+    """docs/benchmarks/app_bench.md: the main table (a plain run) and/or the section under
+    ``heading`` (the teacher scorer's, tile reuse's); whatever is not given is kept as it is."""
     out = REPO / "docs" / "benchmarks" / "app_bench.md"
     old = out.read_text() if out.is_file() else "# App-level benchmark (`benchmarks/app_bench.py`)\n\n"
-    head, _, old_section = old.partition(TEACHERS_SECTION)
-    if main_text is not None:
-        head = "# App-level benchmark (`benchmarks/app_bench.py`)\n\n" + main_text + "\n"
-    body = section if section is not None else (TEACHERS_SECTION + old_section if old_section else "")
+    parts = re.split(r"(?m)^(?=## )", old)
+    head = "# App-level benchmark (`benchmarks/app_bench.py`)\n\n" + main_text + "\n" if main_text is not None \
+        else parts[0]
+    sections = {p.splitlines()[0]: p for p in parts[1:]}
+    if section is not None:
+        sections[heading] = section
+    body = "\n".join(s.rstrip("\n") + "\n" for s in sections.values())
     out.write_text(head.rstrip("\n") + "\n" + ("\n" + body if body else ""))
 
 
