@@ -111,6 +111,7 @@ def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
+    from inspector.edge.reuse import ReusePolicy
     from inspector.live.flagging import Flagger
     from inspector.paths import sample_video
     from inspector.qt import theme
@@ -136,10 +137,8 @@ def run(seconds: float, threads: int | None, *, teachers: bool = False, prefill_
             scorer_info["prefill_s"] = prefill(store, engine, prefill_flags)
             scorer_info["prefilled"] = prefill_flags
             scorer = TeacherScorer(store, default_teachers(), threads=1)
-        window = MainWindow(engine, store, Flagger(), parse_source(str(video or sample_video())), scorer=scorer)
-        if not reuse:     # every tile of every frame, as before tile reuse
-            window.inspector.reuse = None
-            window.inspector.set_engine(engine)
+        window = MainWindow(engine, store, Flagger(), parse_source(str(video or sample_video())), scorer=scorer,
+                            reuse=ReusePolicy() if reuse else None)
         window.resize(1600, 1000)
         t0 = time.perf_counter()
 

@@ -41,6 +41,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+from inspector.edge.reuse import ReusePolicy
 from inspector.link import protocol
 from inspector.errors import InspectorError
 
@@ -59,6 +60,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
     "insecure-http": (bool, "plain HTTP instead of HTTPS (loopback tests only: tokens travel in clear)"),
     "no-mdns": (bool, "do not advertise the agent over mDNS"),
     "threads": (int, "inference threads (default: the usable cores)"),
+    "no-tile-reuse": (bool, "infer every tile of every frame (default: only the tiles whose content changed, "
+                            "see inspector.edge.reuse)"),
     "max-connections": (int, "connections served at once; when all do real work, others get 503 (default 64)"),
     "log-level": (str, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
     "numeric-path": (str, "test hook: run models along a stand-in numeric path on the CPU, 'unfused' (graph "
@@ -342,7 +345,8 @@ def _serve(opts: dict[str, Any], spec: Any, data: Path, stop: threading.Event, n
     _check_port(opts["host"], opts["port"])   # before the identity shows a pairing code for an agent that never serves
     identity, repository = _open_store(opts, data)
     runtime = AgentRuntime(repository, FrameGrabber(spec, loop=True, realtime=True), threads=opts["threads"],
-                           numeric_path=opts["numeric-path"] or "optimised")
+                           numeric_path=opts["numeric-path"] or "optimised",
+                           reuse=None if opts["no-tile-reuse"] else ReusePolicy())
     try:
         server = AgentServer(identity, repository, runtime, host=opts["host"], port=opts["port"], tls=tls,
                              **({"max_connections": opts["max-connections"]} if opts["max-connections"] else {}))

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, help="flag store folder (default: per-user data folder)")
     p.add_argument("--threads", type=at_least_one, default=None,
                    help="inference threads, 1 or more (default: the usable cores, max 4)")
+    p.add_argument("--no-tile-reuse", action="store_true",
+                   help="infer every tile of every frame (default: only the tiles whose content changed since "
+                        "they were last inferred; the HUD shows the share)")
     p.add_argument("--teachers", type=Path, metavar="PKG",
                    help="teacher-ensemble package that scores stored flags in the background "
                         "(default: the shipped crack-teachers package, if present)")
@@ -236,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from inspector.qt.window import make_window
 
-        window = make_window(engine, store, source, notice, device=device, scorer=make_scorer(store, teachers))
+        window = make_window(engine, store, source, notice, device=device, scorer=make_scorer(store, teachers),
+                             tile_reuse=not args.no_tile_reuse)
         window.show()
         window.start()
         if args.demo:

@@ -29,6 +29,7 @@ from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import QMainWindow, QTabWidget, QWidget
 
+from inspector.edge.reuse import ReusePolicy
 from inspector.live.loop import LiveInspector
 from inspector.capture.sources import SourceSpec
 from inspector.qt import theme
@@ -77,6 +78,8 @@ class MainWindow(QMainWindow):
     for the device panel (default: :func:`inspector.agent.discovery.browse`).
     ``scorer``: a :class:`~inspector.review.teacher_scorer.TeacherScorer`, started and stopped with the
     window and woken by every stored flag (None: flags are not scored).
+    ``reuse``: temporal tile reuse for local sources (:mod:`inspector.edge.reuse`; None: every tile
+    of every frame).
     Signals for tests and the self-test: ``resultShown(LiveResult)``, ``flagShown(FlagRecord)``.
     """
 
@@ -87,7 +90,8 @@ class MainWindow(QMainWindow):
                  make_grabber: Callable = default_grabber, notice: str | None = None, threshold: float = 0.5,
                  overlay: bool = True, opacity: float = 0.45, pairings=None, device=None,
                  make_feed: Callable = default_feed, browse: Callable | None = None,
-                 scorer=None, history=None, parent: QWidget | None = None):
+                 scorer=None, history=None, reuse: ReusePolicy | None = ReusePolicy(),
+                 parent: QWidget | None = None):
         super().__init__(parent)
         self.engine, self.store, self.flagger = engine, store, flagger
         self.scorer = scorer              # a TeacherScorer scoring stored flags in the background, or None
@@ -115,7 +119,7 @@ class MainWindow(QMainWindow):
         self.inspector = LiveInspector(engine, grabber if grabber is not None else make_grabber(source), store,
                                        flagger, on_result=self.bridge.on_result, on_status=self.bridge.on_status,
                                        on_flag_stored=self.bridge.on_flag_stored, on_error=self.bridge.on_error,
-                                       threshold=threshold)
+                                       threshold=threshold, reuse=reuse)
 
         self.view = LiveView(uncertain_low=uncertain_low)
         self.view.settings = RenderSettings(overlay, opacity)
@@ -506,8 +510,10 @@ class MainWindow(QMainWindow):
         self.chooser.set_current(label)
 
 
-def make_window(engine, store, source, notice, flagger=None, device=None, scorer=None) -> MainWindow:
+def make_window(engine, store, source, notice, flagger=None, device=None, scorer=None,
+                tile_reuse: bool = True) -> MainWindow:
     """The main window as the ``inspector`` command opens it (default flagging rules unless given)."""
     from inspector.live.flagging import Flagger
 
-    return MainWindow(engine, store, flagger or Flagger(), source, notice=notice, device=device, scorer=scorer)
+    return MainWindow(engine, store, flagger or Flagger(), source, notice=notice, device=device, scorer=scorer,
+                      reuse=ReusePolicy() if tile_reuse else None)
