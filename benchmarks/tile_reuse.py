@@ -14,7 +14,10 @@ full inference, per segment kind (static, slow pan, pause, shake, fast pan, expo
 - *heat-map r*: Pearson correlation of the two heat-maps, frames where both have structure;
 - *MCC vs truth*: tile verdicts against the video's ground-truth mask (a tile is a crack when
   ``TRUTH_SHARE`` of its pixels are crack), for full and reuse: does reuse move the real error?
-- *ms per frame* (mean): full and reuse, this process alone on the machine's cores.
+- *ms per frame* (mean): full and reuse, this process alone on the machine's cores;
+- *full: verdicts changed from the frame before*: the model's own flicker (same grid tile, full
+  inference, consecutive frames). On a still camera it is the floor: reuse cannot agree with
+  full inference better than full inference agrees with itself one frame later.
 
     python benchmarks/tile_reuse.py                      # field video 1280×720 and 640×480, sample video
     python benchmarks/tile_reuse.py --videos field720 --docs
@@ -134,6 +137,10 @@ def summarise(rows: list[dict]) -> list[dict]:
             want = [f for f in flagged if f in frames]
             hit = [f for f in want if len(mine) and np.abs(mine - f).min() <= RECALL_WINDOW]
             heat = [r["heat_r"] for r in sel if r["heat_r"] is not None]
+            # the model's own flicker: full inference's verdicts that differ from the frame before
+            # (same tile of the grid): on a still camera, the floor no reuse can beat
+            flicker = [a != b for r in sel if r["frame"] - 1 in full and r["frame"] - 1 in frames
+                       for a, b in zip(full[r["frame"]]["crack"], full[r["frame"] - 1]["crack"])]
             conf = [0, 0, 0, 0]
             for r in sel:
                 for p, t in zip(r["crack"], r["truth"] or []):
@@ -143,6 +150,7 @@ def summarise(rows: list[dict]) -> list[dict]:
                         "agreement": float(np.mean(agree)) if agree else None,
                         "flag_frames_full": len(want), "flag_recall": len(hit) / len(want) if want else None,
                         "heat_r": float(np.mean(heat)) if heat else None,
+                        "full_flicker": float(np.mean(flicker)) if flicker else None,
                         "mcc_truth": mcc(conf[0], conf[2], conf[1], conf[3]) if sel[0]["truth"] else None,
                         "ms_mean": float(np.mean([r["ms"] for r in sel]))})
     return out
@@ -153,11 +161,13 @@ def table(summary: list[dict], info: dict) -> str:
     lines = [f"{info['machine']['cpu']} ({info['machine']['native_isa']}), {info['threads']} threads, "
              f"{info['model']}; recall window {RECALL_WINDOW} frames; threshold {info['threshold']}", "",
              "| video | segment | frames | arm | tiles inferred | tile agreement | flag recall (frames) | "
-             "heat-map r | MCC vs truth | ms / frame |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "heat-map r | MCC vs truth | ms / frame | full: verdicts changed from the frame before |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         lines.append(f"| {s['video']} | {s['segment']} | {s['frames']} | {s['arm']} | {f(s['tiles_inferred'])} | "
                      f"{f(s['agreement'])} | {f(s['flag_recall'])} ({s['flag_frames_full']}) | {f(s['heat_r'])} | "
-                     f"{f(s['mcc_truth'])} | {s['ms_mean']:.1f} |")
+                     f"{f(s['mcc_truth'])} | {s['ms_mean']:.1f} | "
+                     f"{f(s['full_flicker']) if s['arm'] == 'full' else ''} |")
     return "\n".join(lines)
 
 

@@ -12,6 +12,8 @@ from inspector.live.flagging import FlagPolicy
 from support import engine, sample_video_results  # noqa: F401 - fixtures
 
 W, H = 640, 480
+# no refresh in the tests that are about something else (motion, change, the cap)
+NO_REFRESH = ReusePolicy(refresh_frames=10_000, fragile_refresh_frames=10_000)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_first_frame_infers_every_tile_like_the_engine(engine, strip):  # noqa: 
 
 
 def test_a_shifted_frame_reuses_the_shifted_results(engine, strip):  # noqa: F811
-    reuse = ReusingEngine(engine)
+    reuse = ReusingEngine(engine, NO_REFRESH)
     first = reuse.inspect(window(strip, 0))
     moved = reuse.inspect(window(strip, 8))      # the camera pans right: content moves 8 px left
     dx, dy = moved.reuse.motion
@@ -73,7 +75,7 @@ def test_a_pan_re_infers_tiles_as_new_content_comes_in(engine, strip):  # noqa: 
 
 
 def test_new_content_in_one_tile_re_infers_that_tile_only(engine, strip):  # noqa: F811
-    reuse = ReusingEngine(engine)
+    reuse = ReusingEngine(engine, NO_REFRESH)
     frame = window(strip, 0)
     reuse.inspect(frame)
     changed = frame.copy()
@@ -83,7 +85,7 @@ def test_new_content_in_one_tile_re_infers_that_tile_only(engine, strip):  # noq
 
 
 def test_a_light_change_re_infers_everything(engine, strip):  # noqa: F811
-    reuse = ReusingEngine(engine)
+    reuse = ReusingEngine(engine, NO_REFRESH)
     frame = window(strip, 0)
     reuse.inspect(frame)
     darker = (frame.astype(np.float32) * 0.6).astype(np.uint8)
@@ -92,7 +94,7 @@ def test_a_light_change_re_infers_everything(engine, strip):  # noqa: F811
 
 def test_the_refresh_budget_holds_on_a_still_camera(engine, strip):  # noqa: F811
     k = 6
-    reuse = ReusingEngine(engine, ReusePolicy(refresh_frames=k))
+    reuse = ReusingEngine(engine, ReusePolicy(refresh_frames=k, fragile_refresh_frames=k))
     frame = window(strip, 0)
     results = [reuse.inspect(frame) for _ in range(1 + 3 * k)]
     per_frame = [r.reuse.fresh for r in results[1:]]
@@ -102,8 +104,21 @@ def test_the_refresh_budget_holds_on_a_still_camera(engine, strip):  # noqa: F81
         assert seen == set(range(12)), f"frames {start}..{start + k - 1} left tiles {set(range(12)) - seen}"
 
 
+def test_tiles_the_model_is_unsure_of_are_refreshed_sooner(engine, strip):  # noqa: F811
+    policy = ReusePolicy(refresh_frames=10_000, fragile_refresh_frames=4, fragile_band=(0.15, 0.95))
+    reuse = ReusingEngine(engine, policy)
+    frame = window(strip, 0)
+    first = reuse.inspect(frame)
+    unsure = {i for i, t in enumerate(first.tiles) if 0.15 <= t.crack_prob <= 0.95}
+    assert unsure and len(unsure) < 12, "the frame must have sure and unsure tiles for this test"
+    seen: set[int] = set()
+    for _ in range(4):
+        seen |= set(fresh_indices(reuse.inspect(frame)))
+    assert seen == unsure
+
+
 def test_the_cap_limits_fresh_tiles_and_catches_up(engine, strip):  # noqa: F811
-    reuse = ReusingEngine(engine, ReusePolicy(max_fresh=3))
+    reuse = ReusingEngine(engine, ReusePolicy(max_fresh=3, refresh_frames=10_000, fragile_refresh_frames=10_000))
     reuse.inspect(window(strip, 0))
     other = window(strip, 640) // 2                     # a cut to another view, darker: everything changed
     seen: set[int] = set()
@@ -132,7 +147,7 @@ def test_another_frame_size_starts_over(engine, strip):  # noqa: F811
 
 
 def test_flags_come_from_fresh_tiles_only(engine, strip):  # noqa: F811
-    reuse = ReusingEngine(engine)
+    reuse = ReusingEngine(engine, NO_REFRESH)
     frame = window(strip, 0)
     first = reuse.inspect(frame)
     top = max(t.crack_prob for t in first.tiles)
@@ -142,7 +157,8 @@ def test_flags_come_from_fresh_tiles_only(engine, strip):  # noqa: F811
     assert again.reuse.fresh == 0 and policy.reason_for(again) is None
 
 
-@pytest.mark.parametrize("kwargs", [{"refresh_frames": 0}, {"max_drift": -1}, {"change_threshold": float("nan")},
+@pytest.mark.parametrize("kwargs", [{"refresh_frames": 0}, {"fragile_refresh_frames": 1.5}, {"fragile_band": (0.8, 0.2)},
+                                    {"max_drift": -1}, {"change_threshold": float("nan")},
                                     {"motion_width": 8}, {"max_fresh": 0}, {"budget_ms": 0}])
 def test_bad_policies_are_refused(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):

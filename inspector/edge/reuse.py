@@ -24,7 +24,9 @@ Per frame (:meth:`ReusingEngine.inspect`)
      which must be at least half the tile): an object entering, local motion, a light change,
    * it is younger than ``refresh_frames`` frames (every tile is re-inferred at least that
      often, even on a camera that never moves; the ages are staggered so the refresh is spread
-     evenly over the frames instead of all tiles at once).
+     evenly over the frames instead of all tiles at once), or than ``fragile_refresh_frames``
+     if the model was unsure of it (crack probability inside ``fragile_band``): such a verdict is
+     the one a little light or a few pixels flip, and an uncertain tile is what raises a flag.
 3. **Fresh tiles**: the tiles without such a result, at most ``cap`` of them per frame: those
    with no cached result close enough first (new area, changed content; most changed first),
    then the oldest. ``cap`` is ``max_fresh`` if given, else what fits ``budget_ms`` at the
@@ -61,6 +63,10 @@ class ReusePolicy:
     """When a cached tile result may stand for a tile; see the module doc."""
 
     refresh_frames: int = 30        # every tile re-inferred at least every K frames (1 s at 30 fps)
+    # a tile the model was unsure of (crack probability inside fragile_band) at least this often:
+    # its verdict is the one a little more light or a few pixels can flip
+    fragile_refresh_frames: int = 10
+    fragile_band: tuple[float, float] = (0.2, 0.8)
     max_drift: float = 0.125        # fraction of a tile a cached result may have moved
     change_threshold: float = 25.0  # |Δgrey| (0..255) of the most changed block under a cached result
     min_response: float = 0.05      # phase-correlation peak below which the motion is not trusted
@@ -69,9 +75,15 @@ class ReusePolicy:
     budget_ms: float | None = None  # inference time per frame the cap is fitted to (None: no cap)
 
     def __post_init__(self):
-        k = self.refresh_frames
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"refresh_frames must be a positive integer, got {k!r}")
+        for name in ("refresh_frames", "fragile_refresh_frames"):
+            k = getattr(self, name)
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"{name} must be a positive integer, got {k!r}")
+        band = self.fragile_band
+        if not (isinstance(band, (tuple, list)) and len(band) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band)
+                and 0.0 <= band[0] <= band[1] <= 1.0):
+            raise ValueError(f"fragile_band must be (low, high) with 0 <= low <= high <= 1, got {band!r}")
         for name in ("max_drift", "change_threshold", "min_response"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -119,22 +131,22 @@ class ReuseInfo:
 
 class _Cache:
     """The cached results, one row each: position (x0, y0) in current frame pixels, the frame
-    number it was inferred on (staggered, see the module doc), probabilities, CAM and the small
-    grey copy of its tile."""
+    number it must be re-inferred by (``due``, staggered: see the module doc), probabilities,
+    CAM and the small grey copy of its tile."""
 
-    def __init__(self, pos, born, probs, cams, thumbs):
-        self.pos, self.born, self.probs, self.cams, self.thumbs = pos, born, probs, cams, thumbs
+    def __init__(self, pos, due, probs, cams, thumbs):
+        self.pos, self.due, self.probs, self.cams, self.thumbs = pos, due, probs, cams, thumbs
 
     def __len__(self) -> int:
-        return len(self.born)
+        return len(self.due)
 
     def keep(self, rows: np.ndarray) -> None:
-        for name in ("pos", "born", "probs", "cams", "thumbs"):
+        for name in ("pos", "due", "probs", "cams", "thumbs"):
             setattr(self, name, getattr(self, name)[rows])
 
-    def add(self, pos, born, probs, cams, thumbs) -> None:
+    def add(self, pos, due, probs, cams, thumbs) -> None:
         self.pos = np.concatenate([self.pos, pos])
-        self.born = np.concatenate([self.born, born])
+        self.due = np.concatenate([self.due, due])
         self.probs = np.concatenate([self.probs, probs])
         self.cams = np.concatenate([self.cams, cams])
         self.thumbs = np.concatenate([self.thumbs, thumbs])
@@ -252,14 +264,13 @@ class ReusingEngine:
             near = dist[np.arange(n), choice] <= p.max_drift * tile
             change = np.full(n, np.inf)
             change[near] = self._change(small, choice[near])
-            age = self._frame_no - cache.born[choice]
+            overdue = self._frame_no - cache.due[choice]
             valid = near & (change <= p.change_threshold)
-            due = valid & (age >= p.refresh_frames)
-            # new or changed content first (most changed first), then the oldest due
+            # new or changed content first (most changed first), then the most overdue
             urgent = np.flatnonzero(~valid)
             urgent = urgent[np.argsort(-np.where(np.isfinite(change[urgent]), change[urgent], 1e9), kind="stable")]
-            old = np.flatnonzero(due)
-            old = old[np.argsort(-age[old], kind="stable")]
+            old = np.flatnonzero(valid & (overdue >= 0))
+            old = old[np.argsort(-overdue[old], kind="stable")]
             wanted = np.concatenate([urgent, old]).astype(int)
             cap = self.cap
             fresh = wanted if cap is None else wanted[:cap]
@@ -281,10 +292,14 @@ class ReusingEngine:
 
         ci = e.crack_index
         if len(fresh):
-            rows = (grid[fresh], np.full(len(fresh), self._frame_no), probs.astype(np.float32),
+            crack = probs[:, ci]
+            period = np.where((crack >= p.fragile_band[0]) & (crack <= p.fragile_band[1]),
+                              p.fragile_refresh_frames, p.refresh_frames)
+            if first:   # staggered: an even share of the tiles comes due on every frame
+                period = period - (np.arange(n) * period) // n
+            rows = (grid[fresh], self._frame_no + period, probs.astype(np.float32),
                     cams[:, ci].astype(np.float32), self._thumbs(small, [boxes[i] for i in fresh]))
-            if first:   # staggered ages: an even share of the tiles comes due on every frame
-                rows[1][:] -= (np.arange(n) * p.refresh_frames) // n
+            if first:
                 self._cache = _Cache(*rows)
                 start = 0
             else:
