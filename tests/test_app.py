@@ -66,7 +66,13 @@ def test_window_opens_on_the_sample_video_and_shows_verdicts(open_window, qtbot,
     assert live.frame.source == "sample_inspection.avi" and live.result.tiles
     w.hud.refresh()
     assert w.hud.model.value.text() == f"{engine.manifest.name} {engine.manifest.version}"
-    assert w.hud.provider.value.text() == f"CPU · {int8_isa()}"      # provider and the CPU's integer ISA
+    precision = engine.manifest.quantization.type.split("-")[0].upper()
+    # provider, the CPU's integer ISA and the variant's precision
+    assert w.hud.provider.value.text() == f"CPU · {int8_isa()} · {precision}"
+    qtbot.waitUntil(lambda: w.frames_shown >= 10, timeout=20000)
+    w.hud.refresh()
+    share = w.hud.inference.value.text()                              # "  12 ms ·  25 % tiles"
+    assert share.endswith("% tiles") and 0 < float(share.split("·")[1].split("%")[0]) < 100
     assert "rule cpu-" in w.hud.provider.value.toolTip() and "passed" in w.hud.provider.value.toolTip()
     assert w.hud.source.value.text() == "sample_inspection.avi"
     assert w.hud.fps.value.text().endswith("fps") and w.hud.meter.latency_ms() > 0

@@ -484,7 +484,7 @@ class MainWindow(QMainWindow):
         self.hud.set_model(m.name, m.version, m.model_sha256)
         verification = getattr(self.engine, "verification", None)
         self.hud.set_provider(list(self.engine.providers), getattr(self.engine, "provider_fallback", None),
-                              isa=getattr(self.engine, "isa", ""),
+                              isa=getattr(self.engine, "isa", ""), precision=m.quantization.type.split("-")[0].upper(),
                               notes=[getattr(self.engine, "variant_reason", None),
                                      verification.summary() if verification is not None else None])
         self._hud_model = self._hud_provider = None

@@ -124,12 +124,12 @@ class Hud(QFrame):
         self.model.set(_short(f"{name} {version}"), f"{name} {version}" + (f"\nsha256 {sha256}" if sha256 else ""))
 
     def set_provider(self, providers: list[str], fallback: str | None = None, *, isa: str = "",
-                     notes: list[str] | None = None) -> None:
-        """The execution provider and the CPU's integer ISA (INT8 speed depends on it: AVX2,
-        AVX-512 VNNI, AMX, NEON); ``notes`` (the reference check, why this variant) go to the tooltip."""
+                     precision: str = "", notes: list[str] | None = None) -> None:
+        """The execution provider, the CPU's integer ISA (INT8 speed depends on it: AVX2,
+        AVX-512 VNNI, AMX, NEON) and the model's ``precision`` (INT8, FP32: the variant chosen for
+        this CPU); ``notes`` (the reference check, why this variant) go to the tooltip."""
         short = providers[0].replace("ExecutionProvider", "") if providers else "?"
-        if isa:
-            short = f"{short} · {isa}"
+        short = " · ".join(filter(None, [short, isa, precision]))
         self.provider.set(short, "\n".join(filter(None, [", ".join(providers), fallback, *(notes or [])])))
 
     def set_source(self, label: str) -> None:
