@@ -115,9 +115,15 @@ def measure(engine, name: str, threshold: float, limit: int | None = None) -> li
                 heat_r = float(np.corrcoef(full.heatmap.ravel(), r.heatmap.ravel())[0, 1])
             rows.append({"video": name, "frame": i, "segment": kinds[i] if i < len(kinds) else "other", "arm": arm,
                          "fresh": len(r.fresh_tiles), "tiles": len(r.tiles), "ms": round(ms, 2),
-                         "crack": [t.crack_prob >= threshold for t in r.tiles],
-                         "flag": policy.reason_for(r), "heat_r": heat_r, "truth": truth})
+                         "crack": bits(t.crack_prob >= threshold for t in r.tiles),
+                         "flag": policy.reason_for(r), "heat_r": None if heat_r is None else round(heat_r, 5),
+                         "truth": None if truth is None else bits(truth)})
     return rows
+
+
+def bits(values) -> str:
+    """Tile verdicts as the rows keep them: "0110…", one character per tile of the grid."""
+    return "".join("1" if v else "0" for v in values)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -143,8 +149,8 @@ def summarise(rows: list[dict]) -> list[dict]:
                        for a, b in zip(full[r["frame"]]["crack"], full[r["frame"] - 1]["crack"])]
             conf = [0, 0, 0, 0]
             for r in sel:
-                for p, t in zip(r["crack"], r["truth"] or []):
-                    conf[(0 if p else 2) + (0 if p == t else 1)] += 1   # tp, fp, tn, fn
+                for p, t in zip(r["crack"], r["truth"] or ""):
+                    conf[(0 if p == "1" else 2) + (0 if p == t else 1)] += 1   # tp, fp, tn, fn
             out.append({"video": video, "arm": arm, "segment": seg, "frames": len(sel),
                         "tiles_inferred": sum(r["fresh"] for r in sel) / max(1, sum(r["tiles"] for r in sel)),
                         "agreement": float(np.mean(agree)) if agree else None,

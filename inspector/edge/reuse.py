@@ -62,13 +62,15 @@ FRAME_SHARE = 0.5
 class ReusePolicy:
     """When a cached tile result may stand for a tile; see the module doc."""
 
-    refresh_frames: int = 30        # every tile re-inferred at least every K frames (1 s at 30 fps)
+    # The defaults were chosen on the field video (benchmarks/tile_reuse.py; the sweep is in
+    # docs/benchmarks/tile_reuse.md) and checked on the sample video.
+    refresh_frames: int = 45        # every tile re-inferred at least every K frames (1.5 s at 30 fps)
     # a tile the model was unsure of (crack probability inside fragile_band) at least this often:
     # its verdict is the one a little more light or a few pixels can flip
-    fragile_refresh_frames: int = 10
-    fragile_band: tuple[float, float] = (0.2, 0.8)
+    fragile_refresh_frames: int = 15
+    fragile_band: tuple[float, float] = (0.3, 0.7)
     max_drift: float = 0.125        # fraction of a tile a cached result may have moved
-    change_threshold: float = 25.0  # |Δgrey| (0..255) of the most changed block under a cached result
+    change_threshold: float = 15.0  # |Δgrey| (0..255) of the most changed block under a cached result
     min_response: float = 0.05      # phase-correlation peak below which the motion is not trusted
     motion_width: int = 320         # width of the small grey copy for motion and change
     max_fresh: int | None = None    # tiles inferred per frame at most (None: from budget_ms)
