@@ -63,7 +63,7 @@ class ReusePolicy:
     """When a cached tile result may stand for a tile; see the module doc."""
 
     # The defaults were chosen on the field video (benchmarks/tile_reuse.py; the sweep is in
-    # docs/benchmarks/tile_reuse.md) and checked on the sample video.
+    # docs/design/edge-models.md, "Temporal tile reuse") and checked on the sample video.
     refresh_frames: int = 45        # every tile re-inferred at least every K frames (1.5 s at 30 fps)
     # a tile the model was unsure of (crack probability inside fragile_band) at least this often:
     # its verdict is the one a little more light or a few pixels can flip
