@@ -244,6 +244,36 @@ def table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+STREAM_SECTION = "## The stream on another source, tile reuse on and off"
+
+
+def stream_only(args) -> int:
+    """The stream alone (``--stream-only``), for each tile-reuse setting asked; with ``--docs``
+    the page's stream section is replaced and the rest kept."""
+    arms = []
+    for reuse in ((True, False) if args.reuse_both else (args.reuse,)):
+        args.reuse = reuse
+        arms.append(run(args))
+    text = "\n".join(table(r) for r in arms)
+    print(text)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(arms, indent=2))
+    if args.docs:
+        page = REPO / "docs" / "benchmarks" / "agent_bench.md"
+        head = page.read_text().partition(STREAM_SECTION)[0].rstrip("\n") if page.is_file() else ""
+        cmd = " ".join(["python benchmarks/agent_bench.py", *sys.argv[1:]]).replace(str(REPO) + "/", "")
+        page.write_text(f"{head}\n\n{STREAM_SECTION}\n\nMade by `{cmd}` on {time.strftime('%Y-%m-%d')}, "
+                        f"{platform_line()}.\n\n{text}")
+    return 0
+
+
+def platform_line() -> str:
+    from benchmarks.int8_isa import machine
+
+    m = machine()
+    return f"{m['cpu']} ({m['native_isa']}, {m['cores']} cores)"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0, help="steady-state stream measurement")
@@ -252,10 +282,15 @@ def main() -> int:
     ap.add_argument("--insecure-http", action="store_true")
     ap.add_argument("--source", help="the agent's camera (default: its sample video), e.g. the field video")
     ap.add_argument("--no-tile-reuse", dest="reuse", action="store_false", help="the agent infers every tile")
-    ap.add_argument("--stream-only", action="store_true", help="measure the stream, skip push and activation")
+    ap.add_argument("--stream-only", action="store_true",
+                    help="measure the stream, skip push and activation; with --docs its own section of the page")
+    ap.add_argument("--reuse-both", action="store_true",
+                    help="with --stream-only: tile reuse on, then off, in one run")
     ap.add_argument("--json", default=str(REPO / "runs" / "agent_bench.json"))
     ap.add_argument("--docs", action="store_true", help="write docs/benchmarks/agent_bench.md")
     args = ap.parse_args()
+    if args.stream_only:
+        return stream_only(args)
     result = run(args)
     text = table(result)
     print(text)

@@ -371,6 +371,9 @@ def test_config_file_and_command_line(tmp_path):
     # plain HTTP defaults to loopback (tokens travel in clear); TLS to every interface
     assert opts["model"].endswith(".crackpkg") and opts["host"] == "127.0.0.1"
     assert resolve_options(["--port", "9100", "--data", str(tmp_path)])["host"] == "0.0.0.0"
+    # tile reuse is on unless switched off, on the command line or in the file
+    assert resolve_options(["--data", str(tmp_path)])["no-tile-reuse"] is False
+    assert resolve_options(["--data", str(tmp_path), "--no-tile-reuse"])["no-tile-reuse"] is True
 
     (tmp_path / "bad.json").write_text(json.dumps({"port": 1, "colour": "red"}))
     with pytest.raises(AgentConfigError, match="unknown key 'colour'"):

@@ -164,6 +164,7 @@ def resolve_options(argv: Sequence[str] | None) -> dict[str, Any]:
     merged.setdefault("name", None)
     merged.setdefault("insecure-http", False)
     merged.setdefault("no-mdns", False)
+    merged.setdefault("no-tile-reuse", False)
     merged.setdefault("threads", None)
     merged.setdefault("numeric-path", None)
     merged.setdefault("log-level", "INFO")
