@@ -227,6 +227,51 @@ class ReusingEngine:
         return np.stack([cv2.getRectSubPix(small, (t, t), (x0 * scale + (t - 1) / 2, y0 * scale + (t - 1) / 2))
                          for x0, y0, _, _ in boxes])
 
+    def _plan(self, small: np.ndarray, grid: np.ndarray, motion, tile: int):
+        """Step 2-3 of the module doc: move the cache with ``motion``; for each grid tile the
+        cached row that stands for it (``choice``), the tiles to infer now (``fresh``, in order of
+        need, at most the cap) and how many more wanted it (``capped``)."""
+        p, cache = self.policy, self._cache
+        n = len(grid)
+        if motion is not None:
+            cache.pos += motion
+        dist = np.abs(cache.pos[None, :, :] - grid[:, None, :]).max(axis=2)   # (tiles, cached)
+        choice = dist.argmin(axis=1)
+        near = dist[np.arange(n), choice] <= p.max_drift * tile
+        change = np.full(n, np.inf)
+        change[near] = self._change(small, choice[near])
+        overdue = self._frame_no - cache.due[choice]
+        valid = near & (change <= p.change_threshold)
+        # new or changed content first (most changed first), then the most overdue
+        urgent = np.flatnonzero(~valid)
+        urgent = urgent[np.argsort(-np.where(np.isfinite(change[urgent]), change[urgent], 1e9), kind="stable")]
+        old = np.flatnonzero(valid & (overdue >= 0))
+        old = old[np.argsort(-overdue[old], kind="stable")]
+        wanted = np.concatenate([urgent, old]).astype(int)
+        cap = self.cap
+        fresh = wanted if cap is None else wanted[:cap]
+        return choice, fresh, len(wanted) - len(fresh)
+
+    def _remember(self, small, pos, boxes, probs, cams, choice, fresh, first: bool) -> np.ndarray:
+        """Cache the fresh tiles' results (``cams``: crack-class CAMs) with their deadline (the
+        unsure sooner; staggered on the first frame); ``choice`` with the fresh tiles pointing at them."""
+        p = self.policy
+        crack = probs[:, self.engine.crack_index]
+        period = np.where((crack >= p.fragile_band[0]) & (crack <= p.fragile_band[1]),
+                          p.fragile_refresh_frames, p.refresh_frames)
+        if first:   # staggered: an even share of the tiles comes due on every frame
+            period = period - (np.arange(len(period)) * period) // len(period)
+        rows = (pos, self._frame_no + period, probs.astype(np.float32), cams.astype(np.float32),
+                self._thumbs(small, boxes))
+        if first:
+            self._cache, start = _Cache(*rows), 0
+        else:
+            start = len(self._cache)
+            self._cache.add(*rows)
+        choice = choice.copy()
+        choice[fresh] = start + np.arange(len(fresh))
+        return choice
+
     def inspect(self, frame_rgb: np.ndarray) -> FrameResult:
         """Like :meth:`InferenceEngine.inspect`, inferring only the tiles that need it."""
         t_start = time.perf_counter()
@@ -255,60 +300,24 @@ class ReusingEngine:
         grid = np.array([b[:2] for b in boxes], np.float64)
         first = self._cache is None
         if first:
-            choice, fresh = np.full(n, -1), np.arange(n)
-            capped = 0
+            choice, fresh, capped = np.full(n, -1), np.arange(n), 0
         else:
-            cache = self._cache
-            if motion is not None:
-                cache.pos += motion
-            dist = np.abs(cache.pos[None, :, :] - grid[:, None, :]).max(axis=2)   # (tiles, cached)
-            choice = dist.argmin(axis=1)
-            near = dist[np.arange(n), choice] <= p.max_drift * tile
-            change = np.full(n, np.inf)
-            change[near] = self._change(small, choice[near])
-            overdue = self._frame_no - cache.due[choice]
-            valid = near & (change <= p.change_threshold)
-            # new or changed content first (most changed first), then the most overdue
-            urgent = np.flatnonzero(~valid)
-            urgent = urgent[np.argsort(-np.where(np.isfinite(change[urgent]), change[urgent], 1e9), kind="stable")]
-            old = np.flatnonzero(valid & (overdue >= 0))
-            old = old[np.argsort(-overdue[old], kind="stable")]
-            wanted = np.concatenate([urgent, old]).astype(int)
-            cap = self.cap
-            fresh = wanted if cap is None else wanted[:cap]
-            capped = len(wanted) - len(fresh)
+            choice, fresh, capped = self._plan(small, grid, motion, tile)
         t_plan = time.perf_counter()
 
+        infer_ms = 0.0
         if len(fresh):
-            batch = _tile_batch(frame, [boxes[i] for i in fresh], tile, e.input_size)
+            fresh_boxes = [boxes[i] for i in fresh]
             t0 = time.perf_counter()
-            probs, cams = e._run(batch)
+            probs, cams = e._run(_tile_batch(frame, fresh_boxes, tile, e.input_size))
             infer_ms = (time.perf_counter() - t0) * 1e3
             per_tile = infer_ms / len(fresh)
             self.ms_per_tile = per_tile if self.ms_per_tile is None else 0.8 * self.ms_per_tile + 0.2 * per_tile
-        else:
-            probs = np.zeros((0, len(e.labels)), np.float32)
-            cams = None
-            infer_ms = 0.0
+            choice = self._remember(small, grid[fresh], fresh_boxes, probs, cams[:, e.crack_index], choice, fresh,
+                                    first)
         t_inf = time.perf_counter()
 
         ci = e.crack_index
-        if len(fresh):
-            crack = probs[:, ci]
-            period = np.where((crack >= p.fragile_band[0]) & (crack <= p.fragile_band[1]),
-                              p.fragile_refresh_frames, p.refresh_frames)
-            if first:   # staggered: an even share of the tiles comes due on every frame
-                period = period - (np.arange(n) * period) // n
-            rows = (grid[fresh], self._frame_no + period, probs.astype(np.float32),
-                    cams[:, ci].astype(np.float32), self._thumbs(small, [boxes[i] for i in fresh]))
-            if first:
-                self._cache = _Cache(*rows)
-                start = 0
-            else:
-                start = len(self._cache)
-                self._cache.add(*rows)
-            choice = choice.copy()
-            choice[fresh] = start + np.arange(len(fresh))
         cache = self._cache
         # keep what a tile chose, renumbered; the rest is forgotten
         used = np.unique(choice)
