@@ -138,6 +138,20 @@ def test_the_cap_follows_the_time_budget(engine, strip):  # noqa: F811
     assert reuse.ms_per_tile > 0 and reuse.cap == 1     # a budget below one tile still infers one
 
 
+def test_the_cap_follows_the_camera_once_its_rate_is_known(engine, strip):  # noqa: F811
+    reuse = ReusingEngine(engine)
+    reuse.follow_rate(0.0)                              # a camera that has just started
+    reuse.inspect(window(strip, 0))
+    assert reuse.policy.budget_ms is None and reuse.cap is None
+    reuse.follow_rate(30.0)
+    assert reuse.policy.budget_ms == pytest.approx(1000 / 30 / 2) and reuse.cap >= 1
+    reuse.follow_rate(5.0)                              # fitted once
+    assert reuse.policy.budget_ms == pytest.approx(1000 / 30 / 2)
+    own = ReusingEngine(engine, ReusePolicy(max_fresh=2))
+    own.follow_rate(30.0)
+    assert own.policy.budget_ms is None and own.cap == 2
+
+
 def test_another_frame_size_starts_over(engine, strip):  # noqa: F811
     reuse = ReusingEngine(engine)
     reuse.inspect(window(strip, 0))

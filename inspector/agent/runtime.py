@@ -29,7 +29,7 @@ from inspector.agent.service import (PROBATION_FRAMES, PROBATION_TIMEOUT_S, Load
                                      now_iso)
 from inspector.agent.stream import JPEG_QUALITY, FrameBoard, Subscription, check_result, encode_result
 from inspector.edge.numerics import int8_isa
-from inspector.edge.reuse import ReusePolicy, ReusingEngine, fitted_to, reusable
+from inspector.edge.reuse import ReusePolicy, ReusingEngine, reusable
 from inspector.link import protocol
 from inspector.link.protocol import ModelInfo, ModelList
 
@@ -229,7 +229,8 @@ class AgentRuntime:
         if self.reuse is None or not reusable(loaded.engine):
             return loaded.engine
         if self._reuser is None or self._reuser.engine is not loaded.engine:
-            self._reuser = ReusingEngine(loaded.engine, fitted_to(self.reuse, float(self.grabber.fps or 0.0)))
+            self._reuser = ReusingEngine(loaded.engine, self.reuse)
+        self._reuser.follow_rate(float(self.grabber.fps or 0.0))
         return self._reuser
 
     def tile_share(self) -> float | None:

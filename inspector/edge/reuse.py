@@ -165,6 +165,7 @@ class ReusingEngine:
         self.engine = engine
         self.policy = policy
         self.ms_per_tile: float | None = None   # measured, exponential average
+        self._rate_known = False
         self.reset()
 
     def __getattr__(self, name):
@@ -177,6 +178,12 @@ class ReusingEngine:
         self._window: np.ndarray | None = None
         self._cache: _Cache | None = None
         self._frame_no = 0
+
+    def follow_rate(self, fps: float) -> None:
+        """Fit the cap to a camera delivering ``fps`` frames a second (:func:`fitted_to`), once its
+        rate is known (a camera that has just started says 0); a policy with its own cap keeps it."""
+        if not self._rate_known and fps > 0:
+            self.policy, self._rate_known = fitted_to(self.policy, fps), True
 
     @property
     def cap(self) -> int | None:

@@ -49,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from inspector.edge.engine import FrameResult, InferenceEngine
-from inspector.edge.reuse import ReusePolicy, ReusingEngine, fitted_to, reusable
+from inspector.edge.reuse import ReusePolicy, ReusingEngine, reusable
 from inspector.store.database import ModelRef
 from inspector.errors import InspectorError
 
@@ -117,10 +117,8 @@ def engine_model(engine) -> ModelRef:
 
 class LocalInference:
     """The local result source: ``grabber``'s frames, inspected here by ``engine``, with
-    temporal tile reuse (:mod:`inspector.edge.reuse`) unless ``reuse`` is None (or the engine a
-    stand-in with ``inspect`` alone). Without a
-    budget in the policy, the cap on fresh tiles is fitted to the source's frame rate once it
-    is known (:func:`~inspector.edge.reuse.fitted_to`)."""
+    temporal tile reuse (:mod:`inspector.edge.reuse`) unless ``reuse`` is None (or the engine is a
+    stand-in with ``inspect`` alone); the cap on fresh tiles follows the grabber's frame rate."""
 
     def __init__(self, grabber, engine: InferenceEngine, reuse: ReusePolicy | None = ReusePolicy()):
         if engine is None:
@@ -129,7 +127,6 @@ class LocalInference:
         self.engine = engine
         self.model = engine_model(engine)
         self.reuse = ReusingEngine(engine, reuse) if reuse is not None and reusable(engine) else None
-        self._fit_budget = reuse is not None
 
     def __repr__(self) -> str:
         return f"LocalInference({self.grabber!r})"
@@ -155,9 +152,7 @@ class LocalInference:
         if self.reuse is None:
             result = self.engine.inspect(frame.rgb)
         else:
-            fps = float(getattr(self.grabber, "fps", 0.0) or 0.0)
-            if self._fit_budget and fps > 0:
-                self.reuse.policy, self._fit_budget = fitted_to(self.reuse.policy, fps), False
+            self.reuse.follow_rate(float(getattr(self.grabber, "fps", 0.0) or 0.0))
             result = self.reuse.inspect(frame.rgb)
         return Inspected(frame=frame, result=result, model=self.model, t_inferred=time.perf_counter())
 
