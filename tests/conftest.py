@@ -5,9 +5,13 @@ Without it the suite refuses to start rather than skip: a green run that tested 
 worse than a red one.
 """
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# what the app remembers per user (the file dialogs' last folders) goes to a throw-away folder,
+# never into the config of whoever runs the tests
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="crack-tests-config-")
 
 import pytest
 

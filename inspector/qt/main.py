@@ -45,6 +45,14 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def configure_logging(quiet: bool = False) -> None:
+    """The app logs what it does (INFO; ``quiet``: the self-test, whose report is its output, only
+    warnings); the libraries it uses only their warnings: fontTools alone wrote 75 INFO lines per
+    report when the root logger was at INFO."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("inspector").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inspector", description="Live concrete-crack inspection.")
     p.add_argument("--source", help="camera index, video file, rtsp/http URL or GStreamer pipeline "
@@ -195,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return export_flags(args)
     if args.report is not None:
         return write_report(args)
-    # the self-test's report is its output; the app logs what it does
-    logging.basicConfig(level=logging.WARNING if args.selftest else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(quiet=args.selftest)
     if args.selftest:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from inspector.qt.platform_check import check  # Qt aborts without its xcb libraries: name them instead

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QFileDialog
 
 from inspector.link import protocol as P
 from inspector.link.client import DeviceClient
+from inspector.qt import folders
 from inspector.qt.device.override_dialog import ExpertOverrideDialog
 from inspector.update.history import HistoryError, ModelHistory, gate_refused, override_package
 
@@ -35,8 +36,10 @@ class ModelActions:
         self.override_dialog: ExpertOverrideDialog | None = None
 
     def choose_package(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.panel, "Push a model package to the device", "", PACKAGE_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self.panel, "Push a model package to the device",
+                                              str(folders.start_folder("package")), PACKAGE_FILTER)
         if path:
+            folders.remember("package", path)
             self.push(path)
 
     def history(self) -> ModelHistory:

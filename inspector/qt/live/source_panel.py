@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFrame, QHBoxLayout, QLab
                                QVBoxLayout, QWidget)
 
 from inspector.paths import sample_video
+from inspector.qt import folders
 from inspector.qt.jobs import JobRunner
 
 VIDEO_FILTER = "Videos (*.avi *.mp4 *.mkv *.mov *.m4v *.webm *.mjpg *.mjpeg);;All files (*)"
@@ -115,8 +116,9 @@ class SourceChooser(QFrame):
             self.choose(int(self.cameras.currentData()))
 
     def _choose_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open a video", "", VIDEO_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Open a video", str(folders.start_folder("video")), VIDEO_FILTER)
         if path:
+            folders.remember("video", path)
             self.choose(path)
 
     def _choose_sample(self) -> None:

@@ -7,12 +7,13 @@ or HTML, :func:`inspector.report.build.build_report`) of the flags the filter sh
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QFileDialog, QWidget
 
-from inspector.qt import jobs
+from inspector.qt import folders, jobs
 from inspector.qt.review.filters import ReviewFilterBar
 
 
@@ -33,8 +34,10 @@ class ReviewExports(QObject):
     # ---------------------------------------------------------------- export
 
     def export(self, include_unreviewed: bool = False) -> None:
-        folder = QFileDialog.getExistingDirectory(self._window, "Export reviewed flags to an empty folder")
+        folder = QFileDialog.getExistingDirectory(self._window, "Export reviewed flags to an empty folder",
+                                                  str(folders.start_folder("export")))
         if folder:
+            folders.remember("export", Path(folder).parent)   # next time: beside this export
             self.export_to(folder, include_unreviewed)
 
     def export_to(self, folder, include_unreviewed: bool = False) -> None:
@@ -61,8 +64,10 @@ class ReviewExports(QObject):
 
     def report(self) -> None:
         path, chosen = QFileDialog.getSaveFileName(self._window, "Write the inspection report",
-                                                   "inspection-report.pdf", "PDF (*.pdf);;HTML (*.html)")
+                                                   str(folders.start_folder("report") / "inspection-report.pdf"),
+                                                   "PDF (*.pdf);;HTML (*.html)")
         if path:
+            folders.remember("report", Path(path).parent)
             if not path.lower().endswith((".pdf", ".html")):
                 path += ".html" if "html" in chosen.lower() else ".pdf"
             self.report_to(path)
