@@ -26,13 +26,14 @@ import logging
 from typing import Callable
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QMainWindow, QTabWidget, QWidget
 
 from inspector.edge.reuse import ReusePolicy
 from inspector.live.loop import LiveInspector
 from inspector.capture.sources import SourceSpec
 from inspector.qt import theme
+from inspector.qt.screen_fit import fitted_size
 from inspector.qt.banner import Banner, SourceBanner
 from inspector.qt.bridge import LiveBridge, RenderSettings
 from inspector.qt.live.controls import DisplayControls, FlagFields
@@ -48,7 +49,6 @@ from inspector.qt.live.view import LiveView
 log = logging.getLogger(__name__)
 
 FIRST_SIZE = (1500, 920)
-FRAME_ALLOWANCE = (16, 40)   # the window manager's frame and title bar, not known before the window is shown
 HISTORY = 50          # flags loaded from the store at start
 UPDATE_PACE_S = 0.5   # while a model update trains: one local inference every half second at most
 ERROR_SHOWN_MS = 8000
@@ -177,11 +177,7 @@ class MainWindow(QMainWindow):
 
     def _first_size(self) -> QSize:
         """1500×920, or the screen's free area if smaller (a 1366×768 laptop), less the window frame."""
-        screen = self.screen() or QGuiApplication.primaryScreen()
-        if screen is None:
-            return QSize(*FIRST_SIZE)
-        free = screen.availableGeometry().size() - QSize(*FRAME_ALLOWANCE)
-        return QSize(*FIRST_SIZE).boundedTo(free).expandedTo(self.minimumSizeHint())
+        return fitted_size(self, FIRST_SIZE)
 
     def _on_workspace(self, index: int) -> None:
         (self.view if index == 0 else self.review.grid).setFocus()

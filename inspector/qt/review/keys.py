@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDialog, QDialogButtonBox, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+
+from inspector.qt.screen_fit import fitted_size
+
+PREFERRED_SIZE = (920, 720)   # the whole list unwrapped-ish; fitted to the screen (inspector.qt.screen_fit)
 
 # (keys, method of ReviewWorkspace, what it does)
 KEYS = (
@@ -51,8 +55,15 @@ class KeysDialog(QDialog):
                 for keys, _, text in KEYS] + list(MORE_KEYS)
         html = "".join(f"<tr><td style='padding:3px 14px 3px 0'><b>{k}</b></td><td>{t}</td></tr>" for k, t in rows)
         lay = QVBoxLayout(self)
-        lay.addWidget(QLabel(f"<table>{html}</table>", textFormat=Qt.RichText))
+        # the cells wrap (unwrapped, the longest line made the dialog 1,350 px wide: issue 22) and
+        # the list scrolls on a short screen
+        table = QLabel(f"<table>{html}</table>", textFormat=Qt.RichText, wordWrap=True)
+        table.setAlignment(Qt.AlignTop | Qt.AlignLeft)
+        area = QScrollArea(widgetResizable=True, frameShape=QFrame.NoFrame)
+        area.setWidget(table)
+        lay.addWidget(area, 1)
         lay.addWidget(QLabel("Letters type text while Location or Note has the focus.", objectName="dim"))
         box = QDialogButtonBox(QDialogButtonBox.Close)
         box.rejected.connect(self.reject)
         lay.addWidget(box)
+        self.resize(fitted_size(self, PREFERRED_SIZE))

@@ -19,8 +19,10 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderV
 from inspector.update.history import ModelHistory, ModelVersion, plain_version
 from inspector.qt import jobs, theme
 from inspector.qt.device.status_text import gate_text
+from inspector.qt.screen_fit import fitted_size
 from inspector.qt.update.tasks import default_make_engine
 
+PREFERRED_SIZE = (980, 640)   # fitted to the screen (inspector.qt.screen_fit)
 LAPTOP_COLUMNS = ("Version", "Parent", "Date", "Metrics (MCC)", "Gate", "Here")
 DEVICE_COLUMNS = ("Version", "Stored", "Signed by", "Metrics (MCC)", "State", "Gate (signed lineage)")
 
@@ -84,11 +86,14 @@ class ModelHistoryDialog(QDialog):
         lay.addWidget(self.events)
         close = QPushButton("Close")
         close.clicked.connect(self.accept)
+        close.setDefault(True)                 # Enter closes; a rollback is never one key away
+        for b in (self.laptop_rollback, self.device_rollback):
+            b.setAutoDefault(False)
         bottom = QHBoxLayout()
         bottom.addStretch(1)
         bottom.addWidget(close)
         lay.addLayout(bottom)
-        self.resize(980, 640)
+        self.resize(fitted_size(self, PREFERRED_SIZE))
         self.refresh()
 
     # ---------------------------------------------------------------- reading

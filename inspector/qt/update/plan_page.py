@@ -49,6 +49,10 @@ class PlanPage(QWidget):
         self.history_button = QPushButton("Model history…")
         self.start_button = QPushButton("Start update", objectName="primary", enabled=False)
         self.close_button = QPushButton("Close")
+        # Enter starts the update (once it can start), never opens the history or closes
+        self.start_button.setDefault(True)
+        for b in (self.history_button, self.close_button):
+            b.setAutoDefault(False)
         buttons.addWidget(self.history_button)
         buttons.addStretch(1)
         buttons.addWidget(self.close_button)

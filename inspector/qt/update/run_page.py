@@ -74,6 +74,10 @@ class RunPage(QWidget):
                                            toolTip="Override the failed gate (an expert decision, recorded)")
         self.cancel_button = QPushButton("Cancel")
         self.close_button = QPushButton("Close", enabled=False)
+        # Enter closes a finished run; it never cancels, pushes anyway or opens the history
+        self.close_button.setDefault(True)
+        for b in (self.history_button, self.override_button, self.cancel_button):
+            b.setAutoDefault(False)
         buttons.addWidget(self.history_button)
         buttons.addStretch(1)
         for b in (self.override_button, self.cancel_button, self.close_button):

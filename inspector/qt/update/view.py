@@ -39,12 +39,15 @@ from inspector.qt.update.history_view import ModelHistoryDialog
 from inspector.qt.update.plan_page import PlanPage
 from inspector.qt.update.process import UpdateProcess
 from inspector.qt.update.run_page import RunPage
+from inspector.qt.screen_fit import fitted_size
 from inspector.qt.startup import user_name
 from inspector.qt.update.tasks import (default_make_engine, export_store, push_to_device, read_result,
                                        register_candidate)
 from inspector.update.history import MIN_OVERRIDE_REASON, ModelHistory, override_package
 from inspector.update.job import UpdateState, gate_of, rule_text, training_base, update_command
 from inspector.update.plan import UpdatePlan, make_plan, read_manifest
+
+PREFERRED_SIZE = (1180, 820)   # fitted to the screen: a 1366×768 laptop gets less (inspector.qt.screen_fit)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class UpdateDialog(QDialog):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(14, 12, 14, 12)
         lay.addWidget(self.pages)
-        self.resize(1180, 820)
+        self.resize(fitted_size(self, PREFERRED_SIZE))
 
     def _connect_pages(self) -> None:
         plan, run = self.plan_page, self.run_page
