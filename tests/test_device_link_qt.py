@@ -10,6 +10,7 @@ from device_link_support import agent, key, paired, private_home  # noqa: F401  
 from device_link_support import shipped_model_ref, variant
 from inspector.capture.sources import parse_source
 from inspector.edge.numerics import int8_isa
+from inspector.qt import confirm
 from inspector.edge.package import load_package, write_package
 from inspector.link.client import DeviceClient
 from inspector.link.connection import DeviceError, format_fingerprint
@@ -104,7 +105,7 @@ def test_device_panel_pairs_connects_and_the_view_shows_the_device(window, qtbot
     assert w.errors == []
 
 
-def test_window_opens_on_a_paired_device_and_pushes_and_rolls_back(window, qtbot, paired, key, tmp_path):
+def test_window_opens_on_a_paired_device_and_pushes_and_rolls_back(window, qtbot, paired, key, tmp_path, monkeypatch):
     from inspector.qt.startup import resolve_device
 
     PairingStore().save(paired)
@@ -128,6 +129,7 @@ def test_window_opens_on_a_paired_device_and_pushes_and_rolls_back(window, qtbot
     qtbot.waitUntil(lambda: w.hud.model.value.text() == "crack-student 1.1.2-int8", timeout=20000)
     qtbot.waitUntil(lambda: "1.1.2-int8" in panel.fields["model"].text(), timeout=10000)
 
+    monkeypatch.setattr(confirm, "ask", lambda *a: True)
     with qtbot.waitSignal(panel.message, timeout=30000) as msg:
         panel.rollback_button.click()
         assert not panel.push_button.isEnabled() and not panel.rollback_button.isEnabled()

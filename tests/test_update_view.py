@@ -19,6 +19,7 @@ from inspector.capture.sources import parse_source
 from inspector.link.client import DeviceClient
 from inspector.link.pairing import PairingStore
 from inspector.live.flagging import Flagger, FlagPolicy
+from inspector.qt import confirm
 from inspector.paths import sample_video
 from inspector.qt.device.override_dialog import ExpertOverrideDialog
 from inspector.qt.update.history_view import ModelHistoryDialog
@@ -108,7 +109,7 @@ def test_a_failed_gate_names_the_rule_and_pushes_nothing_until_an_expert_overrid
     assert override["reason"] == "site set mislabelled, checked by hand"
 
 
-def test_a_passed_gate_goes_live_on_the_device(qtbot, store, history, engine, paired):
+def test_a_passed_gate_goes_live_on_the_device(qtbot, store, history, engine, paired, monkeypatch):
     pairing, pairings = paired
     d = make_dialog(qtbot, store, history, engine, device=paired)
     with qtbot.waitSignal(d.deployed, timeout=RUN_MS) as deployed:
@@ -125,6 +126,12 @@ def test_a_passed_gate_goes_live_on_the_device(qtbot, store, history, engine, pa
     rows = [h.device_table.item(r, 0).text() + " " + h.device_table.item(r, 4).text() for r in range(2)]
     assert rows[0] == f"crack-student {NEW_VERSION}-int8 ● active"
     assert "site validation 0.710" in h.device_table.item(0, 3).text()
+    asked = []
+    monkeypatch.setattr(confirm, "ask", lambda parent, title, text, action: asked.append(text) or False)  # "Cancel"
+    h.device_rollback.click()
+    assert asked and f"back to crack-student-{SHIPPED_VERSION}" in asked[0] and h.device_rollback.isEnabled()
+    assert device_model(pairing)["version"] == f"{NEW_VERSION}-int8"               # declined: nothing changed
+    monkeypatch.setattr(confirm, "ask", lambda *a: True)
     with qtbot.waitSignal(h.rolledBack, timeout=60000):
         h.device_rollback.click()
     assert device_model(pairing)["version"] == SHIPPED_VERSION
@@ -149,7 +156,7 @@ def test_cancel_kills_a_job_that_ignores_sigterm(qtbot):
     assert not job.running
 
 
-def test_the_window_update_button_and_laptop_rollback_from_the_history(qtbot, tmp_path, frames, engine):
+def test_the_window_update_button_and_laptop_rollback_from_the_history(qtbot, tmp_path, frames, engine, monkeypatch):
     store = reviewed_store(tmp_path / "flags", frames, engine)
     history = ModelHistory(tmp_path / "user-data")
     os.environ["FAKE_UPDATE_MODE"] = "pass"
@@ -182,6 +189,7 @@ def test_the_window_update_button_and_laptop_rollback_from_the_history(qtbot, tm
         qtbot.waitUntil(lambda: h.laptop_rollback.isEnabled(), timeout=30000)
         live_rows = [h.laptop.item(r, 0).text() for r in range(h.laptop.rowCount()) if h.laptop.item(r, 5).text()]
         assert live_rows == [f"crack-student {NEW_VERSION}"], [[h.laptop.item(r, c).text() for c in range(6)] for r in range(h.laptop.rowCount())]
+        monkeypatch.setattr(confirm, "ask", lambda *a: True)  # (the question itself: test_confirm_defaults_to_cancel)
         with qtbot.waitSignal(h.rolledBack, timeout=60000):
             h.laptop_rollback.click()
         assert w.engine.manifest.version == SHIPPED_VERSION

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QFileDialog
 
 from inspector.link import protocol as P
 from inspector.link.client import DeviceClient
-from inspector.qt import folders
+from inspector.qt import confirm, folders
 from inspector.qt.device.override_dialog import ExpertOverrideDialog
 from inspector.update.history import HistoryError, ModelHistory, gate_refused, override_package
 
@@ -130,6 +130,10 @@ class ModelActions:
         panel = self.panel
         pairing = panel.connected
         if pairing is None or panel.in_progress("model"):
+            return
+        if not confirm.ask(panel, "Roll back the device",
+                           f"Roll {pairing.agent_name} back to the model it ran before?\n\nThe model active now stays "
+                           f"stored on the device and can be made active again from Models…", "Roll back"):
             return
         panel.begin("model")
 

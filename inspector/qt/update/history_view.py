@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderV
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from inspector.update.history import ModelHistory, ModelVersion, plain_version
-from inspector.qt import jobs, theme
+from inspector.qt import confirm, jobs, theme
 from inspector.qt.device.status_text import gate_text
 from inspector.qt.screen_fit import fitted_size
 from inspector.qt.update.tasks import default_make_engine
@@ -162,6 +162,9 @@ class ModelHistoryDialog(QDialog):
         if len(stack) < 2:
             return
         target = stack[-2]
+        if not confirm.ask(self, "Roll back this laptop", f"Run {target['name']} {target['version']} on this laptop "
+                           f"again, in place of {stack[-1]['name']} {stack[-1]['version']}?", "Roll back"):
+            return
         self.laptop_rollback.setEnabled(False)
         self.laptop_info.setText(f"Loading {target['name']} {target['version']}…")
 
@@ -178,6 +181,11 @@ class ModelHistoryDialog(QDialog):
         if dev is None:
             return
         pairing = dev[0]
+        listing = self.device_models
+        back_to = f" to {listing.previous[0]}" if listing is not None and listing.previous else ""
+        if not confirm.ask(self, "Roll back the device", f"Roll {pairing.agent_name} back{back_to}?\n\nThe model "
+                           f"active now stays stored on the device and can be made active again here.", "Roll back"):
+            return
         self.device_rollback.setEnabled(False)
         self.device_info.setText(f"Rolling {pairing.agent_name} back…")
         jobs.run(_rollback_device, pairing, self.history,
