@@ -27,17 +27,28 @@ LAPTOP_COLUMNS = ("Version", "Parent", "Date", "Metrics (MCC)", "Gate", "Here")
 DEVICE_COLUMNS = ("Version", "Stored", "Signed by", "Metrics (MCC)", "State", "Gate (signed lineage)")
 
 
-def metrics_text(metrics: dict) -> str:
-    """MCC per set, short: the candidate's side of a gate's table, or a manifest's metrics."""
-    parts = []
+def metrics_text(metrics: dict, *, long: bool = False) -> str:
+    """MCC per set (the candidate's side of a gate's table, or a manifest's metrics): the first
+    three, short, or (``long``) all, one a line, with the set's size. A set of one class (crack
+    only: the port quay walls) has no MCC (it is 0 by definition): its recall is shown, and said.
+    A set's short name is its name before " (": when two sets share one, both keep their full name."""
+    rows = []
     for name, value in (metrics or {}).items():
         if not isinstance(value, dict):
             continue
         side = value.get("candidate") if isinstance(value.get("candidate"), dict) else value
-        mcc = side.get("mcc")
-        if isinstance(mcc, (int, float)):
-            parts.append(f"{name.split(' (')[0].replace('_', ' ')} {mcc:.3f}")
-    return " · ".join(parts[:3]) or "—"
+        mcc, recall, n = side.get("mcc"), side.get("recall"), side.get("n")
+        one_class = "only" in name or (side.get("roc_auc", 0) is None and isinstance(recall, (int, float)))
+        if one_class and isinstance(recall, (int, float)):
+            rows.append((name, f"recall {recall:.3f}", "one class: MCC undefined, recall shown", n))
+        elif isinstance(mcc, (int, float)):
+            rows.append((name, f"{mcc:.3f}", "MCC", n))
+    short = [name.split(" (")[0].replace("_", " ") for name, *_ in rows]
+    shown = [s if short.count(s) == 1 else name.replace("_", " ") for s, (name, *_) in zip(short, rows)]
+    if long:
+        return "\n".join(f"{label}: {value} ({what}{f', {n} patches' if n else ''})"
+                         for label, (_, value, what, n) in zip(shown, rows)) or "no metrics"
+    return " · ".join(f"{label} {value}" for label, (_, value, *_) in list(zip(shown, rows))[:3]) or "—"
 
 
 class ModelHistoryDialog(QDialog):
@@ -129,6 +140,7 @@ class ModelHistoryDialog(QDialog):
             cells = (f"{v.name} {v.version}" + ("  (shipped)" if v.origin == "shipped" else ""), v.parent or "—",
                      v.created[:16].replace("T", " "), metrics_text(v.metrics), gate, here)
             _fill_row(self.laptop, i, cells, bold=bool(here))
+            self.laptop.item(i, 3).setToolTip(metrics_text(v.metrics, long=True))
         self.laptop_rollback.setEnabled(len(stack) >= 2)
         self.laptop_info.setText(f"Back to {stack[-2]['name']} {stack[-2]['version']}" if len(stack) >= 2
                                  else "Nothing to roll back to: no earlier version ran on this laptop.")
@@ -149,6 +161,8 @@ class ModelHistoryDialog(QDialog):
             cells = (f"{info.name} {info.version}", info.stored[:16].replace("T", " "), info.signed_by or "—",
                      metrics_text(v.metrics) if v is not None else "—", state, gate_text(info))
             _fill_row(self.device_table, i, cells, bold=bool(state.startswith("●")))
+            if v is not None:
+                self.device_table.item(i, 3).setToolTip(metrics_text(v.metrics, long=True))
             self.device_table.item(i, 5).setToolTip(gate_text(info, long=True))
         self.device_rollback.setEnabled(bool(listing.previous))
         self.device_info.setText(f"Roll back to {listing.previous[0]}" if listing.previous
