@@ -126,6 +126,37 @@ def test_review_twenty_undo_five_and_reopen(qtbot, tmp_path, frames, engine, ope
         w2.shutdown()
 
 
+def test_batch_selection_with_the_mouse_and_the_keyboard(qtbot, store, frames, engine, open_review):
+    """Click, Shift+arrows, Shift+click and Ctrl+click build one selection, in any order (issue 22:
+    Shift+arrows were reported not to extend it after a click)."""
+    fill(store, frames, 12, engine)
+    w = open_review(store)
+    ids = list(w.queue.ids)
+    grid = w.grid
+
+    def click(row: int, modifier=Qt.NoModifier) -> None:
+        index = grid.model().index(row, 0)
+        grid.scrollTo(index)
+        qtbot.mouseClick(grid.viewport(), Qt.LeftButton, modifier, grid.visualRect(index).center())
+
+    click(1)
+    assert grid.selected_ids() == ids[1:2] and w.queue.current_id == ids[1]
+    for _ in range(2):
+        press(qtbot, Qt.Key_Right, Qt.ShiftModifier)
+    assert grid.selected_ids() == ids[1:4]
+    click(6, Qt.ShiftModifier)
+    assert grid.selected_ids() == ids[1:7]
+    click(9, Qt.ControlModifier)
+    assert grid.selected_ids() == ids[1:7] + ids[9:10]
+    assert "7 selected" in w.position.text()
+    press(qtbot, Qt.Key_U)                                     # one key for all seven
+    assert labels(store, ids) == [None] + ["unsure"] * 6 + [None, None, "unsure", None, None]
+    click(4)                                                   # a plain click: one again
+    assert grid.selected_ids() == ids[4:5]
+    press(qtbot, Qt.Key_Left, Qt.ShiftModifier)
+    assert grid.selected_ids() == ids[3:5]
+
+
 def test_batch_relabel_is_one_undo_step(qtbot, store, frames, engine, open_review):
     fill(store, frames, 12, engine)
     w = open_review(store)
