@@ -79,7 +79,10 @@ def test_device_panel_pairs_connects_and_the_view_shows_the_device(window, qtbot
     shown = w.frames_shown
     qtbot.waitUntil(lambda: w.frames_shown >= shown + 2, timeout=20000)
     assert w.device == pairing and w.inspector.grabber is panel.feed
+    # the states say the truth: connected (not "no device found"), the title names the device's model
+    assert panel.info.text() == f"Connected to test-agent at {pairing.address}."
     ref = shipped_model_ref()
+    assert w.windowTitle() == f"Crack Inspector — {ref.name} {ref.version} on test-agent"
     w.hud.refresh()
     assert w.hud.model.value.text() == f"{ref.name} {ref.version}"
     assert w.hud.link.isVisible() and w.hud.link.value.text().endswith("ms")
@@ -101,6 +104,7 @@ def test_device_panel_pairs_connects_and_the_view_shows_the_device(window, qtbot
     panel.disconnect_button.click()                                   # back to the local sample video
     qtbot.waitUntil(lambda: w.view.live is not None and w.view.live.link is None, timeout=20000)
     assert w.device is None and not w.hud.link.isVisible() and not panel.push_button.isEnabled()
+    assert panel.info.text().startswith("Not connected") and " on " not in w.windowTitle()
     assert panel.connect_button.isEnabled() and not panel.rollback_button.isEnabled()
     assert w.errors == []
 

@@ -157,6 +157,8 @@ class AgentRuntime:
                 "isa": int8_isa(),
                 "model_frames": served if current else 0,
                 "tile_share": self.tile_share(),
+                # still putting its model in service (loading, the reference check): not "no model"
+                "starting": current is None and self._startup is not None and self._startup.is_alive(),
                 "model_checked": bool(current) and served >= max(1, self.models.probation_frames),
                 "verification": verification.to_dict() if verification is not None else None,
                 "fps": round(fps, 2), "clients": clients,

@@ -99,7 +99,8 @@ class AgentServer:
                                uptime_s=round(time.monotonic() - self._started, 3),
                                activation=st.get("activation"), isa=st.get("isa", ""),
                                verification=st.get("verification"), model_frames=st.get("model_frames", 0),
-                               model_checked=st.get("model_checked", False), tile_share=st.get("tile_share"))
+                               model_checked=st.get("model_checked", False), tile_share=st.get("tile_share"),
+                               starting=st.get("starting", False))
 
     def _events(self) -> list[dict]:
         # repository first: within one second (the resolution of both), its "activated" comes

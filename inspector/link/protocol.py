@@ -386,6 +386,7 @@ class Status(Message):
     model_checked: bool = False
     # tiles inferred over tiles streamed, recent frames (temporal tile reuse); None before a frame
     tile_share: float | None = _json({"minimum": 0, "maximum": 1}, default=None)
+    starting: bool = False     # the agent is still putting its model in service (model is None meanwhile)
 
     def current_activation(self) -> "Activation | None":
         return None if self.activation is None else Activation.from_dict(self.activation)

@@ -318,8 +318,6 @@ class MainWindow(QMainWindow):
         HUD and the title follow unless a device is on screen."""
         self.engine = engine
         self.inspector.set_engine(engine)
-        m = engine.manifest
-        self.setWindowTitle(f"Crack Inspector — {m.name} {m.version}")
         if self.device is None:
             self._show_local_model()
 
@@ -477,6 +475,7 @@ class MainWindow(QMainWindow):
 
     def _show_local_model(self) -> None:
         m = self.engine.manifest
+        self.setWindowTitle(f"Crack Inspector — {m.name} {m.version}")
         self.hud.set_model(m.name, m.version, m.model_sha256)
         verification = getattr(self.engine, "verification", None)
         self.hud.set_provider(list(self.engine.providers), getattr(self.engine, "provider_fallback", None),
@@ -493,6 +492,9 @@ class MainWindow(QMainWindow):
         if live.model is not None and live.model != self._hud_model:
             self._hud_model = live.model
             self.hud.set_model(live.model.name, live.model.version, live.model.sha256)
+            # the title names the model on screen: the device's (after a push or a rollback, the new one)
+            self.setWindowTitle(f"Crack Inspector — {live.model.name} {live.model.version} "
+                                f"on {live.link.agent_name}")
         provider = live.link.provider
         isa = getattr(live.link, "isa", "") or ""
         if provider and (provider, isa) != self._hud_provider:

@@ -287,8 +287,12 @@ class DevicePanel(QFrame):
             self.info.setText(f"Looking for devices failed ({error}); enter host:port.")
         else:
             self.discovered = [(str(n), str(h), int(p), dict(props or {})) for n, h, p, props in found]
-            self.info.setText(f"{len(self.discovered)} device(s) found on the network" if self.discovered
-                              else "No device found on the network; enter host:port.")
+            if self.connected is not None:          # a browse that ends after connecting: the link is the news
+                self.info.setText(f"Connected to {self.connected.agent_name} at {self.connected.address}; "
+                                  f"{len(self.discovered)} device(s) found on the network.")
+            else:
+                self.info.setText(f"{len(self.discovered)} device(s) found on the network" if self.discovered
+                                  else "No device found on the network; enter host:port.")
         self.reload_devices()
 
     def _on_device_chosen(self, index: int) -> None:
@@ -414,7 +418,11 @@ class DevicePanel(QFrame):
             self._poll.stop()
             for v in self.fields.values():
                 v.setText("—")
+            self.info.setText("Not connected: the view shows this laptop's source.")
             return
+        self.info.setText(f"Connected to {pairing.agent_name} at {pairing.address}.")
+        for v in self.fields.values():                # until its first status answers
+            v.setText("waiting for the device…")
         self.address.setText(pairing.address)
         for i in range(self.devices.count()):         # the list shows which saved device is on screen
             if (self.devices.itemData(i) or {}).get("agent_id") == pairing.agent_id:

@@ -49,14 +49,15 @@ def status_fields(status: P.Status, address: str | None, feed=None) -> dict[str,
         "device": (f"{status.agent_name}" + (f" ({address})" if address else ""), None),
         "camera": (camera, str(cam.get("message") or "")),
         "model": ((f"{model.get('name', '?')} {model.get('version', '')}".strip()
-                   + (f" · {gate}" if gate != "—" else "")) if model else "none",
+                   + (f" · {gate}" if gate != "—" else "")) if model
+                  else "starting: loading and checking its model…" if status.starting else "none",
                   f"sha256 {model.get('sha256', '')}\n{gate_text(model, long=True)}" if model else ""),
         "provider": (f"{provider} · {status.isa}" if status.isa else provider,
                      "" if v is None else
                      f"reference check: rule {v.get('rule')}, {'passed' if v.get('passed') else 'FAILED'}; "
                      f"max |Δp| {v.get('probs_max_abs', 0):.2g}, heat-map r {v.get('cam_corr', 0):.6f}, "
                      f"peak Δ {v.get('cam_peak', 0):.2g} on {v.get('n_images')} images"),
-        "fps": (f"{status.fps:.1f} inferred{received}"
+        "fps": ("— (waiting for the model)" if status.starting else f"{status.fps:.1f} inferred{received}"
                 + (f" · {100 * status.tile_share:.0f} % tiles" if status.tile_share is not None else ""),
                 "frames per second the device inferred; share of the tiles it inferred on recent frames "
                 "(the others carried over as the camera moved: tile reuse)"),
