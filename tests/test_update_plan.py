@@ -42,6 +42,31 @@ def test_training_base_is_the_fp32_parent_of_the_int8_package():
         or training_base(default_model()) == default_model()
 
 
+def test_progress_follows_the_time_stages_take_and_never_goes_back():
+    from inspector.update import protocol as U
+
+    state = UpdateState()
+    seen = []
+
+    def apply(kind, **e):
+        state.apply({"event": kind, **e})
+        seen.append(state.fraction())
+
+    apply("start", base={}, out="x", stages=list(U.STAGES))
+    apply("stage", stage="read", status="start", index=1, of=9)
+    apply("stage", stage="read", status="done", index=1, of=9)
+    apply("stage", stage="split", status="done", index=2, of=9)
+    assert seen[-1] < 0.05                       # two short stages are not 2/9 of the job
+    apply("stage", stage="adapt_teachers", status="start", index=3, of=9)
+    apply("progress", stage="adapt_teachers", done=8, total=10)
+    apply("progress", stage="adapt_teachers", done=1, total=10)      # the next teacher starts over
+    apply("progress", stage="adapt_teachers", done=5, total=40)      # or the total grows
+    assert seen == sorted(seen) and 0.25 < seen[-1] < 0.4               # the teachers are a third of it
+    for name in U.STAGES[2:]:
+        apply("stage", stage=name, status="done", index=0, of=9)
+    assert seen[-1] == 1.0 and seen == sorted(seen)
+
+
 def test_update_state_folds_the_events_of_a_real_run(tmp_path):
     out = tmp_path / "out"
     (tmp_path / "lab").mkdir()
