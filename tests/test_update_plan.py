@@ -67,6 +67,24 @@ def test_progress_follows_the_time_stages_take_and_never_goes_back():
     assert seen[-1] == 1.0 and seen == sorted(seen)
 
 
+def test_the_plan_counts_the_tiles_the_job_will_use_by_its_rules():
+    """distill update (pipeline.stage_split) trains the teachers on the reviewed tiles not held out
+    plus 0.5 base patches each, the student on those plus the unlabelled tiles of frames not held
+    out (at most 3000; 500 with --fast) plus 0.5 base patches each: the plan says the same numbers
+    (a field trial's plan said ≈ 102 replay patches where the job wanted 744)."""
+    from inspector.update.plan import job_counts, site_split
+
+    units = {f"flag:{i}": (3, 9) for i in range(20)}                      # 20 reviewed frames
+    split = site_split(units)
+    unlabelled = {f"flag:{i}": 12 for i in range(10)} | {f"flag:u{i}": 12 for i in range(100)}
+    job = job_counts(split, unlabelled)
+    held = sum(12 for i in range(10) if f"flag:{i}" in split.val)
+    assert job.adapt == 12 * len(split.adapt) and job.unlabelled == 1320 - held
+    assert job.replay_teachers == round(0.5 * job.adapt)
+    assert job.replay_student == round(0.5 * (job.adapt + job.unlabelled))
+    assert job_counts(split, unlabelled, fast=True).unlabelled == 500
+
+
 def test_update_state_folds_the_events_of_a_real_run(tmp_path):
     out = tmp_path / "out"
     (tmp_path / "lab").mkdir()
@@ -116,7 +134,9 @@ def test_plan_shows_what_will_be_used(qtbot, store, history, engine):
     assert plan.review.reviewed == 28 and plan.review.unsure == 4 and plan.review.unreviewed == 8
     assert plan.labelled_tiles == 24 * len(engine.inspect(store.load_frame(store.list(limit=1)[0])).tiles)
     assert f"{plan.labelled_tiles} tiles" in f["tiles"] and "8 unreviewed + 4 unsure" in f["unlabelled"]
-    assert f["replay"].startswith("base data replay, chosen by the job")
+    job = plan.job
+    assert job.adapt == plan.labelled_tiles - plan.split.val_crack - plan.split.val_clean
+    assert f["replay"].startswith(f"{job.replay_teachers} base patches for the teachers, {job.replay_student} for")
     assert engine.manifest.version in f["base"] and "this laptop" in f["base"]
     assert "estimate" in f["estimate"]
     assert d.push_box.isChecked() and "this laptop's live view" in d.push_box.text()

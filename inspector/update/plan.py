@@ -65,6 +65,7 @@ class UpdatePlan:
     estimate_s: float
     split: "SiteSplit | None" = None     # the site-validation part the job will hold out (same rule)
     estimate_basis: str = "an estimate from the counts"   # what it rests on (machine_factor)
+    job: "JobCounts | None" = None       # the tiles the job will use, by its rules
 
     @property
     def labelled_tiles(self) -> int:
@@ -98,8 +99,9 @@ def make_plan(store, laptop_manifest, laptop_package: str | os.PathLike | None, 
         base = _device_base(pairing, laptop, history)
     factor, basis = machine_factor(history)
     est = estimate_seconds(patches["crack"] + patches["no_crack"], patches["unlabelled"], fast=fast, factor=factor)
-    split = site_split(store_units(store), seed=seed)
-    return UpdatePlan(review, patches, base, device, est, split, basis)
+    units, unlabelled = store_sources(store)
+    split = site_split(units, seed=seed)
+    return UpdatePlan(review, patches, base, device, est, split, basis, job_counts(split, unlabelled, fast=fast))
 
 
 def _device_base(pairing, laptop: BaseModel, history) -> BaseModel:
@@ -171,9 +173,29 @@ def _model_seconds(labelled_tiles: int, unlabelled: int, epochs: int, teacher_ep
             * epochs)
 
 
-def replay_tiles(labelled_tiles: int) -> int:
-    """About how many base patches the job replays (its default ratio; it chooses them)."""
-    return round(REPLAY_RATIO * labelled_tiles)
+MAX_UNLABELLED, MAX_UNLABELLED_FAST = 3000, 500   # distill update's caps (--max-unlabelled, --fast)
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    """The tiles ``distill update`` will train on, by its own rules (distill/update/pipeline.py
+    ``stage_split``): ``adapt`` (reviewed tiles not held out), ``unlabelled`` (without the held-out
+    frames' tiles, capped), base patches replayed for the teachers (``replay_teachers``: the ratio
+    per adapt tile) and for the student (``replay_student``: per adapt + unlabelled tile). The
+    job caps the unlabelled tiles by whole frames, so it may use a few fewer."""
+
+    adapt: int
+    unlabelled: int
+    replay_teachers: int
+    replay_student: int
+
+
+def job_counts(split: "SiteSplit", unlabelled_by_source: dict[str, int], *, fast: bool = False) -> JobCounts:
+    adapt = split.adapt_crack + split.adapt_clean
+    held_out = set(split.val)
+    unlabelled = sum(n for src, n in unlabelled_by_source.items() if src not in held_out)
+    unlabelled = min(unlabelled, MAX_UNLABELLED_FAST if fast else MAX_UNLABELLED)
+    return JobCounts(adapt, unlabelled, round(REPLAY_RATIO * adapt), round(REPLAY_RATIO * (adapt + unlabelled)))
 
 
 # ---------------------------------------------------------------------------- the site-validation split
@@ -284,20 +306,28 @@ def _missing_crack(units, crack: list[str], need: int) -> str:
 def store_units(store) -> dict[str, tuple[int, int]]:
     """source ("flag:<uid>", as ``distill`` names a flag export's sources) → (crack, clean) tiles
     that an export of ``store`` labels."""
+    return store_sources(store)[0]
+
+
+def store_sources(store) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """Per source of an export with the unreviewed frames (what Update model exports): (crack,
+    clean) labelled tiles, and unlabelled tiles."""
     try:
-        from inspector.store.export import _patch_labels
+        from inspector.store.export import UNLABELLED, _patch_labels
     except ImportError:               # pragma: no cover - the export's own rule, if it is renamed
-        _patch_labels = _tile_labels_of
+        _patch_labels, UNLABELLED = _tile_labels_of, "unlabelled"
     from inspector.store.query import FlagFilter
 
-    units = {}
+    units, unlabelled = {}, {}
     for rec in store.query(FlagFilter(), sort="time", descending=False):
         # the export's rule: a label per tile, or (label, label_source) per tile; None: left out
-        labels = [x[0] if isinstance(x, tuple) else x for x in (_patch_labels(rec, False) or ())]
-        c, n = sum(x == "crack" for x in labels), sum(x == "no_crack" for x in labels)
+        labels = [x[0] if isinstance(x, tuple) else x for x in (_patch_labels(rec, True) or ())]
+        c, n, u = (sum(x == kind for x in labels) for kind in ("crack", "no_crack", UNLABELLED))
         if c or n:
             units[f"flag:{rec.uid}"] = (c, n)
-    return units
+        if u:
+            unlabelled[f"flag:{rec.uid}"] = u
+    return units, unlabelled
 
 
 def _tile_labels_of(rec, include_unreviewed: bool):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from inspector.update.plan import REPLAY_RATIO, SITE_MIN_PER_CLASS, UpdatePlan, format_duration, replay_tiles
+from inspector.update.plan import REPLAY_RATIO, SITE_MIN_PER_CLASS, UpdatePlan, format_duration
 
 FIELDS = (("reviewed", "Reviewed frames"), ("tiles", "Reviewed tiles"), ("unlabelled", "Unlabelled frames"),
           ("left_out", "Left out"), ("validation", "Site validation"), ("replay", "Replay"), ("base", "Base model"),
@@ -74,8 +74,11 @@ class PlanPage(QWidget):
         f["unlabelled"].setText(f"{r.unreviewed} unreviewed + {r.unsure} unsure  ({p['unlabelled']} tiles, "
                                 f"labelled by the teachers)")
         f["left_out"].setText(f"{p['needs_tiles']} crack frames without tile labels" if p["needs_tiles"] else "none")
-        f["replay"].setText(f"base data replay, chosen by the job (≈ {replay_tiles(plan.labelled_tiles)} patches "
-                            f"at its default of {REPLAY_RATIO:g} per reviewed tile)")
+        job = plan.job
+        f["replay"].setText("—" if job is None else
+                            f"{job.replay_teachers} base patches for the teachers, {job.replay_student} for the "
+                            f"student ({REPLAY_RATIO:g} per training tile: {job.adapt} reviewed tiles not held "
+                            f"out + {job.unlabelled} unlabelled)")
         b = plan.base
         f["base"].setText(f"{b.label} — {'running on ' + b.where if b.where != 'this laptop' else 'this laptop'}"
                           + (f"\n{b.note}" if b.note else ""))
