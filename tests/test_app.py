@@ -73,6 +73,8 @@ def test_window_opens_on_the_sample_video_and_shows_verdicts(open_window, qtbot,
     w.hud.refresh()
     share = w.hud.inference.value.text()                              # "  12 ms ·  25 % tiles"
     assert share.endswith("% tiles") and 0 < float(share.split("·")[1].split("%")[0]) < 100
+    stats = w.flagger.stats
+    assert w.hud.flags.value.text() == f"{stats.kept + stats.manual} kept · {stats.suppressed} suppressed"
     assert "rule cpu-" in w.hud.provider.value.toolTip() and "passed" in w.hud.provider.value.toolTip()
     assert w.hud.source.value.text() == "sample_inspection.avi"
     assert w.hud.fps.value.text().endswith("fps") and w.hud.meter.latency_ms() > 0

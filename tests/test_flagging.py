@@ -125,6 +125,26 @@ def test_memory_is_limited_to_the_last_flags(views):
     assert f.decide(views[2], CONFIDENT, 4.0) is None     # still remembered
 
 
+def test_every_view_of_the_session_is_remembered_and_the_counts_say_why(views):
+    """A walk past the same wall again: the views flagged on the first pass are not flagged on
+    the second, however many flags lie between (issue 22: only the last 8 were compared)."""
+    rng = np.random.default_rng(2)
+    f = Flagger(FlagPolicy(min_interval_s=1.0))
+    t = 0.0
+    for _ in range(3):                                   # three passes over the eight views
+        for v in views:
+            t += 5.0
+            f.decide(jitter(v, rng), CONFIDENT, t)
+    assert f.stats.kept == 8 and f.stats.same_view == 16 and f.stats.too_soon == 0
+    assert f.decide(real("crack", 900), CONFIDENT, t + 5) == "crack"           # a new view
+    assert f.decide(real("crack", 1000), CONFIDENT, t + 5.5) is None and f.stats.too_soon == 1
+    assert f.stats.kept == 9 and f.stats.suppressed == 17
+    f.decide(views[0], CONFIDENT, t + 9, manual=True)
+    assert f.stats.manual == 1
+    f.reset()
+    assert f.stats.kept == 0 and f.decide(views[3], CONFIDENT, t + 20) == "crack"
+
+
 def test_exposure_change_is_still_the_same_view(views):
     f = Flagger(FlagPolicy(min_interval_s=0))
     assert f.decide(views[0], CONFIDENT, 0.0) == "crack"
@@ -236,10 +256,26 @@ def test_policy_normalises_types():
 
 
 def test_zero_memory_or_distance_disables_the_view_check(views):
-    for policy in (FlagPolicy(duplicate_memory=0), FlagPolicy(duplicate_distance=0.0)):
+    for policy in (FlagPolicy(duplicate_memory=0), FlagPolicy(duplicate_distance=0.0, same_place_peak=None)):
         f = Flagger(policy)
         assert f.decide(views[0], CONFIDENT, 0.0) == "crack"
         assert f.decide(views[0], CONFIDENT, 2.0) == "crack"
+    f = Flagger(FlagPolicy(duplicate_distance=0.0))          # the place check alone still sees it
+    assert f.decide(views[0], CONFIDENT, 0.0) == "crack" and f.decide(views[0], CONFIDENT, 2.0) is None
+
+
+def test_the_same_place_framed_differently_is_not_flagged_again(views):
+    """Walking past again the camera is never framed as before: a window shifted by a fifth of
+    the frame over the same wall is the same place; another wall is not."""
+    wall = np.ascontiguousarray(np.concatenate([views[0], views[1]], axis=1))
+    f = Flagger(FlagPolicy(min_interval_s=0))
+    assert f.decide(np.ascontiguousarray(wall[:, :227]), CONFIDENT, 0.0) == "crack"
+    assert f.decide(np.ascontiguousarray(wall[:, 45:272]), CONFIDENT, 1.0) is None
+    assert f.stats.same_view == 1
+    for i, v in enumerate(views[2:], start=2):              # six other walls: each flagged
+        assert f.decide(v, CONFIDENT, float(i)) == "crack", i
+    with pytest.raises(ValueError, match="same_place_peak"):
+        FlagPolicy(same_place_peak=0.0)
 
 
 # --------------------------------------------------------------------------- with the shipped model

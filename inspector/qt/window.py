@@ -128,6 +128,7 @@ class MainWindow(QMainWindow):
         self._hud_model = self._hud_provider = None
         self._show_local_model()
         self.hud.capture_fps = lambda: float(getattr(self.inspector.grabber, "fps", 0.0))
+        self.hud.flag_stats = lambda: getattr(self.flagger, "stats", None)
         self.notice = Banner(closable=True)
         self.status_banner = SourceBanner()
         self.error_banner = Banner(closable=True)

@@ -86,6 +86,7 @@ class Hud(QFrame):
         self._frame_size: tuple[int, int] | None = None
         self._link_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.capture_fps: Callable[[], float] | None = None   # the source's own rate, polled
+        self.flag_stats: Callable | None = None   # the flagger's FlagStats, polled
         # wraps onto a second row on a narrow screen (a 1366-px laptop) instead of widening the window
         lay = FlowLayout(self, spacing=28, row_spacing=6)
         lay.setContentsMargins(14, 8, 14, 8)
@@ -98,8 +99,9 @@ class Hud(QFrame):
         self.model = _Field("Model", mono=False)
         self.provider = _Field("Provider", mono=False)
         self.source = _Field("Source", mono=False)
-        for f in (self.fps, self.latency, self.inference, self.capture, self.link, self.model, self.provider,
-                  self.source):
+        self.flags = _Field("Flags")
+        for f in (self.fps, self.latency, self.inference, self.capture, self.link, self.flags, self.model,
+                  self.provider, self.source):
             lay.addWidget(f)
         self._timer = QTimer(self, interval=REFRESH_MS, timeout=self.refresh)
         self._timer.start()
@@ -148,6 +150,12 @@ class Hud(QFrame):
         cap = self.capture_fps() if self.capture_fps is not None else 0.0
         size = f"  {self._frame_size[0]}×{self._frame_size[1]}" if self._frame_size else ""
         self.capture.set(f"{cap:4.1f} fps{size}" if cap > 0 else "—" + size)
+        stats = self.flag_stats() if self.flag_stats is not None else None
+        if stats is not None:
+            self.flags.set(f"{stats.kept + stats.manual} kept · {stats.suppressed} suppressed",
+                           f"automatic flags kept: {stats.kept}, manual: {stats.manual}; frames not flagged: "
+                           f"{stats.same_view} showed a view flagged before this session, {stats.too_soon} came "
+                           f"within the minimum interval")
         if self.link.isVisibleTo(self):
             self.link.set(f"{statistics.median(self._link_ms):4.0f} ms" if self._link_ms else "—",
                           "agent sent → received here, median; as exact as the two clocks agree")
