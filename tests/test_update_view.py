@@ -135,6 +135,18 @@ def test_a_passed_gate_goes_live_on_the_device(qtbot, store, history, engine, pa
     with qtbot.waitSignal(h.rolledBack, timeout=60000):
         h.device_rollback.click()
     assert device_model(pairing)["version"] == SHIPPED_VERSION
+    # the newer version is still stored there: select it and make it active again
+    qtbot.waitUntil(lambda: h.device_table.rowCount() == 2 and "active" in h.device_table.item(1, 4).text(),
+                    timeout=30000)
+    assert not h.device_activate.isEnabled()                        # nothing selected yet
+    h.device_table.selectRow(1)
+    assert not h.device_activate.isEnabled()                        # the active one: nothing to do
+    h.device_table.selectRow(0)
+    assert h.device_activate.isEnabled() and h.selected_device_version() == f"crack-student-{NEW_VERSION}-int8"
+    with qtbot.waitSignal(h.activated, timeout=120000) as made:
+        h.device_activate.click()
+    assert made.args == [pairing.agent_name, f"crack-student-{NEW_VERSION}-int8"]
+    assert device_model(pairing)["version"] == f"{NEW_VERSION}-int8"
 
 
 def test_cancel_kills_a_job_that_ignores_sigterm(qtbot):

@@ -53,10 +53,12 @@ def metrics_text(metrics: dict, *, long: bool = False) -> str:
 
 class ModelHistoryDialog(QDialog):
     """``ModelHistoryDialog(history, engine=, swap_engine=, device=, make_engine=)``: see the module doc.
-    Signals: ``message(text, level)``, ``rolledBack(where, version)``, ``refreshed()``."""
+    Signals: ``message(text, level)``, ``rolledBack(where, version)``, ``activated(device, model_id)``,
+    ``refreshed()``."""
 
     message = Signal(str, str)
     rolledBack = Signal(str, str)
+    activated = Signal(str, str)      # (device name, model id) made active from the device table
     refreshed = Signal()
 
     def __init__(self, history: ModelHistory, *, engine: Callable, swap_engine: Callable,
@@ -88,7 +90,13 @@ class ModelHistoryDialog(QDialog):
         self.device_info = QLabel("", objectName="dim", wordWrap=True)
         self.device_rollback = QPushButton("Roll back the device", enabled=False)
         self.device_rollback.clicked.connect(self.rollback_device)
+        # any version stored on the device can serve again, a newer one after a rollback too
+        self.device_activate = QPushButton("Make the selected version active", enabled=False)
+        self.device_activate.clicked.connect(self.activate_on_device)
+        self.device_table.itemSelectionChanged.connect(self._update_activate)
+        self._device_ids: list[str] = []
         row.addWidget(self.device_info, 1)
+        row.addWidget(self.device_activate)
         row.addWidget(self.device_rollback)
         lay.addLayout(row)
         lay.addWidget(QLabel("EVENTS", objectName="sectionTitle"))
@@ -98,7 +106,7 @@ class ModelHistoryDialog(QDialog):
         close = QPushButton("Close")
         close.clicked.connect(self.accept)
         close.setDefault(True)                 # Enter closes; a rollback is never one key away
-        for b in (self.laptop_rollback, self.device_rollback):
+        for b in (self.laptop_rollback, self.device_rollback, self.device_activate):
             b.setAutoDefault(False)
         bottom = QHBoxLayout()
         bottom.addStretch(1)
@@ -153,6 +161,7 @@ class ModelHistoryDialog(QDialog):
         self.device_models = listing
         known = {(v.name, v.version): v for v in self.versions}
         infos = sorted(listing.infos(), key=lambda i: i.stored, reverse=True)
+        self._device_ids = [info.id for info in infos]
         self.device_table.setRowCount(len(infos))
         for i, info in enumerate(infos):
             state = "● active" if info.id == listing.active else (
@@ -167,7 +176,41 @@ class ModelHistoryDialog(QDialog):
         self.device_rollback.setEnabled(bool(listing.previous))
         self.device_info.setText(f"Roll back to {listing.previous[0]}" if listing.previous
                                  else "Nothing to roll back to on the device.")
+        self._update_activate()
         self.refreshed.emit()
+
+    def selected_device_version(self) -> str | None:
+        rows = {i.row() for i in self.device_table.selectedIndexes()}
+        return self._device_ids[rows.pop()] if len(rows) == 1 and max(rows) < len(self._device_ids) else None
+
+    def _update_activate(self) -> None:
+        chosen, listing = self.selected_device_version(), self.device_models
+        self.device_activate.setEnabled(chosen is not None and listing is not None and chosen != listing.active)
+
+    def activate_on_device(self) -> None:
+        """Make the selected stored version the device's active model (asked first; the device
+        checks it on its first frames and goes back to the one before if it fails)."""
+        dev, chosen, listing = self.device(), self.selected_device_version(), self.device_models
+        if dev is None or chosen is None or listing is None or chosen == listing.active:
+            return
+        pairing = dev[0]
+        if not confirm.ask(self, "Make a version active", f"Make {chosen} the active model on {pairing.agent_name}, "
+                           f"in place of {listing.active}?\n\nThe device checks it on its first frames and "
+                           f"goes back to {listing.active} if it fails.", "Make active"):
+            return
+        self.device_activate.setEnabled(False)
+        self.device_info.setText(f"Activating {chosen} on {pairing.agent_name}…")
+        jobs.run(_activate_on_device, pairing, chosen, self.history,
+                 on_success=lambda listing: self._activated(pairing.agent_name, listing.active),
+                 on_failure=lambda exc: self._failed(f"Activating {chosen} on {pairing.agent_name} failed: {exc}",
+                                                     self.device_activate))
+
+    def _activated(self, where: str, model_id: str) -> None:
+        self._say(f"{model_id} is now active on {where}", "info")
+        if self.on_device_changed is not None:
+            self.on_device_changed()
+        self.activated.emit(where, model_id)
+        self.refresh()
 
     # ---------------------------------------------------------------- rolling back
 
@@ -258,6 +301,15 @@ def _read_device(pairing):
     from inspector.link.client import DeviceClient
 
     return DeviceClient.from_pairing(pairing).models()
+
+
+def _activate_on_device(pairing, model_id: str, history: ModelHistory):
+    from inspector.link.client import DeviceClient
+
+    listing = DeviceClient.from_pairing(pairing).activate(model_id)
+    history.record_event("device", f"{model_id} made active on {pairing.agent_name}",
+                         device=pairing.agent_name, version=listing.active)
+    return listing
 
 
 def _rollback_device(pairing, history: ModelHistory):
