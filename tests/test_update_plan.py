@@ -85,6 +85,22 @@ def test_the_plan_counts_the_tiles_the_job_will_use_by_its_rules():
     assert job_counts(split, unlabelled, fast=True).unlabelled == 500
 
 
+def test_the_base_on_the_held_out_part_from_the_stored_verdicts():
+    from inspector.update.plan import BaseModel, base_on_held_out, site_split
+
+    base = BaseModel("crack-student", "1.1.1-int8", "0" * 64, None, "this laptop")
+    units = {f"flag:{i}": (2, 2) for i in range(20)}
+    split = site_split(units)
+    right = [("crack", 0.9), ("crack", 0.8), ("no_crack", 0.1), ("no_crack", 0.2)]
+    wrong = [("crack", 0.1), ("crack", 0.8), ("no_crack", 0.1), ("no_crack", 0.7)]
+    verdicts = {src: ("crack-student 1.1.1-int8", right) for src in units}
+    assert base_on_held_out(split, verdicts, base) == (1.0, 4 * len(split.val))
+    verdicts = {src: ("crack-student 1.1.1-int8", wrong) for src in units}
+    assert base_on_held_out(split, verdicts, base)[0] == 0.0
+    verdicts = {src: ("crack-student 1.0.0-int8", right) for src in units}      # flagged by another model
+    assert base_on_held_out(split, verdicts, base) is None
+
+
 def test_update_state_folds_the_events_of_a_real_run(tmp_path):
     out = tmp_path / "out"
     (tmp_path / "lab").mkdir()
@@ -137,6 +153,10 @@ def test_plan_shows_what_will_be_used(qtbot, store, history, engine):
     job = plan.job
     assert job.adapt == plan.labelled_tiles - plan.split.val_crack - plan.split.val_clean
     assert f["replay"].startswith(f"{job.replay_teachers} base patches for the teachers, {job.replay_student} for")
+    # the labels here are the model's own verdicts: the base is perfect on the held-out part, the
+    # gate cannot see a gain there, and the plan says so before Start (Start stays on)
+    assert plan.base_held_out[0] == 1.0 and plan.base_already_high and d.plan_page.caution_label.isVisible()
+    assert "MCC 1.000" in d.plan_page.caution_label.text() and "the base scores MCC 1.000" in f["validation"]
     assert engine.manifest.version in f["base"] and "this laptop" in f["base"]
     assert "estimate" in f["estimate"]
     assert d.push_box.isChecked() and "this laptop's live view" in d.push_box.text()

@@ -36,6 +36,7 @@ QLabel#sectionTitle {{ color: {TEXT_DIM}; font-size: 8pt; font-weight: 600; lett
 QLabel#dim {{ color: {TEXT_DIM}; }}
 QLabel#value {{ font-weight: 600; }}
 QLabel#error {{ color: #ff8a80; }}
+QLabel#warning {{ color: #ffd27a; }}
 QPushButton {{ background: #2a2e34; border: 1px solid #3a3f46; border-radius: 4px; padding: 5px 10px; }}
 QPushButton:hover {{ background: #323740; }}
 QPushButton:pressed {{ background: #25292e; }}

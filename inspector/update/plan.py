@@ -66,6 +66,13 @@ class UpdatePlan:
     split: "SiteSplit | None" = None     # the site-validation part the job will hold out (same rule)
     estimate_basis: str = "an estimate from the counts"   # what it rests on (machine_factor)
     job: "JobCounts | None" = None       # the tiles the job will use, by its rules
+    base_held_out: "tuple[float, int] | None" = None   # (MCC, tiles) of the base on the held-out part
+
+    @property
+    def base_already_high(self) -> bool:
+        """The base already scores so well on the held-out reviewed tiles that the gate can hardly
+        see a gain there (a field trial's update was refused after an hour: 0.950 → 0.950)."""
+        return self.base_held_out is not None and self.base_held_out[0] >= BASE_HIGH_MCC
 
     @property
     def labelled_tiles(self) -> int:
@@ -99,9 +106,11 @@ def make_plan(store, laptop_manifest, laptop_package: str | os.PathLike | None, 
         base = _device_base(pairing, laptop, history)
     factor, basis = machine_factor(history)
     est = estimate_seconds(patches["crack"] + patches["no_crack"], patches["unlabelled"], fast=fast, factor=factor)
-    units, unlabelled = store_sources(store)
+    verdicts: dict = {}
+    units, unlabelled = store_sources(store, verdicts)
     split = site_split(units, seed=seed)
-    return UpdatePlan(review, patches, base, device, est, split, basis, job_counts(split, unlabelled, fast=fast))
+    return UpdatePlan(review, patches, base, device, est, split, basis, job_counts(split, unlabelled, fast=fast),
+                      base_on_held_out(split, verdicts, base))
 
 
 def _device_base(pairing, laptop: BaseModel, history) -> BaseModel:
@@ -174,6 +183,24 @@ def _model_seconds(labelled_tiles: int, unlabelled: int, epochs: int, teacher_ep
 
 
 MAX_UNLABELLED, MAX_UNLABELLED_FAST = 3000, 500   # distill update's caps (--max-unlabelled, --fast)
+BASE_HIGH_MCC = 0.9   # the base's MCC on the held-out reviewed tiles above which the plan warns
+VERDICT_THRESHOLD = 0.5
+
+
+def base_on_held_out(split: "SiteSplit", verdicts: dict, base: BaseModel) -> tuple[float, int] | None:
+    """(MCC, tiles) of ``base`` on the reviewed tiles the job will hold out, from the verdicts the
+    flags were stored with, for the flags ``base`` itself made (None when it made none of them):
+    what the gate's "before" column will about say on the site."""
+    pairs = [p for src in split.val if src in verdicts and verdicts[src][0] == f"{base.name} {base.version}"
+             for p in verdicts[src][1]]
+    if not pairs:
+        return None
+    tp = sum(lab == "crack" and p >= VERDICT_THRESHOLD for lab, p in pairs)
+    tn = sum(lab == "no_crack" and p < VERDICT_THRESHOLD for lab, p in pairs)
+    fp = sum(lab == "no_crack" and p >= VERDICT_THRESHOLD for lab, p in pairs)
+    fn = len(pairs) - tp - tn - fp
+    d = float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return ((tp * tn - fp * fn) / math.sqrt(d) if d > 0 else 0.0), len(pairs)
 
 
 @dataclass(frozen=True)
@@ -309,9 +336,11 @@ def store_units(store) -> dict[str, tuple[int, int]]:
     return store_sources(store)[0]
 
 
-def store_sources(store) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+def store_sources(store, verdicts: dict | None = None) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
     """Per source of an export with the unreviewed frames (what Update model exports): (crack,
-    clean) labelled tiles, and unlabelled tiles."""
+    clean) labelled tiles, and unlabelled tiles. ``verdicts`` (a dict, filled if given): source →
+    (the flag's model as "name version", [(person's label, the model's crack probability)] per
+    labelled tile)."""
     try:
         from inspector.store.export import UNLABELLED, _patch_labels
     except ImportError:               # pragma: no cover - the export's own rule, if it is renamed
@@ -325,6 +354,9 @@ def store_sources(store) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
         c, n, u = (sum(x == kind for x in labels) for kind in ("crack", "no_crack", UNLABELLED))
         if c or n:
             units[f"flag:{rec.uid}"] = (c, n)
+            if verdicts is not None:
+                verdicts[f"flag:{rec.uid}"] = (f"{rec.model.name} {rec.model.version}", [
+                    (x, float(t["crack_prob"])) for x, t in zip(labels, rec.tiles) if x in ("crack", "no_crack")])
         if u:
             unlabelled[f"flag:{rec.uid}"] = u
     return units, unlabelled

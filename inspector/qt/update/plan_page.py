@@ -42,6 +42,10 @@ class PlanPage(QWidget):
         self.missing_label = QLabel("", objectName="error", wordWrap=True, visible=False)
         self.missing_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay.addWidget(self.missing_label)
+        # not a reason to refuse a run, a reason to expect the gate to refuse it
+        self.caution_label = QLabel("", objectName="warning", wordWrap=True, visible=False)
+        self.caution_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        lay.addWidget(self.caution_label)
         self.push_box = QCheckBox("Push when the gate passes", checked=True)
         lay.addWidget(self.push_box)
         lay.addStretch(1)
@@ -90,6 +94,16 @@ class PlanPage(QWidget):
         f["validation"].setText("—" if sp is None else
                                 f"{sp.val_crack} crack, {sp.val_clean} clean tiles from {len(sp.val)} frames held out "
                                 f"to judge the candidate (at least {SITE_MIN_PER_CLASS} of each)")
+        held = plan.base_held_out
+        if held is not None and sp is not None:
+            f["validation"].setText(f["validation"].text() + f"; the base scores MCC {held[0]:.3f} on them "
+                                    f"(its verdicts when it flagged them)")
+        self.caution_label.setText(
+            f"The base already scores MCC {held[0]:.3f} on the {held[1]} held-out reviewed tiles: the gate "
+            f"promotes a candidate only if it does better there, so this update will likely be refused. Review "
+            f"frames the model gets wrong first (the review's order \"most in need\")." if plan.base_already_high
+            else "")
+        self.caution_label.setVisible(plan.base_already_high)
         missing = plan.missing
         self.missing_label.setText("Start is off until the reviewed data can show a gain, because the gate could "
                                    "not promote any candidate: " + "; ".join(missing) if missing else "")
