@@ -182,6 +182,24 @@ def test_teacher_opinion_ranks_by_disagreement_then_uncertainty(store):
     assert store.query_ids(FlagFilter(disagreement_min=0.5)) == [a.id]
 
 
+def test_labels_the_teachers_contradict_are_counted_and_found(store):
+    """What the review will teach, before Update model: a clean label where the teachers see a
+    crack (p >= 0.9) on some tile, a crack tile they call clean (p <= 0.1)."""
+    a, b, c, d = fill(store, 4)
+    q = ReviewQueue(store, reviewer="ana", sort="time", descending=False, auto_advance=False)
+    q.set_label("no_crack", ids=[a.id, b.id])
+    for rec in (c, d):                                    # tile 0 marked crack, the rest unknown
+        store.set_review(rec.id, label="crack", tile_labels=("crack", None, None, None), reviewer="ana")
+    store.set_teacher_probs(a.id, [0.95, 0.1, 0.2, 0.1], TEACHER)   # a clean frame with a confident crack
+    store.set_teacher_probs(b.id, [0.6, 0.1, 0.2, 0.1], TEACHER)    # unsure teachers: no contradiction
+    store.set_teacher_probs(c.id, [0.05, 0.1, 0.2, 0.1], TEACHER)   # the crack tile they call clean
+    store.set_teacher_probs(d.id, [0.5, 0.1, 0.2, 0.1], TEACHER)
+    assert store.counts().contradicted == 2
+    assert sorted(store.query_ids(FlagFilter(state="contradicted"))) == sorted([a.id, c.id])
+    store.set_review(c.id, label="crack", tile_labels=(None, None, "crack", None), reviewer="ana")  # corrected
+    assert store.query_ids(FlagFilter(state="contradicted")) == [a.id]
+
+
 # --------------------------------------------------------------------------- the queue
 
 
@@ -254,7 +272,7 @@ def test_needs_tiles_filter_counts_and_next_unreviewed(store):
     q.set_label("no_crack", ids=[recs[2].id, recs[3].id])
     needs = FlagFilter(state="needs_tiles")
     assert store.query_ids(needs, sort="time", descending=False) == [recs[0].id, recs[1].id]
-    assert store.counts().needs_tiles == 2 and store.counts(needs) == ReviewCounts(2, 0, 2, 0, 0, 0, 2)
+    assert store.counts().needs_tiles == 2 and store.counts(needs) == ReviewCounts(2, 0, 2, 0, 0, 0, 2, 0)
     q.go_to_id(recs[3].id)
     assert q.next_unreviewed().id == recs[0].id     # every frame is reviewed; this one still needs tiles
     q.toggle_tile(1)                                # a crack tile marked: done

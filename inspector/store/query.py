@@ -26,20 +26,31 @@ SORTS = {
 # A disagreement at least this large is counted (and badged) as "a disagreement": the teachers
 # and the student put the tile on different sides of 0.5 with some margin.
 DISAGREEMENT_COUNTED = 0.5
-STATES = ("all", "unreviewed", "reviewed", "needs_tiles")
+STATES = ("all", "unreviewed", "reviewed", "needs_tiles", "contradicted")
 # "needs tiles": a frame a person called crack (C) without a tile a person called crack; the view
 # asks for its crack tiles. Tile labels are stored only where a person set them (store_schema v4),
 # so any '"crack"' in the JSON list is a person's. Reads tile_labels, which no sort index covers:
 # the row is read only for the crack frames ("label = 'crack'" is checked first).
 NEEDS_TILES = "(label = 'crack' AND instr(coalesce(tile_labels, ''), '\"crack\"') = 0)"
+# "contradicted": a person's label the teacher ensemble confidently says the opposite of, on some
+# tile: a tile marked clean (or a clean frame's tile) where the teachers see a crack with p >= 0.9,
+# or a tile marked crack where they give p <= 0.1. Worth a second look before they train a model.
+CONTRADICTION_P = 0.9
+CONTRADICTED = (
+    f"(teacher_probs IS NOT NULL AND ("
+    f"(label = 'no_crack' AND EXISTS (SELECT 1 FROM json_each(teacher_probs) t WHERE t.value >= {CONTRADICTION_P})) "
+    f"OR (label = 'crack' AND tile_labels IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(tile_labels) l "
+    f"JOIN json_each(teacher_probs) t ON t.key = l.key WHERE (l.value = 'crack' AND t.value <= "
+    f"{1 - CONTRADICTION_P:.6g}) OR (l.value = 'no_crack' AND t.value >= {CONTRADICTION_P})))))")
 
 
 @dataclass(frozen=True)
 class FlagFilter:
     """Which flags to show; every field left as None (or "all") does not filter.
 
-    ``state``: ``all``, ``unreviewed``, ``reviewed`` or ``needs_tiles`` (reviewed crack frames
-    still waiting for their crack tiles, see :data:`NEEDS_TILES`); ``label`` is a reviewed frame label (``crack``/``no_crack``/``unsure``); ``since``/``until``
+    ``state``: ``all``, ``unreviewed``, ``reviewed``, ``needs_tiles`` (reviewed crack frames
+    still waiting for their crack tiles, see :data:`NEEDS_TILES`) or ``contradicted`` (labels the
+    teachers confidently contradict, see :data:`CONTRADICTED`); ``label`` is a reviewed frame label (``crack``/``no_crack``/``unsure``); ``since``/``until``
     are ISO-8601 times or dates (a date alone means that whole day, UTC); ``prob_min``/``prob_max``
     bound the student's max tile probability; ``text`` finds a substring in location or note.
     """
@@ -85,6 +96,8 @@ class FlagFilter:
             clauses.append("label IS NOT NULL")
         elif self.state == "needs_tiles":
             clauses.append(NEEDS_TILES)
+        elif self.state == "contradicted":
+            clauses.append(CONTRADICTED)
         for column in ("label", "reason", "source", "location", "model_version"):
             value = getattr(self, column)
             if value is not None:
@@ -150,6 +163,7 @@ class ReviewCounts:
     unsure: int = 0
     disagreements: int = 0      # frames whose teachers and student differ by >= DISAGREEMENT_COUNTED
     needs_tiles: int = 0        # crack frames without a tile a person called crack (NEEDS_TILES)
+    contradicted: int = 0       # reviewed frames the teachers confidently contradict on a tile (CONTRADICTED)
 
     @property
     def reviewed(self) -> int:

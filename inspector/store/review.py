@@ -16,7 +16,7 @@ from typing import Any
 from inspector.store import history as store_history
 from inspector.store.checks import check_choice, check_count, check_id, check_prob, check_text
 from inspector.store.history import CLOSED, DONE, UNDONE, HistoryEntry
-from inspector.store.query import DISAGREEMENT_COUNTED, NEEDS_TILES, FlagFilter, ReviewCounts, order_by
+from inspector.store.query import CONTRADICTED, DISAGREEMENT_COUNTED, NEEDS_TILES, FlagFilter, ReviewCounts, order_by
 from inspector.store.schema import (
     REVIEW_LABELS,
     SELECT,
@@ -214,7 +214,8 @@ class ReviewMethods:
 
         where, params = flt.where()
         sql = ("SELECT count(*), total(label IS NULL), total(label = 'crack'), total(label = 'no_crack'), "
-               f"total(label = 'unsure'), total(disagreement >= ?), total({NEEDS_TILES}) FROM flags{where}")
+               f"total(label = 'unsure'), total(disagreement >= ?), total({NEEDS_TILES}), total({CONTRADICTED}) "
+               f"FROM flags{where}")
         with self._lock:
             row = self._open_db().execute(sql, (DISAGREEMENT_COUNTED, *params)).fetchone()
         return ReviewCounts(*(int(v) for v in row))

@@ -22,7 +22,8 @@ from inspector.qt.flow import FlowLayout
 SORT_CHOICES = (("need", "Most in need"), ("time", "Time"), ("probability", "Probability"),
                 ("uncertainty", "Uncertainty"), ("disagreement", "Disagreement"))
 STATES = (("all", "All flags"), ("unreviewed", "Unreviewed"), ("reviewed", "Reviewed"),
-          ("needs_tiles", "Needs tiles"))   # crack frames without a crack tile marked
+          ("needs_tiles", "Needs tiles"),   # crack frames without a crack tile marked
+          ("contradicted", "Teachers disagree with the label"))
 LABELS = ((None, "Any label"), ("crack", "Crack"), ("no_crack", "No crack"), ("unsure", "Unsure"))
 REASONS = ((None, "Any reason"), ("manual", "Manual"), ("crack", "Auto: crack"), ("uncertain", "Auto: uncertain"))
 NO_DATE = QDate(2000, 1, 1)
@@ -40,6 +41,8 @@ def counts_text(counts) -> str:
     parts = [n(counts.total, "flag", "flags"), f"{counts.unreviewed} unreviewed"]
     if counts.needs_tiles:
         parts.append(f"{counts.needs_tiles} need{'s' if counts.needs_tiles == 1 else ''} tiles")
+    if counts.contradicted:
+        parts.append(f"{counts.contradicted} label{'' if counts.contradicted == 1 else 's'} the teachers contradict")
     return ", ".join(parts + [n(counts.disagreements, "disagreement", "disagreements")])
 
 

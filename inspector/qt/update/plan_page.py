@@ -73,7 +73,10 @@ class PlanPage(QWidget):
         """Fill the fields from ``plan``; Start is on only if the gate could promote its candidate."""
         r, p = plan.review, plan.patches
         f = self.fields
-        f["reviewed"].setText(f"{r.crack} crack, {r.no_crack} no crack  ({p['frames']} frames exported)")
+        f["reviewed"].setText(f"{r.crack} crack, {r.no_crack} no crack  ({p['frames']} frames exported)"
+                              + (f"; {r.contradicted} whose label the teachers confidently contradict: worth a "
+                                 f"second look first (Review: \"Teachers disagree with the label\")"
+                                 if r.contradicted else ""))
         f["tiles"].setText(f"{p['crack']} crack, {p['no_crack']} no crack  ({plan.labelled_tiles} tiles)")
         f["unlabelled"].setText(f"{r.unreviewed} unreviewed + {r.unsure} unsure  ({p['unlabelled']} tiles, "
                                 f"labelled by the teachers)")
