@@ -78,6 +78,11 @@ def test_the_model_history_dialog_fits_and_enter_only_closes(qtbot, themed, hist
     dialog.show()
     assert fit_problems(dialog, PREFERRED_SIZE, themed) == []
     assert not dialog.laptop_rollback.autoDefault() and not dialog.device_rollback.autoDefault()
+    qtbot.waitUntil(lambda: dialog.laptop.rowCount() >= 1, timeout=10000)
+    for table in (dialog.laptop, dialog.device_table):       # every column on screen, none cut off
+        width = sum(table.columnWidth(c) for c in range(table.columnCount()))
+        assert width <= table.viewport().width() + 1, (width, table.viewport().width())
+    assert "port quay test: recall 1.000 (one class" in dialog.laptop.item(0, 3).toolTip()
 
 
 @pytest.mark.parametrize("name", ["keys", "pair", "override"])

@@ -9,12 +9,18 @@ from __future__ import annotations
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 
-def _ask(parent: QWidget | None, title: str, text: str, action: str) -> bool:
+def question_box(parent: QWidget | None, title: str, text: str, action: str):
+    """The question (not shown): ``(box, the action's button)``, Cancel the default and Esc."""
     box = QMessageBox(QMessageBox.Icon.Question, title, text, QMessageBox.StandardButton.NoButton, parent)
     go = box.addButton(action, QMessageBox.ButtonRole.AcceptRole)
     cancel = box.addButton(QMessageBox.StandardButton.Cancel)
     box.setDefaultButton(cancel)
     box.setEscapeButton(cancel)
+    return box, go
+
+
+def _ask(parent: QWidget | None, title: str, text: str, action: str) -> bool:
+    box, go = question_box(parent, title, text, action)
     box.exec()
     return box.clickedButton() is go
 

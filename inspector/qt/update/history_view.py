@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderView, QLabel, QListWidget,
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -23,6 +23,7 @@ from inspector.qt.screen_fit import fitted_size
 from inspector.qt.update.tasks import default_make_engine
 
 PREFERRED_SIZE = (980, 640)   # fitted to the screen (inspector.qt.screen_fit)
+METRICS_WIDTH = 260           # px of the metrics column (elided; the tooltip has every set)
 LAPTOP_COLUMNS = ("Version", "Parent", "Date", "Metrics (MCC)", "Gate", "Here")
 DEVICE_COLUMNS = ("Version", "Stored", "Signed by", "Metrics (MCC)", "State", "Gate (signed lineage)")
 
@@ -274,6 +275,13 @@ def _table(columns) -> QTableWidget:
     t.setSelectionBehavior(QAbstractItemView.SelectRows)
     t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
     t.horizontalHeader().setStretchLastSection(True)
+    # the metrics are the long column: a fixed width, elided, the whole of it in the tooltip, so
+    # that the columns after it stay on screen (they were cut off on a 1366-px laptop)
+    metrics = list(columns).index("Metrics (MCC)")
+    t.horizontalHeader().setSectionResizeMode(metrics, QHeaderView.Interactive)
+    t.setColumnWidth(metrics, METRICS_WIDTH)
+    t.setTextElideMode(Qt.ElideRight)
+    t.setWordWrap(False)
     t.setStyleSheet(f"QTableWidget {{ background: #121416; gridline-color: {theme.PANEL_EDGE}; }}"
                     f"QHeaderView::section {{ background: {theme.PANEL}; color: {theme.TEXT_DIM}; border: 0; "
                     f"padding: 4px; }}")
