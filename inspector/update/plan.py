@@ -190,7 +190,7 @@ VERDICT_THRESHOLD = 0.5
 def base_on_held_out(split: "SiteSplit", verdicts: dict, base: BaseModel) -> tuple[float, int] | None:
     """(MCC, tiles) of ``base`` on the reviewed tiles the job will hold out, from the verdicts the
     flags were stored with, for the flags ``base`` itself made (None when it made none of them):
-    what the gate's "before" column will about say on the site."""
+    roughly what the gate's "before" column will say on the site."""
     pairs = [p for src in split.val if src in verdicts and verdicts[src][0] == f"{base.name} {base.version}"
              for p in verdicts[src][1]]
     if not pairs:
@@ -330,15 +330,10 @@ def _missing_crack(units, crack: list[str], need: int) -> str:
             f"{need} crack tiles and keep one frame for training")
 
 
-def store_units(store) -> dict[str, tuple[int, int]]:
-    """source ("flag:<uid>", as ``distill`` names a flag export's sources) → (crack, clean) tiles
-    that an export of ``store`` labels."""
-    return store_sources(store)[0]
-
-
 def store_sources(store, verdicts: dict | None = None) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
-    """Per source of an export with the unreviewed frames (what Update model exports): (crack,
-    clean) labelled tiles, and unlabelled tiles. ``verdicts`` (a dict, filled if given): source →
+    """Per source ("flag:<uid>", as ``distill`` names a flag export's sources) of an export with
+    the unreviewed frames (what Update model exports): (crack, clean) labelled tiles, and
+    unlabelled tiles. ``verdicts`` (a dict, filled if given): source →
     (the flag's model as "name version", [(person's label, the model's crack probability)] per
     labelled tile)."""
     try:
