@@ -196,6 +196,7 @@ def test_labels_the_teachers_contradict_are_counted_and_found(store):
     store.set_teacher_probs(d.id, [0.5, 0.1, 0.2, 0.1], TEACHER)
     assert store.counts().contradicted == 2
     assert sorted(store.query_ids(FlagFilter(state="contradicted"))) == sorted([a.id, c.id])
+    assert sorted(r.id for r in store.query(FlagFilter()) if r.contradicted) == sorted([a.id, c.id])  # same rule
     store.set_review(c.id, label="crack", tile_labels=(None, None, "crack", None), reviewer="ana")  # corrected
     assert store.query_ids(FlagFilter(state="contradicted")) == [a.id]
 

@@ -188,7 +188,9 @@ def count_reviews(records: list[FlagRecord]) -> ReviewCounts:
     return ReviewCounts(total=len(records), unreviewed=labels[None], crack=labels["crack"],
                         no_crack=labels["no_crack"], unsure=labels["unsure"],
                         disagreements=sum(r.disagreement is not None and r.disagreement >= DISAGREEMENT_COUNTED
-                                          for r in records))
+                                          for r in records),
+                        needs_tiles=sum(r.needs_tiles for r in records),
+                        contradicted=sum(r.contradicted for r in records))
 
 
 def describe_filter(flt: FlagFilter) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, fields
 
-from inspector.store.schema import REASONS, REVIEW_LABELS
+from inspector.store.schema import CONTRADICTION_CLEAN_P, CONTRADICTION_CRACK_P, REASONS, REVIEW_LABELS
 
 # name -> the ORDER BY expression for "descending" (ascending reverses it). "need" is "most in need
 # of review first": disagreement with the teachers, then the student's uncertainty; flags not yet
@@ -32,16 +32,15 @@ STATES = ("all", "unreviewed", "reviewed", "needs_tiles", "contradicted")
 # so any '"crack"' in the JSON list is a person's. Reads tile_labels, which no sort index covers:
 # the row is read only for the crack frames ("label = 'crack'" is checked first).
 NEEDS_TILES = "(label = 'crack' AND instr(coalesce(tile_labels, ''), '\"crack\"') = 0)"
-# "contradicted": a person's label the teacher ensemble confidently says the opposite of, on some
-# tile: a tile marked clean (or a clean frame's tile) where the teachers see a crack with p >= 0.9,
-# or a tile marked crack where they give p <= 0.1. Worth a second look before they train a model.
-CONTRADICTION_P = 0.9
+# "contradicted": FlagRecord.contradicted in SQL, a person's label the teacher ensemble confidently
+# says the opposite of on some tile. Worth a second look before it trains a model.
 CONTRADICTED = (
     f"(teacher_probs IS NOT NULL AND ("
-    f"(label = 'no_crack' AND EXISTS (SELECT 1 FROM json_each(teacher_probs) t WHERE t.value >= {CONTRADICTION_P})) "
+    f"(label = 'no_crack' AND EXISTS (SELECT 1 FROM json_each(teacher_probs) t "
+    f"WHERE t.value >= {CONTRADICTION_CRACK_P!r})) "
     f"OR (label = 'crack' AND tile_labels IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(tile_labels) l "
     f"JOIN json_each(teacher_probs) t ON t.key = l.key WHERE (l.value = 'crack' AND t.value <= "
-    f"{1 - CONTRADICTION_P:.6g}) OR (l.value = 'no_crack' AND t.value >= {CONTRADICTION_P})))))")
+    f"{CONTRADICTION_CLEAN_P!r}) OR (l.value = 'no_crack' AND t.value >= {CONTRADICTION_CRACK_P!r})))))")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ TILE_LABELS = ("crack", "no_crack")           # the model's labels; a reviewed t
 REVIEW_LABELS = ("crack", "no_crack", "unsure")  # what an inspector can say of a whole frame
 # how a person gave a tile its label; a tile without one has no label (unknown)
 TILE_SOURCES = ("marked", "frame_clean", "accepted")
+# a person's label the teachers confidently contradict: a clean tile they call crack at p >= CRACK,
+# a crack tile they call clean at p <= CLEAN (FlagRecord.contradicted; query.CONTRADICTED in SQL)
+CONTRADICTION_CRACK_P, CONTRADICTION_CLEAN_P = 0.9, 0.1
 
 COLUMNS = ("id", "uid", "created", "reason", "source", "model_name", "model_version", "model_sha256",
            "width", "height", "crack_prob_max", "tiles", "frame_file", "heatmap_file",
@@ -94,6 +97,20 @@ class FlagRecord:
     def needs_tiles(self) -> bool:
         """A crack frame without any tile a person called crack: the view asks for the crack tiles."""
         return self.label == "crack" and "crack" not in (self.tile_labels or ())
+
+    @property
+    def contradicted(self) -> bool:
+        """A label of this frame the teachers confidently say the opposite of, on some tile (a clean
+        frame's tile at p >= 0.9, a tile marked crack at p <= 0.1, one marked clean at p >= 0.9)."""
+        t = self.teacher_probs
+        if t is None:
+            return False
+        if self.label == "no_crack":
+            return any(p >= CONTRADICTION_CRACK_P for p in t)
+        if self.label == "crack" and self.tile_labels is not None:
+            return any((lab == "crack" and p <= CONTRADICTION_CLEAN_P)
+                       or (lab == "no_crack" and p >= CONTRADICTION_CRACK_P) for lab, p in zip(self.tile_labels, t))
+        return False
 
     def tile_source(self, i: int) -> str | None:
         return self.tile_sources[i] if self.tile_sources is not None else None
