@@ -33,24 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.int8_isa import machine  # noqa: E402
+from benchmarks.tile_reuse import video_frames  # noqa: E402
 from inspector.edge.reuse import ReusePolicy, ReusingEngine  # noqa: E402
 from inspector.live.flagging import Flagger, FlagPolicy  # noqa: E402
 
 MERGE_PX, SHOWN_PX = 25, 300
 ARMS = {"every view and place of the session": FlagPolicy(),
         "last 8 flags, same view only (before)": FlagPolicy(duplicate_memory=8, same_place_peak=None)}
-
-
-def frames(path: Path) -> list:
-    cap = cv2.VideoCapture(str(path))
-    out = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    cap.release()
-    return out
 
 
 def run(engine, video: list, fps: float, loops: int) -> list[dict]:
@@ -92,12 +81,14 @@ def field_pass(engine) -> dict:
         ids, counts = np.unique(labels[y:y + int(h * scale), x:x + int(w * scale)], return_counts=True)
         return {int(k) for k, c in zip(ids, counts) if k and c >= SHOWN_PX}
 
-    video = frames(json_path.parent / meta["file"])
+    path = json_path.parent / meta["file"]
+    n_frames = int(meta["frames"])
     arms = {**ARMS, "no view check (the minimum interval only)": FlagPolicy(duplicate_memory=0)}
     out = {}
     for arm, policy in arms.items():
         flagger, reuse = Flagger(policy), ReusingEngine(engine, ReusePolicy())
-        kept = [i for i, rgb in enumerate(video) if flagger.decide(rgb, reuse.inspect(rgb), i / meta["fps"])]
+        kept = [i for i, rgb in enumerate(video_frames(path))   # decoded per arm: 1.9 GB if kept
+                if flagger.decide(rgb, reuse.inspect(rgb), i / meta["fps"])]
         per_crack: dict[int, int] = {}
         for i in kept:
             for k in shown(i):
@@ -105,7 +96,7 @@ def field_pass(engine) -> dict:
         out[arm] = {"flags": len(kept), "frames": kept, "cracks": per_crack}
         print(f"field video, {arm}: {len(kept)} flags", file=sys.stderr, flush=True)
     reference = set(out["no view check (the minimum interval only)"]["cracks"])
-    visible = set().union(*(shown(i) for i in range(len(video))))
+    visible = set().union(*(shown(i) for i in range(n_frames)))
     for arm, r in out.items():
         counts = list(r["cracks"].values())
         r.update(cracks_shown=len(counts), flags_per_crack_mean=float(np.mean(counts)) if counts else 0.0,
@@ -157,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = load_engine(None, args.threads)
     meta = json.loads(sample_video().with_suffix(".json").read_text())
-    video = frames(sample_video())
+    video = list(video_frames(sample_video()))   # kept: it is played --loops times
     rows = run(engine, video, float(meta["fps"]), args.loops)
     info = {"video": sample_video().name, "frames": len(video), "fps": float(meta["fps"]), "loops": args.loops,
             "model": f"{engine.manifest.name}-{engine.manifest.version}", "machine": machine(),

@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.int8_isa import machine  # noqa: E402
+from distill.metrics import mcc  # noqa: E402  (numpy only)
 from inspector.edge.reuse import ReusePolicy, ReusingEngine, fitted_to  # noqa: E402
 from inspector.live.flagging import FlagPolicy  # noqa: E402
 
@@ -54,7 +55,7 @@ DOCS = REPO / "docs" / "benchmarks"
 
 
 def open_video(name: str):
-    """(frames iterator of RGB, per-frame segment kind, ground-truth mask function or None, label)."""
+    """(frames iterator of RGB, per-frame segment kind, ground-truth mask function or None)."""
     if VIDEOS[name] is None:
         from inspector.paths import sample_video
 
@@ -62,17 +63,18 @@ def open_video(name: str):
         kinds = ["other"] * int(meta["frames"])
         for seg, (a, b) in meta["segments"].items():
             kinds[a:b + 1] = [seg] * (b - a + 1)
-        return _frames(sample_video()), kinds, None, f"sample video {meta['width']}×{meta['height']}"
+        return video_frames(sample_video()), kinds, None
     from scripts.make_field_video import ensure_field_video, frame_mask, load_field_meta
 
     json_path = ensure_field_video(VIDEOS[name])
     meta = load_field_meta(json_path)
     wall_mask = cv2.imread(str(json_path.parent / "wall_mask.png"), cv2.IMREAD_GRAYSCALE)
-    return (_frames(json_path.parent / meta["file"]), list(meta["segment_kind"]),
-            lambda i: frame_mask(meta, wall_mask, i), f"field video {meta['width']}×{meta['height']}")
+    return video_frames(json_path.parent / meta["file"]), list(meta["segment_kind"]), lambda i: frame_mask(
+        meta, wall_mask, i)
 
 
-def _frames(path: Path):
+def video_frames(path: Path):
+    """The frames of a video file, in order, as RGB (a generator: one frame in memory at a time)."""
     cap = cv2.VideoCapture(str(path))
     try:
         while True:
@@ -84,14 +86,9 @@ def _frames(path: Path):
         cap.release()
 
 
-def mcc(tp: int, tn: int, fp: int, fn: int) -> float:
-    d = float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return (tp * tn - fp * fn) / d ** 0.5 if d > 0 else 0.0
-
-
 def measure(engine, name: str, threshold: float, limit: int | None = None) -> list[dict]:
     """One row per frame and arm: segment, fresh/total tiles, verdicts, flag reason, ms, heat r, truth."""
-    frames, kinds, truth_of, _ = open_video(name)
+    frames, kinds, truth_of = open_video(name)
     policy = FlagPolicy()
     runners = {"reuse": ReusingEngine(engine, ReusePolicy()),
                "reuse, live cap": ReusingEngine(engine, fitted_to(ReusePolicy(), 30.0))}
@@ -147,17 +144,15 @@ def summarise(rows: list[dict]) -> list[dict]:
             # (same tile of the grid): on a still camera, the floor no reuse can beat
             flicker = [a != b for r in sel if r["frame"] - 1 in full and r["frame"] - 1 in frames
                        for a, b in zip(full[r["frame"]]["crack"], full[r["frame"] - 1]["crack"])]
-            conf = [0, 0, 0, 0]
-            for r in sel:
-                for p, t in zip(r["crack"], r["truth"] or ""):
-                    conf[(0 if p == "1" else 2) + (0 if p == t else 1)] += 1   # tp, fp, tn, fn
+            truth = "".join(r["truth"] or "" for r in sel)
+            said = "".join(r["crack"] for r in sel if r["truth"])
             out.append({"video": video, "arm": arm, "segment": seg, "frames": len(sel),
                         "tiles_inferred": sum(r["fresh"] for r in sel) / max(1, sum(r["tiles"] for r in sel)),
                         "agreement": float(np.mean(agree)) if agree else None,
                         "flag_frames_full": len(want), "flag_recall": len(hit) / len(want) if want else None,
                         "heat_r": float(np.mean(heat)) if heat else None,
                         "full_flicker": float(np.mean(flicker)) if flicker else None,
-                        "mcc_truth": mcc(conf[0], conf[2], conf[1], conf[3]) if sel[0]["truth"] else None,
+                        "mcc_truth": mcc([c == "1" for c in truth], [c == "1" for c in said]) if truth else None,
                         "ms_mean": float(np.mean([r["ms"] for r in sel]))})
     return out
 

@@ -156,8 +156,7 @@ class _Cache:
 
 class ReusingEngine:
     """``engine`` (an :class:`~inspector.edge.engine.InferenceEngine`) with temporal tile reuse for
-    one stream of frames; see the module doc. Not thread-safe: one per stream. Attributes the
-    engine has (``manifest``, ``labels``, ``tile_size`` ...) are read through."""
+    one stream of frames; see the module doc. Not thread-safe: one per stream."""
 
     def __init__(self, engine, policy: ReusePolicy = ReusePolicy()):
         if not isinstance(policy, ReusePolicy):
@@ -167,9 +166,6 @@ class ReusingEngine:
         self.ms_per_tile: float | None = None   # measured, exponential average
         self._rate_known = False
         self.reset()
-
-    def __getattr__(self, name):
-        return getattr(self.__dict__["engine"], name)
 
     def reset(self) -> None:
         """Forget every cached result: the next frame infers every tile."""

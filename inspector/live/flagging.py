@@ -169,7 +169,11 @@ def thumbnail_distance(a: np.ndarray | None, b: np.ndarray | None) -> float:
     """``(1 - r) / 2`` of two thumbnails; featureless ones are 0 from each other and 0.5 from the rest."""
     if a is None or b is None:
         return 0.0 if a is None and b is None else 0.5
-    r = float(np.mean(a * b))
+    return _distance(float(np.mean(a * b)))
+
+
+def _distance(r: float) -> float:
+    """The distance of two thumbnails whose correlation is ``r``."""
     return min(1.0, max(0.0, (1.0 - r) / 2.0))
 
 
@@ -197,9 +201,6 @@ class _Views:
         self._places = np.zeros((0, PLACE_SIZE[1], PLACE_SIZE[0] // 2 + 1), np.complex64)
         self._n = 0
         self.flat = 0
-
-    def __len__(self) -> int:
-        return self._n + self.flat
 
     def add(self, thumb: np.ndarray | None, place: np.ndarray | None) -> None:
         if thumb is None:
@@ -229,8 +230,7 @@ class _Views:
         rows = self._rows[:self._n] if last is None else self._rows[max(0, self._n - last):self._n]
         if not len(rows):
             return 0.5 if self.flat else 1.0
-        r = float((rows @ thumb.ravel()).max()) / rows.shape[1]
-        d = min(1.0, max(0.0, (1.0 - r) / 2.0))
+        d = _distance(float((rows @ thumb.ravel()).max()) / rows.shape[1])
         return min(d, 0.5) if self.flat else d
 
 

@@ -173,13 +173,6 @@ class LiveStats:
     errors: int = 0
     infer_ms: float = 0.0     # of the last result
     infer_ms_total: float = 0.0
-    tiles_fresh: int = 0      # tiles inferred (tile reuse carries the others over), all results
-    tiles_total: int = 0
-
-    @property
-    def tile_share(self) -> float:
-        """Tiles inferred over tiles shown, since the start (1.0 without reuse)."""
-        return self.tiles_fresh / self.tiles_total if self.tiles_total else 0.0
 
     @property
     def infer_ms_mean(self) -> float:
@@ -408,8 +401,6 @@ class LiveInspector:
         self.stats.results += 1
         self.stats.infer_ms = float(result.timings.get("total", 0.0))
         self.stats.infer_ms_total += self.stats.infer_ms
-        self.stats.tiles_fresh += len(result.fresh_tiles)
-        self.stats.tiles_total += len(result.tiles)
         if reason:
             self._enqueue(live, reason, None, None)
         self._call(self.on_result, live)
