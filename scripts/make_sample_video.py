@@ -228,6 +228,59 @@ def render(wall: np.ndarray, cam: tuple[float, float, float, float]) -> np.ndarr
     return cv2.GaussianBlur(frame, (0, 0), LENS_SIGMA)
 
 
+SHOWN_PX = (CELL - 2 * SEAM) ** 2 // 2   # half a crack patch's inside: a long crack shown this much is shown
+
+
+def crack_regions(rows: list[list[Cell]], data: Path) -> np.ndarray:
+    """The video's ground truth: an int32 image of the wall, 0 where there is no crack and k for
+    the pixels of the k-th distinct crack. An Özgenel crack patch is one crack (its inside, the
+    seams left out, so neighbouring patches stay apart: the data set labels patches, not pixels);
+    a quay patch's cracks are its YOLO boxes (``labels_yolo``), and boxes that touch (one crack
+    across two patches, or boxes along one crack) are one crack."""
+    n_cols = len(rows[0])
+    h, w = STEP * (ROWS - 1) + CELL, STEP * (n_cols - 1) + CELL
+    ozgenel = np.zeros((h, w), np.uint8)
+    quay = np.zeros((h, w), np.uint8)
+    labels_dir = data / "omu_port_quay" / "labels_yolo"
+    for r, row in enumerate(rows):
+        for c, cell in enumerate(row):
+            y, x = r * STEP, c * STEP
+            if cell.credit == "ozgenel" and cell.path.parent.name == "crack":
+                ozgenel[y + SEAM:y + CELL - SEAM, x + SEAM:x + CELL - SEAM] = 1
+            elif cell.credit == "quay":
+                label = labels_dir / (cell.path.stem + ".txt")
+                for line in (label.read_text().split("\n") if label.exists() else []):
+                    if not line.strip():
+                        continue
+                    _, bx, by, bw, bh = (float(v) for v in line.split())
+                    x0, x1 = x + int((bx - bw / 2) * CELL), x + int(math.ceil((bx + bw / 2) * CELL))
+                    y0, y1 = y + int((by - bh / 2) * CELL), y + int(math.ceil((by + bh / 2) * CELL))
+                    quay[max(0, y0):y1, max(0, x0):x1] = 1
+    _, oz = cv2.connectedComponents(ozgenel)
+    _, qu = cv2.connectedComponents(quay)
+    return np.where(qu > 0, qu + oz.max(), oz).astype(np.int32)
+
+
+def ground_truth(data: Path = DATA) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
+    """The wall's :func:`crack_regions` and the camera of every frame (cx, cy, scale, angle): the
+    same layout and path the video was built from (the seed and the sorted file lists)."""
+    rows = layout(data, np.random.default_rng(SEED))
+    regions = crack_regions(rows, data)
+    cams, _ = camera_path(regions.shape[1], regions.shape[0])
+    return regions, cams
+
+
+def in_view(regions: np.ndarray, cam: tuple[float, float, float, float], share: float = 0.5) -> set[int]:
+    """The cracks of ``regions`` shown by the frame of ``cam`` (its rotation, under a degree,
+    ignored): at least ``share`` of their pixels, or ``SHOWN_PX`` of a long one, in the frame."""
+    cx, cy, s, _ = cam
+    x0, x1 = int(round(cx - s * WIDTH / 2)), int(round(cx + s * WIDTH / 2))
+    y0, y1 = int(round(cy - s * HEIGHT / 2)), int(round(cy + s * HEIGHT / 2))
+    ids, inside = np.unique(regions[max(0, y0):y1, max(0, x0):x1], return_counts=True)
+    total = np.bincount(regions.ravel())
+    return {int(k) for k, n in zip(ids, inside) if k and n >= min(share * total[k], SHOWN_PX)}
+
+
 def _chunk(fourcc: bytes, data: bytes) -> bytes:
     return fourcc + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
 

@@ -3,7 +3,9 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
+import cv2
 import pytest
 
 from inspector.live.flagging import Flagger, FlagPolicy
@@ -12,7 +14,7 @@ from inspector.paths import sample_video
 from inspector.capture.sources import FrameGrabber, parse_source
 from support import engine, store  # noqa: F401  (fixtures)
 
-FLAG_EVERY_FRAME = FlagPolicy(crack_threshold=1e-6, min_interval_s=0.0, duplicate_memory=0)
+FLAG_EVERY_FRAME = FlagPolicy(crack_threshold=1e-6, window_s=0.0, budget_s=0.0, duplicate_memory=0)
 
 
 class Recorder:
@@ -57,7 +59,7 @@ def test_results_arrive_with_latency_stamps(engine, store):
     first = rec.results[0]
     assert first.frame.rgb.shape == (480, 640, 3)
     assert first.result.heatmap.shape == (480, 640)
-    assert first.threshold == 0.7 and first.flag_reason is None
+    assert first.threshold == 0.7
     assert all(r.t_inferred >= r.frame.t_capture for r in rec.results)
     seqs = [r.frame.seq for r in rec.results]
     assert seqs == sorted(set(seqs))                       # each frame once, in order
@@ -162,3 +164,58 @@ def test_the_live_pipeline_imports_no_qt():
     code = ("import sys, inspector.live.loop, inspector.capture.sources, inspector.live.flagging, inspector.store.database; "
             "assert not [m for m in sys.modules if m.startswith(('PySide6', 'shiboken6'))]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def short_video(tmp_path, frames: int = 16, first: int = 170):
+    """``frames`` frames of the sample video's crack stretch as a video of their own (it ends)."""
+    cap = cv2.VideoCapture(str(sample_video()))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, first)
+    path = tmp_path / "short.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 480))
+    for _ in range(frames):
+        ok, bgr = cap.read()
+        assert ok
+        writer.write(bgr)
+    writer.release()
+    cap.release()
+    return FrameGrabber(parse_source(path), loop=False, realtime=True)
+
+
+def test_stop_stores_the_open_windows_best_frame_dated_by_its_frame(engine, store, tmp_path):
+    """The rate budget holds a window's best until the window ends; stop() must not lose it. The
+    flag stored is the most informative frame offered, dated when that frame was inferred."""
+    rec = Recorder()
+    flagger = Flagger(FlagPolicy(crack_threshold=1e-6, window_s=3600.0, duplicate_memory=0))
+    live = LiveInspector(engine, short_video(tmp_path), store, flagger, **rec.callbacks())
+    live.start()
+    try:
+        rec.wait(lambda r: len(r.results) >= 5)
+        assert flagger.pending and store.count() == 0
+    finally:
+        live.stop()
+    assert live.stats.flags_stored == 1 == store.count() and not flagger.pending
+    (record,) = store.list()
+    # candidates: frames with a freshly inferred tile (tile reuse carries the others' over)
+    candidates = [r for r in rec.results if flagger.policy.reason_for(r.result)]
+    best = max(candidates, key=lambda r: flagger.score(r.result))
+    assert record.crack_prob_max == pytest.approx(best.result.crack_prob_max)
+    assert [t["crack_prob"] for t in record.tiles] == pytest.approx([t.crack_prob for t in best.result.tiles])
+    created = datetime.fromisoformat(record.created)
+    inferred = datetime.now(timezone.utc) - timedelta(seconds=time.perf_counter() - best.t_inferred)
+    assert abs((created - inferred).total_seconds()) < 0.5
+    assert flagger.stats.kept == 1 and flagger.stats.outranked == len(candidates) - 1 >= 1
+
+
+def test_a_window_ends_on_time_when_no_frame_comes(engine, store, tmp_path):
+    """After the video's last frame no offer closes the window: the worker's wait does."""
+    rec = Recorder()
+    flagger = Flagger(FlagPolicy(crack_threshold=1e-6, window_s=0.3, duplicate_memory=0))
+    live = LiveInspector(engine, short_video(tmp_path), store, flagger, **rec.callbacks())
+    live.start()
+    try:
+        rec.wait(lambda r: r.statuses and r.statuses[-1].state == "ended" and not flagger.pending
+                 and live.stats.flags_stored == live.stats.flags_queued >= 1)
+        stored = live.stats.flags_stored
+    finally:
+        live.stop()
+    assert live.stats.flags_stored == stored == store.count() == flagger.stats.kept and rec.errors == []

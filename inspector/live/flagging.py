@@ -1,31 +1,55 @@
 """When a frame becomes a flag: the automatic rules (confident crack, uncertain) and the manual
-button, with de-duplication so a camera resting on one crack makes one flag, not thirty a second.
+button, with de-duplication so a camera resting on one crack makes one flag, not thirty a second,
+and a rate budget that keeps the most informative frame of each moment rather than the first.
 
-Decision (:meth:`Flagger.decide`)
----------------------------------
-1. ``manual``: always flagged ("manual"), never suppressed (the user asked); its view is
-   remembered, so the automatic rules will not flag the same view again right after.
-2. Automatic (only if ``policy.auto``): "crack" if any tile's crack probability is
-   ``>= crack_threshold``; else "uncertain" if any tile lies inside ``uncertain_band``
-   (inclusive at both ends). Uncertain frames are the valuable ones for relabelling and
-   fine-tuning. If the band reaches above ``crack_threshold`` (e.g. the user lowered the
-   threshold), the crack rule simply wins for those tiles: the policy allows it rather than
-   refusing a threshold a slider can produce.
-3. De-duplication of automatic flags, both required:
-   * at least ``min_interval_s`` since the last *automatic* flag, and
-   * the frame's thumbnail differs from each thumbnail flagged in this session (manual ones
-     included; ``duplicate_memory`` = N: only the last N) by more than ``duplicate_distance``.
-   The second rule is what keeps a camera held still on a crack at one flag however long it
-   stays, and a walk past the same stretch of wall again at the flags it already made (it
-   compared with the last 8 flags only: 1,472 flags in 67 minutes of a looping video, exact
-   repeats among them); the first limits the rate while the camera sweeps. Walking past again,
-   the camera is rarely framed as before: a view also counts as seen when its phase correlation
-   with a flagged one peaks at ``same_place_peak`` or more (the same place, shifted; see
-   :func:`same_place_peaks` for the measured peaks). Both comparisons run over the whole
-   session's flags at once (a matrix product and a batch of 64×48 inverse FFTs: 0.3 ms with a
-   dozen flags stored, measured on the sample video; it grows with the flags kept), and only for
-   a frame that would otherwise be flagged.
-   :attr:`Flagger.stats` counts the flags kept and the frames suppressed, and why.
+Decision
+--------
+1. Manual (:meth:`Flagger.manual`): always stored, never suppressed (the user asked); its view is
+   remembered, so the automatic rules will not flag the same view again.
+2. Automatic (only if ``policy.auto``), per frame offered (:meth:`Flagger.offer`): a *candidate*
+   is "crack" if any freshly inferred tile's crack probability is ``>= crack_threshold``; else
+   "uncertain" if any lies inside ``uncertain_band`` (inclusive at both ends). Uncertain frames
+   are the valuable ones for relabelling and fine-tuning. If the band reaches above
+   ``crack_threshold`` (e.g. the user lowered the threshold), the crack rule simply wins for
+   those tiles: the policy allows it rather than refusing a threshold a slider can produce.
+3. De-duplication: a candidate whose thumbnail is within ``duplicate_distance`` of a view flagged
+   this session (manual ones included; ``duplicate_memory`` = N: only the last N) is the same
+   view and is dropped. This keeps a camera held still on a crack at one flag however long it
+   stays, and a walk past the same stretch of wall again at the flags it already made (it used to
+   compare with the last 8 flags only: 1,472 flags in 67 minutes of a looping video, exact
+   repeats among them). Walking past again, the camera is rarely framed as before: a view also
+   counts as seen when its phase correlation with a flagged one peaks at ``same_place_peak`` or
+   more (the same place, shifted; see :func:`same_place_peaks` for the measured peaks). Both
+   comparisons run over the whole session's flags at once (a matrix product and a batch of 64×48
+   inverse FFTs; it grows with the flags kept). The flagger's time per frame, everything
+   included, on the sample video looped 10 times: 0.46 ms mean, 1.6 ms p99
+   (benchmarks/flag_volume.py, 2-core AMD EPYC).
+4. Choice and rate budget. The first candidate opens a *window* of ``window_s``; every candidate
+   until it ends competes, and the one with the highest score is kept when it ends
+   (:meth:`Flagger.offer` returns it with the first frame offered after the end; :meth:`Flagger.due`
+   without a frame, :meth:`Flagger.flush` at once). A token bucket (the standard rate limiter)
+   bounds how many are kept: one token per ``budget_s`` seconds, at most ``burst`` saved up, one
+   spent per flag; a window whose end finds the bucket empty stays open until a token comes, its
+   candidates still competing. So a sweep past several new cracks keeps a flag for each (the
+   burst), a long walk keeps at most one per ``budget_s`` on average, and each is the best frame
+   of its time rather than the first. The score is how much the frame would teach times how new
+   it is:
+
+   * value (:meth:`Flagger.score`): the sum over the frame's tiles that meet a rule of ``p`` for a
+     confident crack and ``1 - |2p - 1|`` for an uncertain tile (1 at p = 0.5), so a frame that
+     shows more of a crack, or is less sure, wins over one that shows a corner of it;
+   * novelty: one minus the highest place peak (:func:`same_place_peaks`) with a flagged view:
+     about 0.9 for new wall, 0.8 for a frame that half shows a place already flagged, so of two
+     frames that would teach alike the one with more new wall wins. (The thumbnail distance is
+     no measure of overlap: 0.53 for a view shifted by half its width, 0.32–0.61 for unrelated
+     views; it only says "the same view".)
+
+   A candidate whose value alone cannot beat the window's best is counted without the comparisons.
+   The window's best is checked again when it closes (a manual flag of the same view meanwhile
+   drops it). With ``window_s`` and ``budget_s`` 0 every candidate is kept at once.
+   The teachers' disagreement with the student is not known live; the background teacher scorer
+   adds it to every stored flag and the review's "most in need" order uses it.
+   :attr:`Flagger.stats` counts the flags kept and the candidates suppressed, and why.
 
 Thumbnails and distance
 -----------------------
@@ -44,6 +68,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -68,7 +93,9 @@ def _fraction(name: str, v) -> float:
 class FlagPolicy:
     crack_threshold: float = 0.90             # a tile at or above: confident crack -> "crack"
     uncertain_band: tuple[float, float] = (0.40, 0.60)  # a tile inside (inclusive): "uncertain"
-    min_interval_s: float = 2.0               # between two automatic flags
+    window_s: float = 0.5                     # candidates this close in time compete: the best is kept
+    budget_s: float = 2.0                     # the rate budget: one automatic flag per budget_s on average ...
+    burst: int = 4                            # ... and at most this many in quick succession (0 s: no budget)
     duplicate_distance: float = 0.06          # thumbnail distance under which a frame is "the same view"
     duplicate_memory: int | None = None       # flagged thumbnails compared against: None every one of the
                                               # session, N the last N, 0 no view check
@@ -86,10 +113,13 @@ class FlagPolicy:
         lo, hi = (_fraction("uncertain_band", b) for b in band)
         if not lo < hi:
             raise ValueError(f"uncertain_band must have low < high, got {band!r}")
-        interval = self.min_interval_s
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval) \
-                or interval < 0:
-            raise ValueError(f"min_interval_s must be a non-negative number of seconds, got {interval!r}")
+        for name in ("window_s", "budget_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a non-negative number of seconds, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
+            raise ValueError(f"burst must be a positive whole number of flags, got {self.burst!r}")
         dist = self.duplicate_distance
         if isinstance(dist, bool) or not isinstance(dist, (int, float)) or not 0.0 <= dist <= 1.0:
             raise ValueError(f"duplicate_distance must be in [0, 1] (0: never a duplicate), got {dist!r}")
@@ -105,7 +135,6 @@ class FlagPolicy:
         # normalised types, so policies compare and serialise the same however they were written
         object.__setattr__(self, "crack_threshold", thr)
         object.__setattr__(self, "uncertain_band", (lo, hi))
-        object.__setattr__(self, "min_interval_s", float(interval))
         object.__setattr__(self, "duplicate_distance", float(dist))
 
     def reason_for(self, result: FrameResult) -> str | None:
@@ -126,10 +155,7 @@ class FlagPolicy:
 
 def thumbnail(frame_rgb: np.ndarray) -> np.ndarray | None:
     """32×24 float32, mean 0 / std 1 (see the module doc); None for a featureless frame."""
-    if not isinstance(frame_rgb, np.ndarray) or frame_rgb.dtype != np.uint8 or frame_rgb.ndim != 3 \
-            or frame_rgb.shape[2] != 3 or frame_rgb.shape[0] < 1 or frame_rgb.shape[1] < 1:
-        got = frame_rgb.shape if isinstance(frame_rgb, np.ndarray) else type(frame_rgb).__name__
-        raise ValueError(f"frame_rgb must be a uint8 H×W×3 RGB array, got {got}")
+    _check_frame(frame_rgb)
     grey = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
     small = cv2.resize(grey, THUMB_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
     small = cv2.GaussianBlur(small, (3, 3), 0)
@@ -179,18 +205,40 @@ def _distance(r: float) -> float:
 
 @dataclass
 class FlagStats:
-    """What the automatic rules did this session: flags ``kept``; frames that would have been
-    flagged but were ``same_view`` (a view or a place already flagged) or ``too_soon`` (within
-    ``min_interval_s`` of the last automatic flag); ``manual`` flags."""
+    """What the automatic rules did this session: flags ``kept``; candidate frames (a rule met)
+    that were ``same_view`` (a view or a place already flagged) or ``outranked`` (another frame of
+    their window was more informative); ``manual`` flags."""
 
     kept: int = 0
     same_view: int = 0
-    too_soon: int = 0
+    outranked: int = 0
     manual: int = 0
 
     @property
     def suppressed(self) -> int:
-        return self.same_view + self.too_soon
+        return self.same_view + self.outranked
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A frame the flagger chose: its ``reason``, the ``item`` the caller offered with it (the
+    live view: its result, so the frame can be stored), its time ``at`` and its ``score``
+    (:meth:`Flagger.score`)."""
+
+    reason: str
+    item: Any
+    at: float
+    score: float
+
+
+@dataclass
+class _Candidate:
+    reason: str
+    item: Any
+    at: float
+    score: float
+    thumb: np.ndarray | None
+    place: np.ndarray | None
 
 
 class _Views:
@@ -217,10 +265,11 @@ class _Views:
             self._places[self._n] = place
         self._n += 1
 
-    def seen_place(self, place: np.ndarray, last: int | None, peak: float) -> bool:
-        """Whether a flagged view (the ``last`` N; None: all) shows the place of ``place``, shifted."""
+    def place_peak(self, place: np.ndarray, last: int | None) -> float:
+        """The highest :func:`same_place_peaks` of ``place`` with the flagged views (the ``last``
+        N; None: all); 0 when there are none."""
         start = 0 if last is None else max(0, self._n - last)
-        return self._n > start and bool((same_place_peaks(place, self._places[start:self._n]) >= peak).any())
+        return float(same_place_peaks(place, self._places[start:self._n]).max()) if self._n > start else 0.0
 
     def nearest(self, thumb: np.ndarray | None, last: int | None) -> float:
         """The smallest :func:`thumbnail_distance` to the session's thumbnails (the ``last`` N of
@@ -235,10 +284,12 @@ class _Views:
 
 
 class Flagger:
-    """Applies a :class:`FlagPolicy` to a stream of results; remembers what it flagged (every view
-    of the session) and counts what it kept and suppressed (:attr:`stats`).
+    """Applies a :class:`FlagPolicy` to a stream of results: :meth:`offer` each one, store the
+    :class:`Flag` s it returns; :meth:`due` closes a window when no frame comes, :meth:`flush` at
+    the end. Remembers every view it flagged this session and counts what it kept and suppressed
+    (:attr:`stats`).
 
-    Thread-safe (the inference worker decides automatic flags while the GUI asks for manual ones).
+    Thread-safe (the inference worker offers frames while the GUI flags by hand).
     """
 
     def __init__(self, policy: FlagPolicy = FlagPolicy()):
@@ -247,7 +298,10 @@ class Flagger:
         self._policy = policy
         self._lock = threading.Lock()
         self._views = _Views()
-        self._last_auto: float | None = None
+        self._best: _Candidate | None = None     # the open window's most informative candidate
+        self._closes: float | None = None        # when the open window ends (None: none open)
+        self._tokens: float | None = None        # the rate budget's bucket (None: full) ...
+        self._filled_at = 0.0                    # ... as of this time
         self.stats = FlagStats()
 
     @property
@@ -256,52 +310,142 @@ class Flagger:
 
     @policy.setter
     def policy(self, policy: FlagPolicy) -> None:
-        """Swap the policy (e.g. the user moved a slider); the flagged views are kept."""
+        """Swap the policy (e.g. the user moved a slider); the flagged views and an open window are kept."""
         if not isinstance(policy, FlagPolicy):
             raise TypeError(f"policy must be a FlagPolicy, got {type(policy).__name__}")
         with self._lock:
             self._policy = policy
 
+    @property
+    def pending(self) -> bool:
+        """Whether a window is open (a candidate waits for :meth:`due` or :meth:`flush`)."""
+        return self._best is not None
+
     def reset(self) -> None:
-        """Forget the flagged views and the counts (a new inspection)."""
+        """Forget the flagged views, the open window and the counts (a new inspection); call
+        :meth:`flush` first to keep the open window's candidate."""
         with self._lock:
             self._views = _Views()
-            self._last_auto = None
+            self._best, self._closes, self._tokens = None, None, None
             self.stats = FlagStats()
 
-    def decide(self, frame_rgb: np.ndarray, result: FrameResult, now: float, *, manual: bool = False) -> str | None:
-        """The flag reason ("manual" | "crack" | "uncertain") for this frame, or None.
-
-        ``now``: a monotonic time in seconds (``time.perf_counter()`` or the frame's capture time).
-        """
-        if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
-            raise ValueError(f"now must be a time in seconds, got {now!r}")
-        if manual:
-            thumb = thumbnail(frame_rgb)
-            place = place_signature(frame_rgb) if thumb is not None else None
-            with self._lock:
-                self._views.add(thumb, place)
-                self.stats.manual += 1
-            return "manual"
+    def manual(self, frame_rgb: np.ndarray) -> str:
+        """The user flagged this frame: it is stored whatever the rules say ("manual" is returned
+        for the store), and its view is remembered, so no automatic flag repeats it."""
+        thumb = thumbnail(frame_rgb)
+        place = place_signature(frame_rgb) if thumb is not None else None
         with self._lock:
-            policy = self._policy
-            if not policy.auto:
-                return None
-            reason = policy.reason_for(result)
-            if reason is None:
-                return None
-            if self._last_auto is not None and now - self._last_auto < policy.min_interval_s:
-                self.stats.too_soon += 1
-                return None
-            thumb = thumbnail(frame_rgb)
-            place = place_signature(frame_rgb) if thumb is not None else None
-            if policy.duplicate_memory != 0 and (
-                    self._views.nearest(thumb, policy.duplicate_memory) < policy.duplicate_distance
-                    or (place is not None and policy.same_place_peak is not None
-                        and self._views.seen_place(place, policy.duplicate_memory, policy.same_place_peak))):
-                self.stats.same_view += 1
-                return None
             self._views.add(thumb, place)
-            self._last_auto = float(now)
-            self.stats.kept += 1
-            return reason
+            self.stats.manual += 1
+        return "manual"
+
+    def score(self, result: FrameResult) -> float:
+        """How much a frame would teach, before novelty (module doc): the sum over its tiles
+        that meet a rule of ``p`` (a confident crack) or ``1 - |2p - 1|`` (an uncertain tile)."""
+        policy = self._policy
+        lo, hi = policy.uncertain_band
+        probs = [t.crack_prob for t in result.tiles] if result.tiles else [result.crack_prob_max]
+        return float(sum(p if p >= policy.crack_threshold else (1.0 - abs(2.0 * p - 1.0) if lo <= p <= hi else 0.0)
+                         for p in probs))
+
+    def offer(self, frame_rgb: np.ndarray, result: FrameResult, now: float, item: Any = None) -> list[Flag]:
+        """Consider one inferred frame at time ``now`` (monotonic seconds: ``time.perf_counter()``
+        or the frame's own time). Returns the flags chosen by now: the best candidate of a window
+        that has ended (with ``window_s`` and ``budget_s`` 0: this frame itself), else nothing. ``item`` is
+        handed back in the :class:`Flag` (the caller's handle on the frame and its result)."""
+        _check_time(now)
+        _check_frame(frame_rgb)
+        with self._lock:
+            flags = self._close_if_due(now)
+            policy = self._policy
+            reason = policy.reason_for(result) if policy.auto else None
+            if reason is not None:
+                value = self.score(result)
+                if self._best is not None and value <= self._best.score:
+                    self.stats.outranked += 1     # it cannot win even as new as can be: no look
+                else:
+                    self._consider(frame_rgb, reason, value, item, float(now), policy)
+            return flags + self._close_if_due(now)
+
+    def due(self, now: float) -> list[Flag]:
+        """The open window's flag if the window has ended by ``now``, else nothing (call it when
+        no frame comes: a source that ended, a paused camera)."""
+        _check_time(now)
+        with self._lock:
+            return self._close_if_due(now)
+
+    def flush(self) -> list[Flag]:
+        """Close the open window now and return its flag, if any (stop, the end of a video)."""
+        with self._lock:
+            return self._close()
+
+    # ------------------------------------------------------------------ the window
+
+    def _consider(self, frame_rgb, reason: str, value: float, item, now: float, policy: FlagPolicy) -> None:
+        thumb = thumbnail(frame_rgb)
+        place = place_signature(frame_rgb) if thumb is not None else None
+        novelty = self._novelty(thumb, place, policy)
+        if novelty is None:
+            self.stats.same_view += 1
+            return
+        candidate = _Candidate(reason, item, now, value * novelty, thumb, place)
+        if self._best is None:
+            self._best, self._closes = candidate, now + policy.window_s
+        elif candidate.score > self._best.score:
+            self._best = candidate
+            self.stats.outranked += 1             # the one it replaced
+        else:
+            self.stats.outranked += 1
+
+    def _novelty(self, thumb, place, policy: FlagPolicy) -> float | None:
+        """None for a view or place already flagged; else how new it is: one minus the highest
+        phase-correlation peak with a flagged view (1 with none to compare; unrelated views
+        peak at 0.07–0.11, a place half in view about 0.2)."""
+        memory = policy.duplicate_memory
+        if memory == 0:
+            return 1.0
+        if self._views.nearest(thumb, memory) < policy.duplicate_distance:
+            return None
+        peak = self._views.place_peak(place, memory) if place is not None else 0.0
+        if policy.same_place_peak is not None and peak >= policy.same_place_peak:
+            return None
+        return 1.0 - peak
+
+    def _budget(self, now: float) -> float:
+        """The tokens in the bucket at ``now`` (refilled at one per ``budget_s``, at most ``burst``)."""
+        policy = self._policy
+        if policy.budget_s == 0 or self._tokens is None:
+            return float(policy.burst)
+        return min(float(policy.burst), self._tokens + max(0.0, now - self._filled_at) / policy.budget_s)
+
+    def _close_if_due(self, now: float) -> list[Flag]:
+        if self._closes is None or now < self._closes or self._budget(now) < 1.0:
+            return []
+        return self._close(now)
+
+    def _close(self, now: float | None = None) -> list[Flag]:
+        """Keep the window's best (if it is still new) and spend a token; ``now`` None: flush,
+        which keeps it whatever the bucket holds (nothing chosen is lost at the end)."""
+        best, self._best, self._closes = self._best, None, None
+        if best is None:
+            return []
+        if self._novelty(best.thumb, best.place, self._policy) is None:   # flagged by hand meanwhile
+            self.stats.same_view += 1
+            return []
+        at = best.at if now is None else now
+        self._tokens, self._filled_at = self._budget(at) - 1.0, at
+        self._views.add(best.thumb, best.place)
+        self.stats.kept += 1
+        return [Flag(best.reason, best.item, best.at, best.score)]
+
+
+def _check_time(now) -> None:
+    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+        raise ValueError(f"now must be a time in seconds, got {now!r}")
+
+
+def _check_frame(frame_rgb) -> None:
+    if not isinstance(frame_rgb, np.ndarray) or frame_rgb.dtype != np.uint8 or frame_rgb.ndim != 3 \
+            or frame_rgb.shape[2] != 3 or frame_rgb.shape[0] < 1 or frame_rgb.shape[1] < 1:
+        got = frame_rgb.shape if isinstance(frame_rgb, np.ndarray) else type(frame_rgb).__name__
+        raise ValueError(f"frame_rgb must be a uint8 H×W×3 RGB array, got {got}")

@@ -24,12 +24,15 @@ Threads
   keeps only the newest item);
 * one **inference worker**: takes the newest item it has not seen
   (``source.latest(after_seq=last)``), has it inspected (runs the engine, or nothing for a
-  device), asks the flagger, hands a :class:`LiveResult` to ``on_result``. Frames that arrived while it was busy are skipped, so
-  a slow model or a slow consumer never builds a backlog: the latency stays one inference,
-  not a growing queue;
+  device), offers it to the flagger, hands a :class:`LiveResult` to ``on_result``. Frames that
+  arrived while it was busy are skipped, so a slow model or a slow consumer never builds a
+  backlog: the latency stays one inference, not a growing queue. The flagger keeps the most
+  informative frame of each window of ``min_interval_s`` (:mod:`inspector.live.flagging`): a
+  flag is queued when its window ends (with a later frame, or from the worker's wait when no
+  frame comes) and the open window is closed by :meth:`LiveInspector.stop`;
 * one **store writer** with an unbounded queue: flag writes (SQLite + image files, fsync) never
-  block inference. :meth:`LiveInspector.stop` drains the queue, so every flag that was decided
-  is written before ``stop`` returns; ``on_flag_stored(record)`` follows each durable write.
+  block inference. :meth:`LiveInspector.stop` closes the flagger's window and drains the queue,
+  so every flag that was chosen is written before ``stop`` returns; ``on_flag_stored(record)`` follows each durable write.
 
 Callbacks run on these worker threads and must not block for long (the Qt layer only
 re-emits them as queued signals). An exception in any stage (a bad frame, a full disk, a
@@ -43,7 +46,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import numpy as np
@@ -80,7 +83,6 @@ class LiveResult:
     """One inspected frame. ``threshold`` is the verdict threshold in force for it;
     ``t_inferred`` is ``time.perf_counter()`` when inference finished (``frame.t_capture``
     is when it was read, so ``t_inferred - frame.t_capture`` is capture→verdict latency);
-    ``flag_reason`` is the flagger's decision for this frame (written asynchronously);
     ``model`` the model that produced it; ``link`` how it travelled (a
     :class:`inspector.link.remote.DeviceLink` for a device's result, None for local inference)."""
 
@@ -88,7 +90,6 @@ class LiveResult:
     result: FrameResult
     threshold: float
     t_inferred: float
-    flag_reason: str | None
     model: ModelRef | None = None
     link: Any = None
 
@@ -233,7 +234,6 @@ class LiveInspector:
 
         self._source = as_result_source(grabber, engine, reuse)
         self._lock = threading.Lock()          # _latest, _source, _accepting + putting jobs
-        self._flag_lock = threading.Lock()     # the flagger is shared by the worker and flag_current
         self._latest: LiveResult | None = None
         self._jobs: queue.Queue[_FlagJob | None] = queue.Queue()
         self._stopping = threading.Event()
@@ -315,15 +315,18 @@ class LiveInspector:
                 self._latest = None
 
     def stop(self) -> None:
-        """Stop inference and the grabber, then write every queued flag before returning."""
-        with self._lock:
-            self._accepting = False   # from here on no flag is queued, so the sentinel comes last
+        """Stop inference and the grabber, close the flagger's open window, then write every
+        queued flag before returning."""
         self._stopping.set()
         if self._worker is not None:
             self._worker.join(WORKER_JOIN_S)
             if self._worker.is_alive():
                 log.warning("live: the inference worker did not stop within %.0f s", WORKER_JOIN_S)
         self._stop_quietly(self._source)
+        if self._accepting:
+            self._queue_flags(self.flagger.flush)   # the window's best is a flag like any other
+        with self._lock:
+            self._accepting = False   # from here on no flag is queued, so the sentinel comes last
         if self._writer is not None:
             self._jobs.put(None)  # after every job queued so far: the writer drains, then ends
             self._writer.join(DRAIN_JOIN_S)
@@ -338,12 +341,10 @@ class LiveInspector:
         if live is None or not self._accepting:
             return None
         try:
-            with self._flag_lock:
-                reason = self.flagger.decide(live.frame.rgb, live.result, time.perf_counter(), manual=True)
+            self.flagger.manual(live.frame.rgb)
         except Exception as exc:  # noqa: BLE001 - the user asked: flag anyway, and say what failed
             self._report("flagging", exc)
-            reason = None
-        return live if self._enqueue(live, reason or "manual", location, note) else None
+        return live if self._enqueue(live, "manual", location, note) else None
 
     # ------------------------------------------------------------------ threads
 
@@ -365,6 +366,7 @@ class LiveInspector:
                 self._stopping.wait(POLL_S)
                 continue
             if frame is None:
+                self._queue_flags(self.flagger.due, time.perf_counter())   # a window ends without frames too
                 # an ended or stopped source answers at once: wait here instead of spinning
                 self._stopping.wait(max(0.0, POLL_S - (time.perf_counter() - t_ask)))
                 continue
@@ -388,26 +390,32 @@ class LiveInspector:
         frame, result, t_inferred = done.frame, done.result, done.t_inferred
         if source is not self._source:
             return  # the source was switched during inference: this frame is history
-        reason = None
-        try:
-            with self._flag_lock:
-                reason = self.flagger.decide(frame.rgb, result, t_inferred)
-        except Exception as exc:  # noqa: BLE001
-            self._report("flagging", exc)
         live = LiveResult(frame=frame, result=result, threshold=self._threshold, t_inferred=t_inferred,
-                          flag_reason=reason, model=done.model, link=done.link)
+                          model=done.model, link=done.link)
         with self._lock:
             self._latest = live
         self.stats.results += 1
         self.stats.infer_ms = float(result.timings.get("total", 0.0))
         self.stats.infer_ms_total += self.stats.infer_ms
-        if reason:
-            self._enqueue(live, reason, None, None)
+        self._queue_flags(self.flagger.offer, frame.rgb, result, t_inferred, live)
         self._call(self.on_result, live)
 
+    def _queue_flags(self, choose: Callable[..., list], *args) -> None:
+        """Ask the flagger (``choose(*args)``: offer, due or flush) and queue the flags it chose."""
+        try:
+            flags = choose(*args)
+        except Exception as exc:  # noqa: BLE001 - one frame the flagger refuses must not stop the rest
+            self._report("flagging", exc)
+            return
+        for flag in flags:
+            self._enqueue(flag.item, flag.reason, None, None)
+
     def _enqueue(self, live: LiveResult, reason: str, location: str | None, note: str | None) -> bool:
-        """Queue a flag write; False once stop() has begun (nothing may follow its sentinel)."""
-        created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        """Queue a flag write; False once stop() has begun (nothing may follow its sentinel).
+        The flag is dated when its frame was inferred (a window's best is chosen up to
+        ``min_interval_s`` later)."""
+        ago = max(0.0, time.perf_counter() - live.t_inferred)
+        created = (datetime.now(timezone.utc) - timedelta(seconds=ago)).isoformat(timespec="milliseconds")
         job = _FlagJob(live=live, reason=reason, created=created,
                        location=location if location is not None else self.location,
                        note=note if note is not None else self.note)
