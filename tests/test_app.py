@@ -96,8 +96,25 @@ def test_space_flags_the_frame_on_screen(open_window, qtbot, store):
     assert w.view._toast is not None and f"#{record.id}" in w.view._toast[0]
 
 
+def test_the_window_remembers_the_stores_flags(open_window, qtbot, store, engine):
+    """A session on a store with flags: their views are loaded into the flagger in the
+    background, so the automatic rules do not flag them again; the HUD says how many."""
+    from inspector.store.database import ModelRef
+
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[200:280, :, :] = 200                              # some structure: not a featureless view
+    for _ in range(2):
+        store.add(frame, np.zeros((480, 640), np.float32), [{"box": [0, 0, 640, 480], "crack_prob": 0.9}],
+                  reason="manual", source="camera 0", model=ModelRef("m", "1", "cd" * 32), crack_prob_max=0.9)
+    w = open_window(flagger=Flagger())
+    qtbot.waitUntil(lambda: w.flagger.stats.remembered == 2, timeout=20000)
+    assert w.flag_memory.wait(10) and w.flag_memory.loaded == 2
+    w.hud.refresh()
+    assert "2 remembered from the store" in w.hud.flags.value.toolTip()
+
+
 def test_automatic_flags_appear_in_the_panel(open_window, qtbot, store):
-    w = open_window(flagger=Flagger(FlagPolicy(crack_threshold=1e-6, min_interval_s=0.3, duplicate_memory=0)))
+    w = open_window(flagger=Flagger(FlagPolicy(crack_threshold=1e-6, window_s=0.3, duplicate_memory=0)))
     qtbot.waitUntil(lambda: len(w.flags) >= 2, timeout=20000)
     assert {r.reason for r in w.flags} == {"crack"}
     assert set(w.flags_panel.ids) >= {r.id for r in w.flags}
@@ -115,7 +132,7 @@ def _synthetic(threshold=0.5) -> LiveResult:
              for x, p in ((0, 0.95), (64, 0.45), (128, 0.10))]
     result = FrameResult(tiles, heat, 0.95, {"total": 1.0})
     t = time.perf_counter()
-    return LiveResult(Frame(1, rgb, t, "synthetic"), result, threshold, t, None)
+    return LiveResult(Frame(1, rgb, t, "synthetic"), result, threshold, t)
 
 
 def test_view_paints_the_frame_in_its_own_colours(qtbot):

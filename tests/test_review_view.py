@@ -416,7 +416,7 @@ def test_teacher_scores_from_the_scorer_thread_repaint_the_grid(qtbot, store, fr
 
 def test_the_review_workspace_in_the_window_gets_new_flags(qtbot, store, frames, engine):
     fill(store, frames, 3, engine)
-    flagger = Flagger(FlagPolicy(crack_threshold=1e-6, min_interval_s=0.3, duplicate_memory=0))
+    flagger = Flagger(FlagPolicy(crack_threshold=1e-6, window_s=0.3, duplicate_memory=0))
     w = MainWindow(engine, store, flagger, parse_source(sample_video()))
     qtbot.addWidget(w)
     w.resize(1366, 768)

@@ -21,7 +21,8 @@ from inspector.edge.engine import InferenceEngine
 from inspector.live.loop import engine_model, tile_dicts
 from inspector.paths import default_teachers, sample_video
 from inspector.store.database import StoreError
-from inspector.review.teacher_scorer import NICE, TeacherScorer, tile_batch, tile_crack_probs
+from inspector.background import NICE
+from inspector.review.teacher_scorer import TeacherScorer, tile_batch, tile_crack_probs
 from support import engine, store  # noqa: F401 - fixtures
 
 DATA = Path(os.environ["CRACK_DATA_DIR"])

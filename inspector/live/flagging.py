@@ -65,6 +65,7 @@ has no structure to compare; it counts as the same view as another featureless o
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -73,7 +74,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from inspector.background import lower_own_priority
 from inspector.edge.engine import FrameResult
+
+log = logging.getLogger(__name__)
 
 REASONS = ("manual", "crack", "uncertain")
 THUMB_SIZE = (32, 24)        # (width, height)
@@ -169,15 +173,19 @@ _PLACE_WINDOW: np.ndarray | None = None
 
 
 def place_signature(frame_rgb: np.ndarray) -> np.ndarray:
-    """The spectrum (``rfft2``) of the frame's grey copy at ``PLACE_SIZE``, normalised and
-    Hann-windowed: what :func:`same_place_peaks` correlates."""
+    """The phase of the spectrum (``rfft2``, every coefficient scaled to magnitude 1) of the
+    frame's grey copy at ``PLACE_SIZE``, normalised and Hann-windowed: what
+    :func:`same_place_peaks` correlates. Whitened once here, so the cross-power spectrum of two
+    signatures is already normalised (the comparison with every flag is a product and an inverse
+    FFT: 22 ms for 1,500 flags, 0.25 ms for 10, 2 cores)."""
     global _PLACE_WINDOW
     if _PLACE_WINDOW is None:
         _PLACE_WINDOW = cv2.createHanningWindow(PLACE_SIZE, cv2.CV_32F)
     grey = cv2.resize(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY), PLACE_SIZE, interpolation=cv2.INTER_AREA)
     g = grey.astype(np.float32)
     g = (g - g.mean()) / (g.std() + 1e-6) * _PLACE_WINDOW
-    return np.fft.rfft2(g).astype(np.complex64)
+    spectrum = np.fft.rfft2(g)
+    return (spectrum / (np.abs(spectrum) + 1e-9)).astype(np.complex64)
 
 
 def same_place_peaks(signature: np.ndarray, stored: np.ndarray) -> np.ndarray:
@@ -186,7 +194,6 @@ def same_place_peaks(signature: np.ndarray, stored: np.ndarray) -> np.ndarray:
     99 % of pairs of views that do not overlap (the 640×480 field video; the largest of 5,686
     such pairs 0.21)."""
     cross = signature[None] * np.conj(stored)
-    cross /= np.abs(cross) + 1e-9
     r = np.fft.irfft2(cross, s=(PLACE_SIZE[1], PLACE_SIZE[0]), axes=(1, 2))
     return r.reshape(len(stored), -1).max(axis=1)
 
@@ -207,12 +214,13 @@ def _distance(r: float) -> float:
 class FlagStats:
     """What the automatic rules did this session: flags ``kept``; candidate frames (a rule met)
     that were ``same_view`` (a view or a place already flagged) or ``outranked`` (another frame of
-    their window was more informative); ``manual`` flags."""
+    their window was more informative); ``manual`` flags; views ``remembered`` from the store."""
 
     kept: int = 0
     same_view: int = 0
     outranked: int = 0
     manual: int = 0
+    remembered: int = 0
 
     @property
     def suppressed(self) -> int:
@@ -332,12 +340,23 @@ class Flagger:
     def manual(self, frame_rgb: np.ndarray) -> str:
         """The user flagged this frame: it is stored whatever the rules say ("manual" is returned
         for the store), and its view is remembered, so no automatic flag repeats it."""
+        self._remember(frame_rgb)
+        with self._lock:
+            self.stats.manual += 1
+        return "manual"
+
+    def remember(self, frame_rgb: np.ndarray) -> None:
+        """A view flagged before this session (a flag in the store, :class:`StoreMemory`): no
+        automatic flag repeats it."""
+        self._remember(frame_rgb)
+        with self._lock:
+            self.stats.remembered += 1
+
+    def _remember(self, frame_rgb: np.ndarray) -> None:
         thumb = thumbnail(frame_rgb)
         place = place_signature(frame_rgb) if thumb is not None else None
         with self._lock:
             self._views.add(thumb, place)
-            self.stats.manual += 1
-        return "manual"
 
     def score(self, result: FrameResult) -> float:
         """How much a frame would teach, before novelty (module doc): the sum over its tiles
@@ -391,11 +410,10 @@ class Flagger:
         candidate = _Candidate(reason, item, now, value * novelty, thumb, place)
         if self._best is None:
             self._best, self._closes = candidate, now + policy.window_s
-        elif candidate.score > self._best.score:
+            return
+        self.stats.outranked += 1                 # the loser: this one or the one it replaces
+        if candidate.score > self._best.score:
             self._best = candidate
-            self.stats.outranked += 1             # the one it replaced
-        else:
-            self.stats.outranked += 1
 
     def _novelty(self, thumb, place, policy: FlagPolicy) -> float | None:
         """None for a view or place already flagged; else how new it is: one minus the highest
@@ -449,3 +467,70 @@ def _check_frame(frame_rgb) -> None:
             or frame_rgb.shape[2] != 3 or frame_rgb.shape[0] < 1 or frame_rgb.shape[1] < 1:
         got = frame_rgb.shape if isinstance(frame_rgb, np.ndarray) else type(frame_rgb).__name__
         raise ValueError(f"frame_rgb must be a uint8 H×W×3 RGB array, got {got}")
+
+
+STORE_MEMORY = 2000        # the newest flags of the store a session remembers
+
+
+class StoreMemory:
+    """Teaches a :class:`Flagger` the views of the flags already in ``store`` (the newest
+    ``limit``, newest first), on one background thread at the lowest priority, so a session that
+    starts again on a wall flagged before (the app restarted mid-walk, a second round) does not
+    flag it again. Frames that cannot be read are skipped and counted. The flags of this
+    session are not read again (they are remembered as they are made); until the memory is
+    loaded (about 10 ms a flag), a stored view may still be flagged once.
+
+    ``start()`` once, ``wait()`` for it, ``stop()`` to end early (joins); ``loaded`` / ``skipped``
+    say what it did.
+    """
+
+    def __init__(self, flagger: Flagger, store, *, limit: int = STORE_MEMORY):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative number of flags, got {limit!r}")
+        self.flagger, self.store, self.limit = flagger, store, limit
+        self.loaded = self.skipped = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("a StoreMemory starts once")
+        newest = self.store.list(limit=1) if self.limit else []
+        self._thread = threading.Thread(target=self._run, args=(newest[0].id if newest else None,),
+                                        name="flag-memory", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every stored view is loaded (or the memory stopped); True if it is done."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self, newest_id: int | None) -> None:
+        if newest_id is None:
+            return
+        lower_own_priority("flag memory", idle=False)   # idle: it would wait as long as the view runs
+        try:
+            records = [r for r in self.store.list(limit=self.limit) if r.id <= newest_id]
+        except Exception:  # noqa: BLE001 - no memory is a nuisance, never a failure of the app
+            log.exception("flag memory: cannot list the stored flags")
+            return
+        for rec in records:
+            if self._stop.is_set():
+                return
+            try:
+                self.flagger.remember(self.store.load_frame(rec))
+                self.loaded += 1
+            except Exception as exc:  # noqa: BLE001 - a missing or unreadable image: skip it
+                self.skipped += 1
+                log.warning("flag memory: flag %s skipped: %s", rec.id, exc)
+        log.info("flag memory: %d stored views remembered, %d skipped", self.loaded, self.skipped)

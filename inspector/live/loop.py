@@ -27,7 +27,7 @@ Threads
   device), offers it to the flagger, hands a :class:`LiveResult` to ``on_result``. Frames that
   arrived while it was busy are skipped, so a slow model or a slow consumer never builds a
   backlog: the latency stays one inference, not a growing queue. The flagger keeps the most
-  informative frame of each window of ``min_interval_s`` (:mod:`inspector.live.flagging`): a
+  informative frame of each window of ``window_s`` (:mod:`inspector.live.flagging`): a
   flag is queued when its window ends (with a later frame, or from the worker's wait when no
   frame comes) and the open window is closed by :meth:`LiveInspector.stop`;
 * one **store writer** with an unbounded queue: flag writes (SQLite + image files, fsync) never
@@ -413,7 +413,7 @@ class LiveInspector:
     def _enqueue(self, live: LiveResult, reason: str, location: str | None, note: str | None) -> bool:
         """Queue a flag write; False once stop() has begun (nothing may follow its sentinel).
         The flag is dated when its frame was inferred (a window's best is chosen up to
-        ``min_interval_s`` later)."""
+        ``window_s`` later, more while the rate budget waits)."""
         ago = max(0.0, time.perf_counter() - live.t_inferred)
         created = (datetime.now(timezone.utc) - timedelta(seconds=ago)).isoformat(timespec="milliseconds")
         job = _FlagJob(live=live, reason=reason, created=created,

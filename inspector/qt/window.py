@@ -30,6 +30,7 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QMainWindow, QTabWidget, QWidget
 
 from inspector.edge.reuse import ReusePolicy
+from inspector.live.flagging import StoreMemory
 from inspector.live.loop import LiveInspector
 from inspector.capture.sources import SourceSpec
 from inspector.qt import theme
@@ -95,6 +96,7 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.engine, self.store, self.flagger = engine, store, flagger
         self.scorer = scorer              # a TeacherScorer scoring stored flags in the background, or None
+        self.flag_memory = StoreMemory(flagger, store)   # the store's flags, remembered by the flagger
         self.history = history            # the ModelHistory (None: the per-user one, made when first needed)
         self.update_dialog = None         # the UpdateDialog, made on first use
         self.update_options: dict = {}    # extra UpdateDialog options (tests: program=, fast=)
@@ -220,6 +222,7 @@ class MainWindow(QMainWindow):
 
     def start(self) -> None:
         """Start the live pipeline, load the recent flags, look for cameras (all off the GUI thread)."""
+        self.flag_memory.start()     # the store's flagged views, so they are not flagged again
         self.inspector.start()
         if self.scorer is not None:
             self.scorer.start()
@@ -236,6 +239,7 @@ class MainWindow(QMainWindow):
             self.device_panel.shutdown()
             if self.scorer is not None:
                 self.scorer.stop()  # first: the flag it is on; it must not compete with the drain below
+            self.flag_memory.stop()
             self.inspector.stop()
             self.demo.shutdown()    # after the feed: it must not see its device vanish
             self.review.shutdown()  # deleted flags are removed for good now

@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from inspector.background import lower_own_priority
 from inspector.edge.engine import InferenceEngine, _resize
 from inspector.live.loop import engine_model
 from inspector.edge.contract import INPUT_NAME
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 BATCH = 16            # flags fetched per round trip to the store
 POLL_S = 5.0          # nothing to do: look again after this long even without notify()
 STOP_JOIN_S = 30.0    # stop(): the flag being scored finishes first (well under a second here)
-NICE = 19             # the lowest priority: scoring may wait, the live view may not
 
 
 @dataclass
@@ -95,21 +95,6 @@ def tile_crack_probs(engine: InferenceEngine, frame: np.ndarray, boxes: Sequence
     batch = tile_batch(frame, boxes, engine.tile_size, engine.input_size)
     (probs,) = engine.session.run(["probs"], {INPUT_NAME: batch})
     return [float(p) for p in probs[:, engine.crack_index]]
-
-
-def _lower_own_priority(idle: bool = True) -> None:
-    """Nice 19 for the calling thread only (Linux: a thread id is a PRIO_PROCESS target) and,
-    with ``idle``, the SCHED_IDLE policy: a nice-19 thread may finish its time slice before a
-    woken nice-0 thread gets the core, an idle-policy thread is preempted at once."""
-    if not sys.platform.startswith("linux"):
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, NICE)
-        if idle:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-    except OSError as exc:
-        log.info("teacher scorer: cannot lower its priority: %s", exc)
 
 
 def _return_freed_memory() -> None:
@@ -187,7 +172,7 @@ class TeacherScorer:
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
-        _lower_own_priority()  # before the session exists, so its worker threads inherit it
+        lower_own_priority("teacher scorer")  # before the session exists, so its worker threads inherit it
         try:
             self.engine = InferenceEngine(self.package_path, threads=self.threads, providers=["CPUExecutionProvider"],
                                           cv2_threads=None)

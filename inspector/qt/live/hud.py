@@ -154,8 +154,9 @@ class Hud(QFrame):
         if stats is not None:
             self.flags.set(f"{stats.kept + stats.manual} kept · {stats.suppressed} suppressed",
                            f"automatic flags kept: {stats.kept}, manual: {stats.manual}; frames not flagged: "
-                           f"{stats.same_view} showed a view flagged before this session, {stats.outranked} were "
-                           f"less informative than another frame of the same few seconds")
+                           f"{stats.same_view} showed a view or place already flagged (this session's flags and "
+                           f"{stats.remembered} remembered from the store), {stats.outranked} were less "
+                           f"informative than another frame of the same few seconds")
         if self.link.isVisibleTo(self):
             self.link.set(f"{statistics.median(self._link_ms):4.0f} ms" if self._link_ms else "—",
                           "agent sent → received here, median; as exact as the two clocks agree")
