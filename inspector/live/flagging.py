@@ -22,7 +22,7 @@ Decision
    more (the same place, shifted; see :func:`same_place_peaks` for the measured peaks). Both
    comparisons run over the whole session's flags at once (a matrix product and a batch of 64×48
    inverse FFTs; it grows with the flags kept). The flagger's time per frame, everything
-   included, on the sample video looped 10 times: 0.46 ms mean, 1.6 ms p99
+   included, on the sample video looped 10 times: 0.43 ms mean, 1.2 ms p99
    (benchmarks/flag_volume.py, 2-core AMD EPYC).
 4. Choice and rate budget. The first candidate opens a *window* of ``window_s``; every candidate
    until it ends competes, and the one with the highest score is kept when it ends
@@ -82,7 +82,6 @@ log = logging.getLogger(__name__)
 REASONS = ("manual", "crack", "uncertain")
 THUMB_SIZE = (32, 24)        # (width, height)
 PLACE_SIZE = (64, 48)        # (width, height) of the grey copy whose phase correlation finds the same place
-ANCHOR_PEAK = 0.6            # a frame this close to the last place looked up takes its answer (``Flagger._novelty``)
 _FLAT_STD = 1.0              # grey levels: below this a thumbnail has no structure to compare
 
 
@@ -274,10 +273,6 @@ class _Views:
             self._places[self._n] = place
         self._n += 1
 
-    def __len__(self) -> int:
-        """Views added (featureless ones included): changes whenever one is."""
-        return self._n + self.flat
-
     def place_peak(self, place: np.ndarray, last: int | None) -> float:
         """The highest :func:`same_place_peaks` of ``place`` with the flagged views (the ``last``
         N; None: all); 0 when there are none."""
@@ -313,7 +308,6 @@ class Flagger:
         self._views = _Views()
         self._best: _Candidate | None = None     # the open window's most informative candidate
         self._closes: float | None = None        # when the open window ends (None: none open)
-        self._anchor: tuple | None = None        # the last place compared with every flag, and the answer
         self._tokens: float | None = None        # the rate budget's bucket (None: full) ...
         self._filled_at = 0.0                    # ... as of this time
         self.stats = FlagStats()
@@ -340,7 +334,7 @@ class Flagger:
         :meth:`flush` first to keep the open window's candidate."""
         with self._lock:
             self._views = _Views()
-            self._best, self._closes, self._tokens, self._anchor = None, None, None, None
+            self._best, self._closes, self._tokens = None, None, None
             self.stats = FlagStats()
 
     def manual(self, frame_rgb: np.ndarray) -> str:
@@ -426,27 +420,21 @@ class Flagger:
         phase-correlation peak with a flagged view (1 with none to compare; unrelated views
         peak at 0.07–0.11, a place half in view about 0.2).
 
-        The place comparison with every flag is the costly part (about 15 µs a flag); a frame
-        that shows the place of the last frame compared (its *anchor*: peak ≥ ``ANCHOR_PEAK``;
-        measured on the sample video's pans: the next 1–4 frames, a shift of up to a tenth of
-        the frame) while no view was added since takes the anchor's answer. Compared with the
-        anchor, not with the previous frame, so a pan cannot carry an answer along: it is looked
-        up again every few frames."""
+        The place comparison with every flag (about 15 µs a flag) runs only for a frame that is
+        not the same view as a flag (the thumbnail product, cheap, decides that first), so a
+        camera held on a flagged crack costs little. Caching the answer for the next frames at
+        the same place was tried and dropped: on the field video's fast pan motion-blurred
+        frames 100 px apart look alike to both measures, one took the other's "seen" and a crack
+        went unflagged."""
         memory = policy.duplicate_memory
         if memory == 0:
             return 1.0
         if self._views.nearest(thumb, memory) < policy.duplicate_distance:
             return None
-        if place is None:
-            return 1.0
-        key = (len(self._views), memory, policy.same_place_peak)
-        anchor = self._anchor
-        if anchor is not None and anchor[0] == key and float(same_place_peaks(place, anchor[1][None])[0]) >= ANCHOR_PEAK:
-            return anchor[2]
-        peak = self._views.place_peak(place, memory)
-        novelty = None if policy.same_place_peak is not None and peak >= policy.same_place_peak else 1.0 - peak
-        self._anchor = (key, place, novelty)
-        return novelty
+        peak = self._views.place_peak(place, memory) if place is not None else 0.0
+        if policy.same_place_peak is not None and peak >= policy.same_place_peak:
+            return None
+        return 1.0 - peak
 
     def _budget(self, now: float) -> float:
         """The tokens in the bucket at ``now`` (refilled at one per ``budget_s``, at most ``burst``)."""
@@ -488,11 +476,11 @@ def _check_frame(frame_rgb) -> None:
         raise ValueError(f"frame_rgb must be a uint8 H×W×3 RGB array, got {got}")
 
 
-# The newest flags of the store a session remembers. Every remembered view costs the flagger about
-# 15 µs per frame it looks at: measured (benchmarks/flag_memory.py, 640×480, every frame a
-# candidate) 1.9 ms per frame mean with 500 remembered, 8.1 ms with 2,000; the flagger runs on the
-# inference thread, so 500.
-STORE_MEMORY = 500
+# The newest flags of the store a session remembers. Every view remembered (the store's or the
+# session's) costs the flagger about 15 µs per candidate frame it compares: measured
+# (benchmarks/flag_memory.py, 640×480, every frame a candidate) 2.3 ms per frame mean with 200
+# views, 5.4 ms with 500, 35 ms with 2,000. The flagger runs on the inference thread: 200.
+STORE_MEMORY = 200
 
 
 class StoreMemory:
@@ -501,7 +489,7 @@ class StoreMemory:
     starts again on a wall flagged before (the app restarted mid-walk, a second round) does not
     flag it again. Frames that cannot be read are skipped and counted. The flags of this
     session are not read again (they are remembered as they are made); until the memory is
-    loaded (5 ms a 640×480 flag, 14 ms a 1280×720 one: 2.5–7 s for 500), a stored view may still
+    loaded (5 ms a 640×480 flag, 13 ms a 1280×720 one: 1–3 s for 200), a stored view may still
     be flagged once.
 
     ``start()`` once, ``wait()`` for it, ``stop()`` to end early (joins); ``loaded`` / ``skipped``
