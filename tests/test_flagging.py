@@ -499,3 +499,11 @@ def test_a_slow_pan_off_a_flagged_place_is_flagged_when_it_shows_new_wall(views)
         if now_kept(f, np.ascontiguousarray(wall[:, x:x + 227]), CONFIDENT, x / 150) and first is None:
             first = x
     assert first is not None and 80 <= first <= 160, first
+
+
+def test_a_store_that_cannot_be_read_means_no_memory_not_a_failure(store, caplog):
+    store.close()
+    memory = StoreMemory(Flagger(), store)
+    memory.start()
+    assert memory.wait(10) and memory.loaded == 0
+    assert "no stored flag is remembered" in caplog.text

@@ -505,9 +505,15 @@ class StoreMemory:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Note the store's newest flag (the ones after it are this session's) and start loading;
+        a store that cannot be read means no memory (logged), never a failure of the app."""
         if self._thread is not None:
             raise RuntimeError("a StoreMemory starts once")
-        newest = self.store.list(limit=1) if self.limit else []
+        try:
+            newest = self.store.list(limit=1) if self.limit else []
+        except Exception:  # noqa: BLE001
+            log.exception("flag memory: cannot read the store; no stored flag is remembered")
+            newest = []
         self._thread = threading.Thread(target=self._run, args=(newest[0].id if newest else None,),
                                         name="flag-memory", daemon=True)
         self._thread.start()
@@ -532,7 +538,8 @@ class StoreMemory:
             return
         lower_own_priority("flag memory", idle=False)   # idle: it would wait as long as the view runs
         try:
-            records = [r for r in self.store.list(limit=self.limit) if r.id <= newest_id]
+            # newest first; a few this session may have stored since start() are left out
+            records = [r for r in self.store.list(limit=self.limit + 64) if r.id <= newest_id][:self.limit]
         except Exception:  # noqa: BLE001 - no memory is a nuisance, never a failure of the app
             log.exception("flag memory: cannot list the stored flags")
             return

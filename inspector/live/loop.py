@@ -32,7 +32,8 @@ Threads
   frame comes) and the open window is closed by :meth:`LiveInspector.stop`;
 * one **store writer** with an unbounded queue: flag writes (SQLite + image files, fsync) never
   block inference. :meth:`LiveInspector.stop` closes the flagger's window and drains the queue,
-  so every flag that was chosen is written before ``stop`` returns; ``on_flag_stored(record)`` follows each durable write.
+  so every flag that was chosen is written before ``stop`` returns; ``on_flag_stored(record)``
+  follows each durable write.
 
 Callbacks run on these worker threads and must not block for long (the Qt layer only
 re-emits them as queued signals). An exception in any stage (a bad frame, a full disk, a
