@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.int8_isa import machine  # noqa: E402
 from benchmarks.tile_reuse import video_frames  # noqa: E402
 from inspector.edge.engine import FrameResult, TileResult  # noqa: E402
-from inspector.live.flagging import Flagger, FlagPolicy, StoreMemory  # noqa: E402
+from inspector.live.flagging import Flagger, FlagPolicy  # noqa: E402
+from inspector.live.memory import StoreMemory  # noqa: E402
 
 SIZES = ((640, 480), (1280, 720))
 COUNTS = (0, 10, 100, 200, 500, 1000, 2000)

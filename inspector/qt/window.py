@@ -30,7 +30,7 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QMainWindow, QTabWidget, QWidget
 
 from inspector.edge.reuse import ReusePolicy
-from inspector.live.flagging import StoreMemory
+from inspector.live.memory import StoreMemory
 from inspector.live.loop import LiveInspector
 from inspector.capture.sources import SourceSpec
 from inspector.qt import theme
