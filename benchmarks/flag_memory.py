@@ -20,7 +20,6 @@ Writes runs/flag_memory.json (``--docs``: docs/benchmarks/flag_memory.{md,rows.j
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.int8_isa import machine  # noqa: E402
+from benchmarks.results import save  # noqa: E402
 from benchmarks.tile_reuse import video_frames  # noqa: E402
 from inspector.edge.engine import FrameResult, TileResult  # noqa: E402
 from inspector.live.flagging import Flagger, FlagPolicy  # noqa: E402
@@ -157,17 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     info = {"video": sample_video().name, "flags": args.flags, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     text = table(rows, info)
     print(text)
-    out = {"info": info, "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    if args.docs:
-        docs = REPO / "docs" / "benchmarks"
-        (docs / "flag_memory.rows.json").write_text(json.dumps(out, indent=1) + "\n")
-        opts = "" if args.flags == 2000 else f" --flags {args.flags}"
-        (docs / "flag_memory.md").write_text(
-            "# What remembering every flag costs (`benchmarks/flag_memory.py`)\n\n"
-            f"Made by `python benchmarks/flag_memory.py{opts} --docs`; rows: "
-            "[flag_memory.rows.json](flag_memory.rows.json).\n\n" + text)
+    opts = "" if args.flags == 2000 else f" --flags {args.flags}"
+    save("flag_memory", {"info": info, "rows": rows}, text, json_path=args.json, docs=args.docs,
+         title="What remembering every flag costs", command=f"python benchmarks/flag_memory.py{opts} --docs")
     return 0
 
 

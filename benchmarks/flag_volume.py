@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.int8_isa import machine  # noqa: E402
+from benchmarks.results import save  # noqa: E402
 from benchmarks.tile_reuse import video_frames  # noqa: E402
 from inspector.edge.reuse import ReusePolicy, ReusingEngine  # noqa: E402
 from inspector.live.flagging import Flagger, FlagPolicy  # noqa: E402
@@ -229,18 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     if field is not None:
         text += "\n" + field_table(field)
     print(text)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"info": info, "rows": rows, "cracks": cracks, "field": field},
-                                          indent=1))
-    if args.docs:
-        docs = REPO / "docs" / "benchmarks"
-        (docs / "flag_volume.rows.json").write_text(json.dumps(
-            {"info": info, "rows": rows, "cracks": cracks, "field": field}, indent=1) + "\n")
-        (docs / "flag_volume.md").write_text(
-            "# Flag volume on a looping walk (`benchmarks/flag_volume.py`)\n\n"
-            f"Made by `python benchmarks/flag_volume.py --loops {args.loops}{' --field' if args.field else ''} "
-            "--docs`; rows: "
-            "[flag_volume.rows.json](flag_volume.rows.json).\n\n" + text + HISTORY)
+    save("flag_volume", {"info": info, "rows": rows, "cracks": cracks, "field": field}, text + HISTORY,
+         json_path=args.json, docs=args.docs, title="Flag volume on a looping walk",
+         command=f"python benchmarks/flag_volume.py --loops {args.loops}{' --field' if args.field else ''} --docs")
     return 0
 
 

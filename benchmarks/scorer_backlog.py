@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.int8_isa import machine  # noqa: E402
+from benchmarks.results import save  # noqa: E402
 from inspector.live.flagging import Flagger, FlagPolicy  # noqa: E402
 
 # name: (label, flag policy, tile reuse in the live view)
@@ -360,20 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(samples_table(arms))
     out = {"info": info, "arms": [a["summary"] for a in arms], "samples": [r for a in arms for r in a["samples"]]}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
-    if args.docs:
-        docs = REPO / "docs" / "benchmarks"
-        (docs / "scorer_backlog.rows.json").write_text(json.dumps(out, indent=1) + "\n")
-        opts = "" if args.minutes == 5.0 else f" --minutes {args.minutes:g}"
-        opts += "" if args.flag_policy == "all" else f" --flag-policy {args.flag_policy}"
-        (docs / "scorer_backlog.md").write_text(
-            "# Does the teacher scorer keep up with the flags kept? (`benchmarks/scorer_backlog.py`)\n\n"
-            f"Made by `python benchmarks/scorer_backlog.py{opts} --docs`; rows: "
-            "[scorer_backlog.rows.json](scorer_backlog.rows.json).\n\n"
-            f"Machine: {info['machine']['cpu']}, CPU ISA {info['machine']['native_isa']} "
-            f"({info['machine']['machine']}), {info['machine']['cores']} cores.\n\n"
-            + text + f"\n## Sampled every {args.sample_s:g} s\n\n" + samples_table(arms))
+    opts = "" if args.minutes == 5.0 else f" --minutes {args.minutes:g}"
+    opts += "" if args.flag_policy == "all" else f" --flag-policy {args.flag_policy}"
+    m = info["machine"]
+    page = (f"Machine: {m['cpu']}, CPU ISA {m['native_isa']} ({m['machine']}), {m['cores']} cores.\n\n" + text
+            + f"\n## Sampled every {args.sample_s:g} s\n\n" + samples_table(arms))
+    save("scorer_backlog", out, page, json_path=args.json, docs=args.docs,
+         title="Does the teacher scorer keep up with the flags kept?",
+         command=f"python benchmarks/scorer_backlog.py{opts} --docs")
     return 0
 
 
