@@ -106,8 +106,7 @@ def make_plan(store, laptop_manifest, laptop_package: str | os.PathLike | None, 
         base = _device_base(pairing, laptop, history)
     factor, basis = machine_factor(history)
     est = estimate_seconds(patches["crack"] + patches["no_crack"], patches["unlabelled"], fast=fast, factor=factor)
-    verdicts: dict = {}
-    units, unlabelled = store_sources(store, verdicts)
+    units, unlabelled, verdicts = store_sources(store)
     split = site_split(units, seed=seed)
     return UpdatePlan(review, patches, base, device, est, split, basis, job_counts(split, unlabelled, fast=fast),
                       base_on_held_out(split, verdicts, base))
@@ -330,39 +329,26 @@ def _missing_crack(units, crack: list[str], need: int) -> str:
             f"{need} crack tiles and keep one frame for training")
 
 
-def store_sources(store, verdicts: dict | None = None) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+def store_sources(store) -> tuple[dict[str, tuple[int, int]], dict[str, int], dict[str, tuple[str, list]]]:
     """Per source ("flag:<uid>", as ``distill`` names a flag export's sources) of an export with
-    the unreviewed frames (what Update model exports): (crack, clean) labelled tiles, and
-    unlabelled tiles. ``verdicts`` (a dict, filled if given): source →
-    (the flag's model as "name version", [(person's label, the model's crack probability)] per
-    labelled tile)."""
-    try:
-        from inspector.store.export import UNLABELLED, _patch_labels
-    except ImportError:               # pragma: no cover - the export's own rule, if it is renamed
-        _patch_labels, UNLABELLED = _tile_labels_of, "unlabelled"
+    the unreviewed frames (what Update model exports), by the export's own tile rule: (crack,
+    clean) labelled tiles; unlabelled tiles; and the verdicts (the flag's model as "name
+    version", [(person's label, the model's crack probability)] per labelled tile)."""
+    from inspector.store.export import UNLABELLED, _patch_labels
     from inspector.store.query import FlagFilter
 
-    units, unlabelled = {}, {}
+    units, unlabelled, verdicts = {}, {}, {}
     for rec in store.query(FlagFilter(), sort="time", descending=False):
-        # the export's rule: a label per tile, or (label, label_source) per tile; None: left out
-        labels = [x[0] if isinstance(x, tuple) else x for x in (_patch_labels(rec, True) or ())]
+        labels = [label for label, _ in _patch_labels(rec, True)]     # None: left out
         c, n, u = (sum(x == kind for x in labels) for kind in ("crack", "no_crack", UNLABELLED))
+        source = f"flag:{rec.uid}"
         if c or n:
-            units[f"flag:{rec.uid}"] = (c, n)
-            if verdicts is not None:
-                verdicts[f"flag:{rec.uid}"] = (f"{rec.model.name} {rec.model.version}", [
-                    (x, float(t["crack_prob"])) for x, t in zip(labels, rec.tiles) if x in ("crack", "no_crack")])
+            units[source] = (c, n)
+            verdicts[source] = (f"{rec.model.name} {rec.model.version}", [
+                (x, float(t["crack_prob"])) for x, t in zip(labels, rec.tiles) if x in ("crack", "no_crack")])
         if u:
-            unlabelled[f"flag:{rec.uid}"] = u
-    return units, unlabelled
-
-
-def _tile_labels_of(rec, include_unreviewed: bool):
-    if rec.label in ("crack", "no_crack"):
-        if rec.tile_labels is not None:
-            return rec.tile_labels
-        return ("no_crack",) * len(rec.tiles) if rec.label == "no_crack" else None
-    return None
+            unlabelled[source] = u
+    return units, unlabelled, verdicts
 
 
 def format_duration(seconds: float | None) -> str:
